@@ -1,0 +1,382 @@
+"""Experiment configuration: YAML -> validated, frozen dataclasses.
+
+Every section is a frozen dataclass that checks itself in ``__post_init__``; the loader
+converts plain YAML data into them field by field, so a mistake fails at start with the
+key path, the bad value and what is allowed::
+
+    cfg = load_config("configs/quickstart.yaml", overrides=["optimizer.lr=0.01"])
+
+Component hyperparameters that belong to a pluggable class (a task, a balancing method)
+live in that section's ``options`` mapping and are validated by the class itself.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from ps_trainer.options import (ConfigError, FrozenDict, Options, build_dataclass, check,
+                                check_choice)
+
+__all__ = ["Config", "ConfigError", "FrozenDict", "Options", "load_config", "config_from_dict",
+           "config_to_dict", "apply_overrides", "dump_config"]
+
+
+# --------------------------------------------------------------------------- sections
+
+DATA_SOURCES = ("synthetic", "folder", "cityscapes", "voc")
+OPTIMIZERS = ("sgd", "adam", "rmsprop")
+SCHEDULES = ("constant", "step", "cosine")
+STALENESS_POLICIES = ("scale", "drop")
+GRAD_DTYPES = ("float32", "float16", "bfloat16")
+DOMAIN_NAMES = ("source", "shifted")
+
+
+def _check_resources(resources: Mapping) -> None:
+    for name, amount in resources.items():
+        ok = isinstance(amount, (int, float)) and not isinstance(amount, bool) and amount >= 0
+        check(ok, f"resources.{name}", amount, "a number >= 0")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Naming, seeding and the stop conditions (whichever comes first)."""
+    name: str = "run"
+    out_dir: str = "runs/run"
+    seed: int = 0
+    max_updates: int = 1000
+    max_minutes: float = 10.0
+    progress_every_s: float = 5.0
+    device: str = "auto"  # local mode and evaluation: auto | cpu | cuda
+
+    def __post_init__(self):
+        check(self.max_updates > 0, "max_updates", self.max_updates, "must be > 0")
+        check(self.max_minutes > 0, "max_minutes", self.max_minutes, "must be > 0")
+        check(self.progress_every_s > 0, "progress_every_s", self.progress_every_s, "must be > 0")
+        check_choice("device", self.device, ("auto", "cpu", "cuda"))
+
+
+@dataclass(frozen=True)
+class DomainConfig:
+    """Knobs of the synthetic-scene generator that define a visual domain."""
+    palette: str = "source"        # which colour distribution: source | shifted
+    texture: float = 1.0           # texture contrast multiplier
+    lighting: float = 1.0          # strength of lighting gradients and shadows
+    noise: float = 1.0             # sensor-noise multiplier
+    blur: float = 0.0              # Gaussian blur sigma in pixels
+
+    def __post_init__(self):
+        check_choice("palette", self.palette, DOMAIN_NAMES)
+        for name in ("texture", "lighting", "noise", "blur"):
+            value = getattr(self, name)
+            check(value >= 0, name, value, "must be >= 0")
+
+
+SHIFTED_DOMAIN = DomainConfig(palette="shifted", texture=1.6, lighting=1.8, noise=2.0, blur=0.6)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where images come from and how the splits are drawn."""
+    source: str = "synthetic"
+    root: Optional[str] = None           # folder | cityscapes | voc
+    num_classes: Optional[int] = None    # folder only; the others know theirs
+    image_size: int = 64
+    labelled: int = 16                   # labelled training images (segmentation)
+    unlabelled: int = 4096               # pool size for pretext tasks (0 = all on disk)
+    val: int = 256                       # validation images (0 = all on disk)
+    source_domain: DomainConfig = DomainConfig()
+    shifted_domain: DomainConfig = SHIFTED_DOMAIN
+    shifted_fraction: float = 0.0        # share of unlabelled images from the shifted domain
+    val_domain: str = "source"           # source | shifted
+
+    def __post_init__(self):
+        check_choice("source", self.source, DATA_SOURCES)
+        if self.source != "synthetic":
+            check(bool(self.root), "root", self.root,
+                  f"a directory is required when data.source is {self.source!r}")
+        if self.source == "folder":
+            check(self.num_classes is not None and self.num_classes >= 2, "num_classes",
+                  self.num_classes, "an integer >= 2 is required for data.source 'folder'")
+        check(self.image_size >= 16, "image_size", self.image_size, "must be >= 16")
+        check(self.labelled >= 0, "labelled", self.labelled, "must be >= 0")
+        check(self.unlabelled >= 0, "unlabelled", self.unlabelled, "must be >= 0")
+        check(self.val >= 0, "val", self.val, "must be >= 0")
+        check(0.0 <= self.shifted_fraction <= 1.0, "shifted_fraction", self.shifted_fraction,
+              "must be in [0, 1]")
+        check_choice("val_domain", self.val_domain, DOMAIN_NAMES)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The shared ResNet-style trunk and how tasks read it."""
+    widths: tuple[int, ...] = (16, 32, 64)
+    blocks: tuple[int, ...] = (1, 1, 2)
+    stem_stride: int = 2
+    norm: str = "group"                  # batch | group | instance | layer | switchable
+    groups: int = 8                      # GroupNorm groups (capped by channels)
+    lasso: bool = False                  # Doersch et al. 2017, sec. 3.3
+    lasso_l1: float = 1e-3
+    harmonize: bool = False              # Doersch et al. 2017, sec. 3.2: every task sees L only
+
+    def __post_init__(self):
+        from ps_trainer.model.norms import NORMS
+
+        check(len(self.widths) >= 1, "widths", self.widths, "at least one stage")
+        check(len(self.blocks) == len(self.widths), "blocks", self.blocks,
+              f"one entry per stage ({len(self.widths)} stages in model.widths)")
+        check(all(w >= 1 for w in self.widths), "widths", self.widths, "all >= 1")
+        check(all(b >= 1 for b in self.blocks), "blocks", self.blocks, "all >= 1")
+        check(self.stem_stride in (1, 2, 4), "stem_stride", self.stem_stride, "1, 2 or 4")
+        check_choice("norm", self.norm, NORMS.names())
+        check(self.groups >= 1, "groups", self.groups, "must be >= 1")
+        check(self.lasso_l1 >= 0, "lasso_l1", self.lasso_l1, "must be >= 0")
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """The server's optimizer, applied to every accepted push, and its LR schedule."""
+    name: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9                # sgd; rmsprop momentum
+    weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)   # adam
+    alpha: float = 0.99                  # rmsprop smoothing
+    eps: float = 1e-8
+    schedule: str = "cosine"
+    warmup_updates: int = 0
+    step_every_updates: int = 1000       # step schedule
+    step_gamma: float = 0.1
+    min_lr_ratio: float = 0.0            # cosine floor, as a fraction of lr
+    clip_grad_norm: float = 0.0          # per push, per shard; 0 = off
+
+    def __post_init__(self):
+        check_choice("name", self.name, OPTIMIZERS)
+        check(self.lr > 0 and math.isfinite(self.lr), "lr", self.lr, "must be > 0")
+        check(0 <= self.momentum < 1, "momentum", self.momentum, "must be in [0, 1)")
+        check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
+        check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas",
+              self.betas, "two values in [0, 1)")
+        check(0 <= self.alpha < 1, "alpha", self.alpha, "must be in [0, 1)")
+        check(self.eps > 0, "eps", self.eps, "must be > 0")
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check(self.warmup_updates >= 0, "warmup_updates", self.warmup_updates, "must be >= 0")
+        check(self.step_every_updates >= 1, "step_every_updates", self.step_every_updates,
+              "must be >= 1")
+        check(0 < self.step_gamma <= 1, "step_gamma", self.step_gamma, "must be in (0, 1]")
+        check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", self.min_lr_ratio, "must be in [0, 1]")
+        check(self.clip_grad_norm >= 0, "clip_grad_norm", self.clip_grad_norm, "must be >= 0")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The parameter server: staleness handling, publishing, transport, sharding."""
+    staleness_policy: str = "scale"      # scale: step * 1/(1+s); drop: reject s > max
+    max_staleness: int = 64              # pushes staler than this are dropped (both policies)
+    shards: int = 1                      # server actors, each owning part of the parameters
+    publish_every: int = 1               # publish a new weight version at most every k updates
+    grad_dtype: str = "float32"          # gradient transport; accumulation stays float32
+    num_cpus: float = 1.0
+    resources: FrozenDict = FrozenDict()  # custom Ray resources, e.g. {ps_server: 1} to pin nodes
+
+    def __post_init__(self):
+        _check_resources(self.resources)
+        check_choice("staleness_policy", self.staleness_policy, STALENESS_POLICIES)
+        check(self.max_staleness >= 0, "max_staleness", self.max_staleness, "must be >= 0")
+        check(self.shards >= 1, "shards", self.shards, "must be >= 1")
+        check(self.publish_every >= 1, "publish_every", self.publish_every, "must be >= 1")
+        check_choice("grad_dtype", self.grad_dtype, GRAD_DTYPES)
+        check(self.num_cpus > 0, "num_cpus", self.num_cpus, "must be > 0")
+
+
+@dataclass(frozen=True)
+class BalancingConfig:
+    """Task-loss balancing at the server; `options` belong to the chosen method."""
+    method: str = "equal"
+    options: FrozenDict = FrozenDict()
+
+    def __post_init__(self):
+        from ps_trainer.balancing import BALANCERS
+
+        check_choice("method", self.method, BALANCERS.names())
+        try:
+            BALANCERS.get(self.method).Options.from_mapping(self.options)
+        except ConfigError as err:
+            raise err.under("options") from None
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """One task's workers and batches; `options` belong to the task class."""
+    workers: int = 1
+    batch_size: int = 32
+    sync: int = 1                        # pushes averaged into one update (Doersch: sync within a task)
+    inflight: int = 2                    # pushes outstanding per worker
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    resources: FrozenDict = FrozenDict()  # custom Ray resources for this task's workers
+    options: FrozenDict = FrozenDict()
+
+    def __post_init__(self):
+        _check_resources(self.resources)
+        check(self.workers >= 0, "workers", self.workers, "must be >= 0")
+        check(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
+        check(self.sync >= 1, "sync", self.sync, "must be >= 1")
+        check(self.inflight >= 1, "inflight", self.inflight, "must be >= 1")
+        check(self.num_cpus >= 0, "num_cpus", self.num_cpus, "must be >= 0")
+        check(self.num_gpus >= 0, "num_gpus", self.num_gpus, "must be >= 0")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation, checkpointing and previews."""
+    every_s: float = 30.0
+    every_updates: int = 0               # also evaluate every N server versions (0 = off)
+    keep_last: int = 3
+    batch_size: int = 64
+    previews: int = 4
+    num_cpus: float = 1.0
+
+    def __post_init__(self):
+        check(self.every_s > 0, "every_s", self.every_s, "must be > 0")
+        check(self.every_updates >= 0, "every_updates", self.every_updates, "must be >= 0")
+        check(self.keep_last >= 1, "keep_last", self.keep_last, "must be >= 1")
+        check(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
+        check(self.previews >= 0, "previews", self.previews, "must be >= 0")
+        check(self.num_cpus > 0, "num_cpus", self.num_cpus, "must be > 0")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """The Prometheus endpoint (one for the whole run)."""
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 9464                     # 0 = any free port (logged at start)
+    report_every_s: float = 2.0
+
+    def __post_init__(self):
+        check(0 <= self.port <= 65535, "port", self.port, "must be in [0, 65535]")
+        check(self.report_every_s > 0, "report_every_s", self.report_every_s, "must be > 0")
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """How to reach Ray: start a local one (address null) or join `auto` / `ray://...`."""
+    address: Optional[str] = None
+    num_cpus: Optional[int] = None
+    num_gpus: Optional[int] = None
+    namespace: str = "ps_trainer"
+    include_dashboard: bool = False
+
+    def __post_init__(self):
+        check(self.num_cpus is None or self.num_cpus >= 1, "num_cpus", self.num_cpus, "must be >= 1")
+        check(self.num_gpus is None or self.num_gpus >= 0, "num_gpus", self.num_gpus, "must be >= 0")
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole experiment."""
+    run: RunConfig = RunConfig()
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    server: ServerConfig = ServerConfig()
+    balancing: BalancingConfig = BalancingConfig()
+    tasks: FrozenDict = field(default=FrozenDict(), metadata={"values": TaskConfig})  # name -> TaskConfig
+    eval: EvalConfig = EvalConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    ray: RayConfig = RayConfig()
+
+    def __post_init__(self):
+        check(len(self.tasks) > 0, "tasks", dict(self.tasks), "at least one task")
+        if "segmentation" in self.tasks and self.tasks["segmentation"].workers > 0:
+            check(self.data.labelled > 0, "data.labelled", self.data.labelled,
+                  "the segmentation task needs labelled images (data.labelled > 0)")
+        if self.balancing.method == "static":
+            unknown = sorted(set(self.balancing.options.get("weights", {})) - set(self.tasks))
+            check(not unknown, "balancing.options.weights", unknown,
+                  f"weights for configured tasks only ({', '.join(self.tasks)})")
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        return tuple(self.tasks)
+
+    def replace(self, **sections: Any) -> "Config":
+        return dataclasses.replace(self, **sections)
+
+
+def config_from_dict(data: Mapping) -> Config:
+    """Build and validate a Config from plain (YAML) data."""
+    return build_dataclass(Config, data or {})
+
+
+def config_to_dict(cfg: Any) -> Any:
+    """Plain YAML-able data for a Config (or any section), the inverse of config_from_dict."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: config_to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, Mapping):
+        return {k: config_to_dict(v) for k, v in cfg.items()}
+    if isinstance(cfg, tuple):
+        return [config_to_dict(v) for v in cfg]
+    return cfg
+
+
+# --------------------------------------------------------------------------- overrides
+
+def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
+    """Apply ``a.b.c=value`` overrides to plain data; values are parsed as YAML scalars."""
+    data = _deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(item, "an override must look like key.path=value")
+        path, raw = item.split("=", 1)
+        parts = path.strip().split(".")
+        if not all(parts):
+            raise ConfigError(path, "empty component in the key path")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as err:
+            raise ConfigError(path, f"cannot parse value {raw!r}: {err}") from None
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(".".join(parts[: i + 1]), f"is a value ({child!r}), not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def _deepcopy(data: Any) -> Any:
+    if isinstance(data, Mapping):
+        return {k: _deepcopy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_deepcopy(v) for v in data]
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML file (or start from defaults when `path` is None) and apply overrides."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError("", f"config file {str(path)!r} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError("", f"{path} is not valid YAML: {err}") from None
+        if not isinstance(data, dict):
+            raise ConfigError("", f"{path} must hold a mapping of sections, got {type(data).__name__}")
+    return config_from_dict(apply_overrides(data, overrides))
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)

@@ -1,0 +1,128 @@
+"""Config: every mistake fails at start with the key path, the bad value and what is allowed."""
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from ps_trainer.config import (Config, ConfigError, config_from_dict, config_to_dict, dump_config,
+                               load_config)
+from ps_trainer.launch import load_run_config
+
+BASE = ["tasks.rotation.workers=1"]
+
+
+def error_of(overrides, loader=load_config) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        loader(None, BASE + overrides)
+    return info.value
+
+
+def test_unknown_key_names_path_and_suggests_closest():
+    err = error_of(["optimizer.lrr=0.1"])
+    assert err.key == "optimizer.lrr"
+    assert "did you mean 'lr'" in str(err)
+    assert "allowed keys" in str(err)
+
+
+def test_unknown_section_is_an_unknown_key():
+    err = error_of(["optimiser.lr=0.1"])
+    assert err.key == "optimiser" and "did you mean 'optimizer'" in str(err)
+
+
+def test_wrong_type_names_expected_type():
+    err = error_of(["run.seed=abc"])
+    assert err.key == "run.seed"
+    assert "expected int" in str(err) and "'abc'" in str(err)
+
+
+def test_bool_is_not_an_int():
+    assert error_of(["run.max_updates=true"]).key == "run.max_updates"
+
+
+@pytest.mark.parametrize("override,key", [
+    ("tasks.rotation.workers=-1", "tasks.rotation.workers"),
+    ("optimizer.lr=0", "optimizer.lr"),
+    ("optimizer.lr=-0.1", "optimizer.lr"),
+    ("optimizer.momentum=1.0", "optimizer.momentum"),
+    ("server.max_staleness=-3", "server.max_staleness"),
+    ("data.shifted_fraction=1.5", "data.shifted_fraction"),
+    ("metrics.port=70000", "metrics.port"),
+    ("model.blocks=[1,1]", "model.blocks"),
+])
+def test_out_of_range(override, key):
+    err = error_of([override])
+    assert err.key == key
+    assert "not allowed" in str(err)
+
+
+def test_unknown_norm_lists_choices():
+    err = error_of(["model.norm=btach"])
+    assert err.key == "model.norm"
+    assert "did you mean 'batch'" in str(err) and "switchable" in str(err)
+
+
+def test_unknown_task_fails_with_registry_names():
+    err = error_of(["tasks.rotaton.workers=1"], loader=load_run_config)
+    assert err.key == "tasks.rotaton"
+    assert "jigsaw" in str(err)
+
+
+def test_bad_task_option_names_full_path():
+    err = error_of(["tasks.rotation.options.no_such_option=1"], loader=load_run_config)
+    assert err.key == "tasks.rotation.options.no_such_option"
+
+
+def test_segmentation_without_labels():
+    err = error_of(["tasks.segmentation.workers=1", "data.labelled=0"])
+    assert err.key == "data.labelled"
+    assert "labelled" in str(err)
+
+
+def test_unknown_balancing_method_and_bad_static_weight():
+    assert error_of(["balancing.method=gradnrom"]).key == "balancing.method"
+    err = error_of(["balancing.method=static", "balancing.options.weights.rotation=-1"])
+    assert err.key == "balancing.options.weights.rotation"
+
+
+def test_disk_source_needs_root():
+    assert error_of(["data.source=voc"]).key == "data.root"
+
+
+def test_overrides_are_typed_like_the_field():
+    cfg = load_config(None, BASE + ["optimizer.lr=1e-3", "model.widths=[4,8]", "model.blocks=[1,2]",
+                                    "metrics.enabled=false", "optimizer.betas=[0.5,0.9]"])
+    assert cfg.optimizer.lr == pytest.approx(1e-3) and isinstance(cfg.optimizer.lr, float)
+    assert cfg.model.widths == (4, 8) and cfg.model.blocks == (1, 2)
+    assert cfg.metrics.enabled is False
+    assert cfg.optimizer.betas == (0.5, 0.9)
+
+
+def test_override_of_a_value_as_section_fails():
+    assert error_of(["run.seed.x=1"]).key == "run.seed"
+
+
+def test_config_is_frozen_picklable_and_round_trips(tmp_path):
+    cfg = load_config(None, BASE + ["tasks.rotation.options.all_rotations=false"])
+    with pytest.raises(Exception):
+        cfg.run.seed = 3  # frozen
+    assert pickle.loads(pickle.dumps(cfg)) == cfg
+    assert config_from_dict(config_to_dict(cfg)) == cfg
+    path = tmp_path / "c.yaml"
+    path.write_text(dump_config(cfg))
+    assert load_config(path) == cfg
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+@pytest.mark.parametrize("name", ["quickstart"])
+def test_shipped_configs_load(name):
+    cfg = load_run_config(f"configs/{name}.yaml")
+    assert isinstance(cfg, Config) and "segmentation" in cfg.tasks
