@@ -1,0 +1,84 @@
+"""How far colour alone gets: a per-pixel colour classifier and its validation mIoU.
+
+The classifier quantises RGB into a BINS^3 histogram per class over the labelled images and
+predicts, for each colour bin, the class seen most often in it (colours never seen fall back
+to the most frequent class overall). A segmentation model that does not clearly beat it has
+learnt nothing beyond colour; a data source on which it scores high is too easy.
+
+    miou = colour_baseline_miou(labelled, val, num_classes)
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ps_trainer.data.base import IGNORE_INDEX, SegmentationDataset
+
+BINS = 16   # per channel: 16^3 colour cells
+
+
+def colour_bins(image: np.ndarray, bins: int = BINS) -> np.ndarray:
+    """(H, W) index of each pixel's RGB cell in a bins^3 grid."""
+    cell = image.astype(np.int64) * bins // 256
+    return (cell[..., 0] * bins + cell[..., 1]) * bins + cell[..., 2]
+
+
+class ColourClassifier:
+    """Majority class per quantised RGB colour, fitted on labelled images."""
+
+    def __init__(self, num_classes: int, bins: int = BINS):
+        self.num_classes, self.bins = num_classes, bins
+        self.counts = np.zeros((bins ** 3, num_classes), dtype=np.int64)
+        self.lookup: np.ndarray | None = None
+
+    def update(self, image: np.ndarray, mask: np.ndarray) -> None:
+        """Add one labelled image (pixels labelled IGNORE_INDEX are skipped)."""
+        keep = mask.ravel() != IGNORE_INDEX
+        labels = mask.ravel()[keep].astype(np.int64)
+        if labels.size and labels.max() >= self.num_classes:
+            raise ValueError(f"mask holds class {labels.max()} >= num_classes {self.num_classes}")
+        cells = colour_bins(image, self.bins).ravel()[keep]
+        self.counts += np.bincount(cells * self.num_classes + labels,
+                                   minlength=self.counts.size).reshape(self.counts.shape)
+        self.lookup = None
+
+    def fit(self, dataset: SegmentationDataset) -> "ColourClassifier":
+        for i in range(len(dataset)):
+            sample = dataset[i]
+            self.update(sample.image, sample.mask)
+        return self
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        """(H, W) uint8 predicted classes."""
+        if self.lookup is None:
+            fallback = int(self.counts.sum(0).argmax())
+            seen = self.counts.sum(1) > 0
+            self.lookup = np.where(seen, self.counts.argmax(1), fallback).astype(np.uint8)
+        return self.lookup[colour_bins(image, self.bins)]
+
+
+def confusion_matrix(truth: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """int64 (C, C) counts, rows = truth, columns = prediction; IGNORE_INDEX truth skipped."""
+    truth, pred = truth.ravel().astype(np.int64), pred.ravel().astype(np.int64)
+    keep = truth != IGNORE_INDEX
+    pairs = truth[keep] * num_classes + pred[keep]
+    return np.bincount(pairs, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
+def mean_iou(confusion: np.ndarray) -> float:
+    """Mean of TP / (TP + FP + FN) over the classes present in truth or prediction."""
+    tp = np.diag(confusion).astype(np.float64)
+    union = confusion.sum(0) + confusion.sum(1) - tp
+    present = union > 0
+    return float((tp[present] / union[present]).mean()) if present.any() else float("nan")
+
+
+def colour_baseline_miou(train: SegmentationDataset, val: SegmentationDataset,
+                         num_classes: int) -> float:
+    """mIoU on `val` (one confusion matrix over all of it) of a ColourClassifier fitted on
+    `train`."""
+    classifier = ColourClassifier(num_classes).fit(train)
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    for i in range(len(val)):
+        sample = val[i]
+        confusion += confusion_matrix(sample.mask, classifier.predict(sample.image), num_classes)
+    return mean_iou(confusion)
