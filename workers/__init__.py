@@ -1,0 +1,1 @@
+"""The task side: TaskWorker actors and the pretext/segmentation tasks they train."""

@@ -1,0 +1,23 @@
+"""Self-supervised pretext tasks and segmentation: each registers itself in ``TASKS``.
+
+    task = make_task("rotation", context, {"all_rotations": False})
+    inputs, targets = task.make_batch(images, rng)
+    loss = task.loss(model("rotation", inputs), targets)
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Optional
+
+from workers.tasks import (colorization, denoising, exemplar, inpainting, jigsaw,  # noqa: F401
+                           relative_position, rotation, segmentation)
+from workers.tasks.base import Task, TaskContext
+from workers.tasks.registry import TASKS
+
+__all__ = ["TASKS", "Task", "TaskContext", "make_task"]
+
+
+def make_task(name: str, context: TaskContext, options_mapping: Optional[Mapping] = None) -> Task:
+    """Build task `name` with its options validated from plain config data."""
+    cls = TASKS.get(name)
+    return cls(context, cls.Options.from_mapping(options_mapping))

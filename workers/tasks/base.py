@@ -1,0 +1,57 @@
+"""The Task interface: a head, a batch maker and a loss (see DESIGN.md, "A task is one small class").
+
+A task turns a batch of images into (inputs, targets) on the fly, owns the layers that read
+the shared trunk's features, and owns its loss. Pretext tasks never see labels; only tasks
+with ``uses_labels = True`` (segmentation) are given masks.
+
+Shapes: ``images`` are float32 (B, 3, H, W) RGB in [0, 1]; ``masks`` are int64 (B, H, W) with
+255 = ignore. ``inputs`` go through the model (which normalises, and harmonizes if asked);
+the trunk turns (N, 3, h, w) inputs into (N, C, h/s, w/s) features that the head receives.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any, ClassVar, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from ps_trainer.options import Options
+
+
+@dataclass(frozen=True)
+class NoOptions(Options):
+    """A task with no hyperparameters."""
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """What a task may know about the run: the data and the trunk."""
+    image_size: int          # side of the square training images
+    num_classes: int         # segmentation classes of the data source
+    trunk_stride: int        # input pixels per feature pixel
+
+
+class Task(abc.ABC):
+    name: ClassVar[str]
+    uses_labels: ClassVar[bool] = False          # batches come from the labelled split
+    Options: ClassVar[type] = NoOptions
+
+    def __init__(self, context: TaskContext, options: Any = None):
+        self.context = context
+        self.options = options if options is not None else self.Options()
+
+    @abc.abstractmethod
+    def head(self, trunk_channels: int) -> nn.Module:
+        """Task-specific layers on top of the trunk's (N, C, h, w) features."""
+
+    @abc.abstractmethod
+    def make_batch(self, images: torch.Tensor, rng: np.random.Generator,
+                   masks: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets) for one step, made from `images` (and `masks` if uses_labels)."""
+
+    @abc.abstractmethod
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Scalar loss of the head's output against the targets from make_batch."""

@@ -1,0 +1,98 @@
+"""Semantic segmentation on the labelled split.
+
+The head is the light FCN-style :class:`DenseDecoder` (Long, Shelhamer & Darrell, CVPR 2015,
+"Fully Convolutional Networks for Semantic Segmentation"): a few convolutions with learned
+upsampling steps, then bilinear interpolation of the logits to the label resolution.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ps_trainer.options import Options, check
+from workers.tasks.base import Task
+from workers.tasks.heads import DenseDecoder, resize_like
+from workers.tasks.registry import TASKS
+
+IGNORE_INDEX = 255
+
+
+@dataclass(frozen=True)
+class SegmentationOptions(Options):
+    flip_probability: float = 0.5                 # horizontal flip of image and mask together
+    scale_range: tuple[float, float] = (1.0, 1.0)  # zoom factors; (1, 1) = no scale jitter
+    output_stride: int = 4                        # decoder resolution before bilinear upsampling
+    decoder_width: int = 64
+
+    def __post_init__(self):
+        check(0.0 <= self.flip_probability <= 1.0, "flip_probability", self.flip_probability,
+              "must be in [0, 1]")
+        low, high = self.scale_range
+        check(0 < low <= high, "scale_range", self.scale_range, "0 < low <= high")
+        check(self.output_stride >= 1 and self.output_stride & (self.output_stride - 1) == 0,
+              "output_stride", self.output_stride, "a power of two")
+        check(self.decoder_width >= 16, "decoder_width", self.decoder_width, "must be >= 16")
+
+
+@TASKS.register("segmentation")
+class Segmentation(Task):
+    """Per-pixel classification of the labelled images into `context.num_classes` classes.
+
+    Batches: a random horizontal flip applied identically to image and mask, and optional
+    scale jitter (zoom in: random crop; zoom out: padding labelled 255 = ignore).
+    Head: :class:`DenseDecoder`, logits (B, num_classes, H/4, W/4) by default; the loss (and
+    the evaluator) upsample them bilinearly (align_corners=False) to the mask's H, W.
+    Loss: cross-entropy averaged over the pixels that are not 255.
+    """
+
+    uses_labels = True
+    Options = SegmentationOptions
+
+    def head(self, trunk_channels: int) -> nn.Module:
+        return DenseDecoder(trunk_channels, self.context.num_classes, self.context.trunk_stride,
+                            self.options.output_stride, self.options.decoder_width)
+
+    def make_batch(self, images: torch.Tensor, rng: np.random.Generator,
+                   masks: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if masks is None:
+            raise ValueError("the segmentation task needs masks (it trains on labelled images)")
+        b = images.shape[0]
+        flip = torch.from_numpy(rng.random(b) < self.options.flip_probability).to(images.device)
+        images = torch.where(flip.view(b, 1, 1, 1), images.flip(-1), images)
+        masks = torch.where(flip.view(b, 1, 1), masks.flip(-1), masks)
+        low, high = self.options.scale_range
+        if (low, high) != (1.0, 1.0):
+            images, masks = self._scale_jitter(images, masks, rng)
+        return images.contiguous(), masks.contiguous()
+
+    def _scale_jitter(self, images: torch.Tensor, masks: torch.Tensor,
+                      rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zoom each image by a random factor around a random centre that keeps it covered."""
+        b = images.shape[0]
+        zoom = rng.uniform(*self.options.scale_range, size=b)
+        # Zooming in by z shows 1/z of the image; the centre may move by the slack 1 - 1/z.
+        slack = np.clip(1.0 - 1.0 / zoom, 0.0, None)
+        shift = rng.uniform(-1.0, 1.0, size=(b, 2)) * slack[:, None]
+        theta = np.zeros((b, 2, 3))
+        theta[:, 0, 0] = theta[:, 1, 1] = 1.0 / zoom
+        theta[:, :, 2] = shift
+        grid = F.affine_grid(torch.from_numpy(theta).float().to(images.device), list(images.shape),
+                             align_corners=False)
+        images = F.grid_sample(images, grid, mode="bilinear", padding_mode="border",
+                               align_corners=False)
+        # Nearest sampling keeps labels exact; shifting by 255 makes the padding 255 (ignore).
+        shifted = (masks.float() - IGNORE_INDEX).unsqueeze(1)
+        masks = F.grid_sample(shifted, grid, mode="nearest", padding_mode="zeros",
+                              align_corners=False).squeeze(1).round().long() + IGNORE_INDEX
+        return images.clamp(0.0, 1.0), masks
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits = resize_like(output, target.shape[-2:])          # (B, K, H, W)
+        total = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum")
+        # Mean over labelled pixels; an all-ignore batch gives 0 rather than NaN.
+        return total / (target != IGNORE_INDEX).sum().clamp(min=1)
