@@ -1,0 +1,95 @@
+"""Batch sampling: shapes, cropping, skipping unusable files, bounded caching; splits."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ps_trainer.config import DataConfig
+from ps_trainer.data import Sample, SegmentationDataset, UnreadableImage, build_splits
+from ps_trainer.data.sampler import ImageSampler, crop_square, iterate_eval, resize_short_side
+
+
+class Stripes(SegmentationDataset):
+    """Image i is filled with value i; mask = i % 3; indices in `broken` are unreadable."""
+    num_classes, class_names = 3, ("a", "b", "c")
+
+    def __init__(self, n=10, size=(12, 20), broken=()):
+        self.n, self.size, self.broken, self.loads = n, size, set(broken), 0
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        self.loads += 1
+        if i in self.broken:
+            raise UnreadableImage(f"image {i}: corrupt")
+        image = np.full((*self.size, 3), i, np.uint8)
+        return Sample(image, np.full(self.size, i % 3, np.uint8))
+
+
+def test_batches_are_square_tensors_in_unit_range():
+    sampler = ImageSampler(Stripes(), batch_size=5, image_size=8, rng=np.random.default_rng(0))
+    images, masks = sampler.sample()
+    assert images.shape == (5, 3, 8, 8) and images.dtype == torch.float32
+    assert masks.shape == (5, 8, 8) and masks.dtype == torch.int64
+    values = images[:, 0, 0, 0] * 255
+    torch.testing.assert_close(masks[:, 0, 0], values.round().long() % 3)   # pairs stay aligned
+
+
+def test_unreadable_images_are_skipped_and_counted():
+    data = Stripes(n=4, broken={1, 2})
+    sampler = ImageSampler(data, batch_size=16, image_size=8, rng=np.random.default_rng(0))
+    images, _ = sampler.sample()
+    assert set((images[:, 0, 0, 0] * 255).round().long().tolist()) <= {0, 3}
+    assert sampler.skipped >= 2
+    with pytest.raises(RuntimeError, match="unusable images in a row"):
+        ImageSampler(Stripes(n=2, broken={0, 1}), 2, 8, np.random.default_rng(0)).sample()
+
+
+def test_cache_bounds_memory_and_avoids_reloading():
+    data = Stripes(n=6)
+    sampler = ImageSampler(data, batch_size=30, image_size=8, rng=np.random.default_rng(0),
+                           cache_images=4)
+    sampler.sample()
+    assert len(sampler._cache) == 4
+    loads = data.loads
+    full = ImageSampler(data, 30, 8, np.random.default_rng(1), cache_images=100)
+    full.sample()
+    full.sample()
+    assert data.loads - loads == 6                       # each image decoded once
+
+
+def test_resize_then_centre_crop_keeps_aspect_and_labels():
+    sample = Sample(np.zeros((10, 20, 3), np.uint8), np.arange(200, dtype=np.uint8).reshape(10, 20) % 4)
+    resized = resize_short_side(sample, 5)
+    assert resized.image.shape == (5, 10, 3) and set(np.unique(resized.mask)) <= {0, 1, 2, 3}
+    image, mask = crop_square(resized, 5)
+    assert image.shape == (5, 5, 3) and mask.shape == (5, 5)
+    _, ignore = crop_square(Sample(np.zeros((5, 5, 3), np.uint8)), 5)
+    assert (ignore == 255).all()
+
+
+def test_eval_iterates_everything_once_in_order_skipping_unusable():
+    batches = list(iterate_eval(Stripes(n=7, broken={3}), batch_size=4, image_size=8))
+    firsts = torch.cat([(b[0][:, 0, 0, 0] * 255).round().long() for b in batches]).tolist()
+    assert firsts == [0, 1, 2, 4, 5, 6]
+
+
+def test_synthetic_splits_are_disjoint_nested_and_val_is_seed_independent():
+    cfg = DataConfig(image_size=32, labelled=4, unlabelled=10, val=5)
+    a, b = build_splits(cfg, seed=0), build_splits(cfg, seed=1)
+    np.testing.assert_array_equal(a.val[0].image, b.val[0].image)        # same val for every seed
+    assert not np.array_equal(a.labelled[0].image, b.labelled[0].image)  # labels vary by seed
+    bigger = build_splits(DataConfig(image_size=32, labelled=8, unlabelled=10, val=5), seed=0)
+    np.testing.assert_array_equal(bigger.labelled[3].image, a.labelled[3].image)   # nested
+    assert a.unlabelled[0].mask is None and a.labelled[0].mask is not None
+    assert not np.array_equal(a.unlabelled[0].image, a.labelled[0].image)
+    assert (len(a.unlabelled), len(a.labelled), len(a.val), a.num_classes) == (10, 4, 5, 6)
+
+
+def test_shifted_fraction_mixes_domains_in_the_unlabelled_pool():
+    cfg = DataConfig(image_size=32, unlabelled=10, shifted_fraction=0.3, val_domain="shifted")
+    splits = build_splits(cfg, seed=0)
+    assert [len(p) for p in splits.unlabelled.parts] == [7, 3]
+    assert splits.val.domain.palette == "shifted"
