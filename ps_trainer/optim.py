@@ -1,0 +1,117 @@
+"""The server's optimizer: fused updates of flat float32 tensors, and the LR schedule.
+
+One update of a piece is a handful of in-place vector ops over the whole piece (never a
+Python loop over parameters). Incoming gradients may be float32, float16 or bfloat16; the
+state and the weights stay float32 and mixed-dtype ops accumulate in float32.
+
+- sgd: heavy-ball momentum with L2 weight decay (PyTorch's SGD convention).
+- adam: Adam with decoupled weight decay (Loshchilov & Hutter, ICLR 2019, "AdamW").
+- rmsprop: RMSProp (Tieleman & Hinton 2012) with optional momentum and L2 weight decay.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ps_trainer.config import OptimizerConfig
+
+
+def learning_rate(cfg: OptimizerConfig, update: int, total_updates: int) -> float:
+    """LR for the `update`-th update: linear warm-up, then constant / step / cosine decay."""
+    if cfg.warmup_updates and update < cfg.warmup_updates:
+        return cfg.lr * (update + 1) / cfg.warmup_updates
+    since = update - cfg.warmup_updates
+    if cfg.schedule == "step":
+        return cfg.lr * cfg.step_gamma ** (since // cfg.step_every_updates)
+    if cfg.schedule == "cosine":
+        span = max(total_updates - cfg.warmup_updates, 1)
+        progress = min(since / span, 1.0)
+        floor = cfg.lr * cfg.min_lr_ratio
+        return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    return cfg.lr
+
+
+_STATE_NAMES = {"sgd": ("momentum",), "adam": ("exp_avg", "exp_avg_sq"),
+                "rmsprop": ("square_avg", "momentum")}
+_SCRATCH_COUNT = {"sgd": 0, "adam": 1, "rmsprop": 2}
+
+
+class FlatOptimizer:
+    """Optimizer state for named flat pieces; :meth:`step` applies one update to one piece.
+    State lives on the device of the piece it belongs to."""
+
+    def __init__(self, cfg: OptimizerConfig):
+        self.cfg = cfg
+        self.state: dict[str, dict[str, torch.Tensor]] = {}
+        self.steps: dict[str, int] = {}
+        self._scratch: dict[str, tuple[torch.Tensor, ...]] = {}
+        self._update = getattr(self, "_" + cfg.name)
+
+    def add_piece(self, key: str, like: torch.Tensor) -> None:
+        self.state[key] = {n: torch.zeros_like(like) for n in _STATE_NAMES[self.cfg.name]}
+        self.steps[key] = 0
+        # Preallocated temporaries so an update allocates nothing.
+        self._scratch[key] = tuple(torch.empty_like(like)
+                                   for _ in range(_SCRATCH_COUNT[self.cfg.name]))
+
+    def step(self, key: str, weights: torch.Tensor, grad: torch.Tensor, lr: float,
+             scale: float) -> None:
+        """weights -= update(scale * grad), in place. `grad` is only read."""
+        self.steps[key] += 1
+        self._update(key, weights, grad, lr, scale, self.state[key])
+
+    def _sgd(self, key, w, g, lr, scale, state) -> None:
+        cfg, buf = self.cfg, state["momentum"]
+        if cfg.momentum:
+            buf.mul_(cfg.momentum).add_(g, alpha=scale)
+            if cfg.weight_decay:
+                buf.add_(w, alpha=cfg.weight_decay)
+            w.add_(buf, alpha=-lr)
+        else:
+            if cfg.weight_decay:
+                w.mul_(1 - lr * cfg.weight_decay)
+            w.add_(g, alpha=-lr * scale)
+
+    def _adam(self, key, w, g, lr, scale, state) -> None:
+        cfg, (b1, b2), t = self.cfg, self.cfg.betas, self.steps[key]
+        m, v, (denom,) = state["exp_avg"], state["exp_avg_sq"], self._scratch[key]
+        m.mul_(b1).add_(g, alpha=(1 - b1) * scale)
+        v.mul_(b2).addcmul_(g, g, value=(1 - b2) * scale * scale)
+        if cfg.weight_decay:
+            w.mul_(1 - lr * cfg.weight_decay)
+        torch.sqrt(v, out=denom).div_(math.sqrt(1 - b2 ** t)).add_(cfg.eps)
+        w.addcdiv_(m, denom, value=-lr / (1 - b1 ** t))
+
+    def _rmsprop(self, key, w, g, lr, scale, state) -> None:
+        cfg, sq, buf = self.cfg, state["square_avg"], state["momentum"]
+        avg, decayed = self._scratch[key]
+        if cfg.weight_decay:
+            # L2 folded into the gradient needs a writable copy (the incoming one is read-only).
+            g = decayed.copy_(g).mul_(scale).add_(w, alpha=cfg.weight_decay)
+            scale = 1.0
+        sq.mul_(cfg.alpha).addcmul_(g, g, value=(1 - cfg.alpha) * scale * scale)
+        torch.sqrt(sq, out=avg).add_(cfg.eps)
+        if cfg.momentum:
+            buf.mul_(cfg.momentum).addcdiv_(g, avg, value=scale)
+            w.add_(buf, alpha=-lr)
+        else:
+            w.addcdiv_(g, avg, value=-lr * scale)
+
+    def state_dict(self) -> dict:
+        """Numpy copies of the state (safe to keep while updates continue)."""
+        return {"name": self.cfg.name, "steps": dict(self.steps),
+                "state": {k: {n: t.detach().cpu().numpy().copy() for n, t in v.items()}
+                          for k, v in self.state.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["name"] != self.cfg.name:
+            raise ValueError(f"checkpoint optimizer is {state['name']!r}, config asks for "
+                             f"{self.cfg.name!r}")
+        for key, arrays in state["state"].items():
+            if key not in self.state:
+                raise KeyError(f"checkpoint has optimizer state for unknown piece {key!r}")
+            for name, array in arrays.items():
+                self.state[key][name].copy_(torch.as_tensor(np.asarray(array, np.float32)))
+            self.steps[key] = int(state["steps"][key])

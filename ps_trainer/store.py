@@ -1,0 +1,167 @@
+"""ParameterStore: the parameter server's state and update rule, without Ray.
+
+It holds named flat float32 pieces of the model (1-D tensors: numpy-backed in the server
+actor, the model's own buffers in the single-process trainer), the optimizer state, the balancing method
+and a version counter, and handles one push at a time (the actor in ``server.py`` adapts it
+to Ray; the local trainer calls it directly). A push goes: receive -> check -> weight -> apply:
+
+- staleness = version - base_version; above ``max_staleness`` (or from before a restore)
+  the push is dropped; under the ``scale`` policy the step is scaled by 1/(1+staleness);
+- a NaN/Inf gradient or loss is rejected and counted, never applied;
+- the task's balancing weight multiplies the gradient;
+- ``sync: k`` for a task averages k accepted pushes of that task into one update (Doersch &
+  Zisserman 2017 keep workers of one task synchronous and tasks asynchronous to each other).
+
+The store only knows task names and the keys each task's pushes carry.
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping, Optional
+
+import numpy as np
+import torch
+
+from ps_trainer.balancing import Balancer
+from ps_trainer.config import OptimizerConfig, ServerConfig
+from ps_trainer.optim import FlatOptimizer, learning_rate
+from ps_trainer.params import readonly_tensor
+from ps_trainer.protocol import APPLIED, NONFINITE, QUEUED, STALE, PushResult, PushStats
+
+
+class ParameterStore:
+    def __init__(self, weights: Mapping[str, torch.Tensor], task_keys: Mapping[str, tuple[str, ...]],
+                 optimizer: OptimizerConfig, server: ServerConfig, balancer: Balancer,
+                 sync: Mapping[str, int], total_updates: int):
+        self.weights = dict(weights)                  # key -> 1-D float32 tensor, updated in place
+        self.task_keys = {t: tuple(k for k in keys if k in self.weights)
+                          for t, keys in task_keys.items()}
+        self.server_cfg = server
+        self.optimizer_cfg = optimizer
+        self.optimizer = FlatOptimizer(optimizer)
+        for key, tensor in self.weights.items():
+            if tensor.dtype != torch.float32 or tensor.dim() != 1:
+                raise ValueError(f"piece {key!r} must be a 1-D float32 tensor")
+            self.optimizer.add_piece(key, tensor)
+        self.balancer = balancer
+        self.sync = {t: int(sync.get(t, 1)) for t in task_keys}
+        self.total_updates = total_updates
+        self.version = 0
+        self.norm_stats: dict[str, dict[str, np.ndarray]] = {}
+        # Sync groups: per task, one float32 accumulator per key, and how many pushes it holds.
+        self._acc = {t: {k: torch.zeros_like(self.weights[k]) for k in keys}
+                     for t, keys in self.task_keys.items() if self.sync[t] > 1}
+        self._acc_count = {t: 0 for t in self._acc}
+
+    # ----------------------------------------------------------------- the hot path
+
+    def push(self, task: str, base_version: int, grads: Mapping[str, np.ndarray | torch.Tensor],
+             stats: PushStats, norm_stats: Optional[Mapping[str, np.ndarray]] = None) -> PushResult:
+        """Receive -> check -> weight -> apply (or queue in the task's sync group)."""
+        g = self._receive(task, grads)
+        staleness = self.version - base_version
+        if staleness < 0 or staleness > self.server_cfg.max_staleness:
+            return PushResult(STALE, self.version, staleness)
+        norm = self._finite_norm(g, stats)
+        if norm is None:
+            return PushResult(NONFINITE, self.version, staleness)
+        factor = self.balancer.weight(task) * self._staleness_factor(staleness)
+        factor *= self._clip_factor(norm)
+        self.balancer.observe(task, stats.loss, stats.shared_grad_norm)
+        if norm_stats:
+            self._keep_norm_stats(task, norm_stats)
+        if self.sync[task] == 1:
+            self._apply(g, factor)
+            return PushResult(APPLIED, self.version, staleness)
+        return self._queue(task, g, factor, staleness)
+
+    def _receive(self, task: str, grads: Mapping) -> dict[str, torch.Tensor]:
+        if task not in self.task_keys:
+            raise KeyError(f"push from unknown task {task!r}; known: {', '.join(self.task_keys)}")
+        out = {}
+        for key in self.task_keys[task]:
+            grad = grads.get(key)
+            if grad is None or tuple(grad.shape) != tuple(self.weights[key].shape):
+                got = None if grad is None else tuple(grad.shape)
+                raise ValueError(f"push from {task!r}: piece {key!r} expected shape "
+                                 f"{tuple(self.weights[key].shape)}, got {got}")
+            out[key] = grad if isinstance(grad, torch.Tensor) else readonly_tensor(grad)
+        return out
+
+    def _finite_norm(self, g: dict[str, torch.Tensor], stats: PushStats) -> Optional[float]:
+        """The push's gradient L2 norm, or None if it (or the loss) is not finite.
+        One reduction per piece; an Inf or NaN anywhere makes the norm non-finite."""
+        if not math.isfinite(stats.loss):
+            return None
+        sq = sum(float(torch.linalg.vector_norm(t, dtype=torch.float32)) ** 2 for t in g.values())
+        norm = math.sqrt(sq)
+        return norm if math.isfinite(norm) else None
+
+    def _staleness_factor(self, staleness: int) -> float:
+        return 1.0 / (1 + staleness) if self.server_cfg.staleness_policy == "scale" else 1.0
+
+    def _clip_factor(self, norm: float) -> float:
+        clip = self.optimizer_cfg.clip_grad_norm
+        return min(1.0, clip / (norm + 1e-12)) if clip > 0 else 1.0
+
+    def _queue(self, task: str, g: dict[str, torch.Tensor], factor: float,
+               staleness: int) -> PushResult:
+        acc = self._acc[task]
+        for key, t in g.items():
+            acc[key].add_(t, alpha=factor)
+        self._acc_count[task] += 1
+        if self._acc_count[task] < self.sync[task]:
+            return PushResult(QUEUED, self.version, staleness)
+        self._apply(acc, 1.0 / self._acc_count[task])
+        for t in acc.values():
+            t.zero_()
+        self._acc_count[task] = 0
+        return PushResult(APPLIED, self.version, staleness)
+
+    def _apply(self, g: Mapping[str, torch.Tensor], scale: float) -> None:
+        lr = learning_rate(self.optimizer_cfg, self.version, self.total_updates)
+        for key, t in g.items():
+            self.optimizer.step(key, self.weights[key], t, lr, scale)
+        self.version += 1
+
+    def _keep_norm_stats(self, task: str, norm_stats: Mapping[str, np.ndarray]) -> None:
+        kept = self.norm_stats.setdefault(task, {})
+        for shard, array in norm_stats.items():
+            if shard not in kept:
+                kept[shard] = np.array(array, dtype=np.float32)
+            else:
+                np.copyto(kept[shard], array)
+
+    # ----------------------------------------------------------------- reading and state
+
+    @property
+    def lr(self) -> float:
+        return learning_rate(self.optimizer_cfg, self.version, self.total_updates)
+
+    def state(self) -> dict:
+        """Everything a checkpoint needs, as numpy copies (safe to keep while pushes continue)."""
+        return {"version": self.version,
+                "weights": {k: t.detach().cpu().numpy().copy() for k, t in self.weights.items()},
+                "optimizer": self.optimizer.state_dict(), "balancer": self.balancer.state_dict(),
+                "norm_stats": {t: {s: a.copy() for s, a in shards.items()}
+                               for t, shards in self.norm_stats.items()}}
+
+    def load_state(self, state: Mapping) -> None:
+        missing = set(self.weights) - set(state["weights"])
+        if missing:
+            raise KeyError(f"checkpoint lacks pieces {sorted(missing)}")
+        for key, tensor in self.weights.items():
+            src = np.asarray(state["weights"][key], dtype=np.float32)
+            if src.shape != tuple(tensor.shape):
+                raise ValueError(f"checkpoint piece {key!r} has shape {src.shape}, "
+                                 f"model needs {tuple(tensor.shape)}")
+            tensor.copy_(torch.from_numpy(src))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.balancer.load_state_dict(state["balancer"])
+        self.norm_stats = {t: {s: np.array(a, np.float32) for s, a in shards.items()}
+                           for t, shards in state.get("norm_stats", {}).items()}
+        self.version = int(state["version"])
+        for task in self._acc:                # a partly filled sync group is not resumed
+            for t in self._acc[task].values():
+                t.zero_()
+            self._acc_count[task] = 0
