@@ -1,0 +1,224 @@
+"""Evaluation: mIoU of the segmentation head on the validation split, checkpoints, pictures.
+
+:class:`EvaluationLoop` scores a model (plain, testable without Ray); :class:`RunRecorder`
+writes what an evaluation produces (checkpoint, a ``metrics.jsonl`` line, previews, curves);
+:class:`Evaluator` is the Ray actor that, every ``eval.every_s`` seconds (or every
+``eval.every_updates`` server versions), pulls the full server state and does both.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import ray
+import torch
+import torch.nn.functional as F
+
+from ps_trainer.checkpoint import CheckpointManager
+from ps_trainer.config import Config, config_to_dict
+from ps_trainer.data.base import SegmentationDataset
+from ps_trainer.data.sampler import iterate_eval
+from ps_trainer.data.splits import build_splits
+from ps_trainer.metrics import EvaluatorMetrics, Reporter
+from ps_trainer.model import MultiTaskModel, shard_of
+from ps_trainer.params import FlatModel, Piece, ShardLayout
+from ps_trainer.plots import plot_curves, write_previews
+from ps_trainer.runlog import RunFolder
+from ps_trainer.runtime import set_threads
+from ps_trainer.segmetrics import confusion_matrix, mean_iou, pixel_accuracy
+
+log = logging.getLogger(__name__)
+SEGMENTATION = "segmentation"
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    miou: float
+    per_class_iou: list[float]
+    pixel_accuracy: float
+    seconds: float
+
+
+class EvaluationLoop:
+    """Scores the segmentation head over the whole validation split (one confusion matrix)."""
+
+    def __init__(self, model: MultiTaskModel, val: SegmentationDataset, num_classes: int,
+                 image_size: int, batch_size: int, device: torch.device = torch.device("cpu")):
+        self.model = model.to(device)
+        self.flat = FlatModel(self.model, ShardLayout.of(self.model, shard_of))
+        self.num_classes = num_classes
+        self.device = device
+        # The split is fixed: prepare its tensors once.
+        self.batches = list(iterate_eval(val, batch_size, image_size))
+        if not self.batches:
+            raise ValueError("the validation split has no usable images")
+
+    def load_pieces(self, states: Sequence[dict], plan: Sequence[Piece]) -> None:
+        """Weights from server states (one per server actor, as in a checkpoint)."""
+        for piece in plan:
+            if piece.shard in self.flat.params:
+                self.flat.load(piece.shard, states[piece.server]["weights"][piece.key], piece.start)
+        stats = states[0].get("norm_stats", {}).get(SEGMENTATION, {})
+        for shard, array in stats.items():
+            if shard in self.flat.stats:
+                self.flat.load_stats(shard, array)
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] -> (B, H, W) class ids."""
+        self.model.eval()
+        logits = self.model(SEGMENTATION, images.to(self.device))
+        logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return logits.argmax(1).cpu()
+
+    def evaluate(self) -> EvalResult:
+        start = time.perf_counter()
+        confusion = np.zeros((self.num_classes, self.num_classes), np.int64)
+        for images, masks in self.batches:
+            confusion += confusion_matrix(self.predict(images), masks, self.num_classes)
+        miou, per_class = mean_iou(confusion)
+        return EvalResult(miou, [None if np.isnan(v) else float(v) for v in per_class],
+                          pixel_accuracy(confusion), time.perf_counter() - start)
+
+    def previews(self, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        images, masks = self.batches[0]
+        images, masks = images[:count], masks[:count]
+        rgb = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+        return rgb, masks.numpy().astype(np.uint8), self.predict(images).numpy().astype(np.uint8)
+
+
+class RunRecorder:
+    """Writes an evaluation's outputs into the run folder."""
+
+    def __init__(self, cfg: Config, run: RunFolder):
+        self.cfg = cfg
+        self.run = run
+        self.checkpoints = CheckpointManager(run.checkpoints, cfg.eval.keep_last)
+
+    def record(self, step: int, time_s: float, server_payload: dict,
+               result: Optional[EvalResult], loop: Optional[EvaluationLoop],
+               extra: dict) -> dict:
+        """Checkpoint, then one metrics.jsonl line, then pictures; returns the line."""
+        start = time.perf_counter()
+        payload = {**server_payload, "config": config_to_dict(self.cfg), "time_s": time_s}
+        path, size = self.checkpoints.save(payload, step, result.miou if result else None)
+        record = {"step": step, "time_s": round(time_s, 3),
+                  "miou": result.miou if result else None,
+                  "per_class_iou": result.per_class_iou if result else None,
+                  "pixel_accuracy": result.pixel_accuracy if result else None,
+                  "checkpoint": str(path), "checkpoint_bytes": size,
+                  "checkpoint_seconds": round(time.perf_counter() - start, 4), **extra}
+        self.run.append(record)
+        self._pictures(step, loop)
+        return record
+
+    def _pictures(self, step: int, loop: Optional[EvaluationLoop]) -> None:
+        try:
+            if loop is not None and self.cfg.eval.previews:
+                write_previews(self.run.previews / f"step-{step:09d}.png",
+                               *loop.previews(self.cfg.eval.previews))
+            plot_curves(self.run.curves, self.run.records(), title=self.cfg.run.name)
+        except Exception as err:  # pictures are for people; never lose a run over one
+            log.warning("could not write pictures: %s", err)
+
+
+def make_evaluation_loop(cfg: Config, model_factory: Callable[[], MultiTaskModel],
+                         device: torch.device) -> Optional[EvaluationLoop]:
+    """The loop for this config, or None when no segmentation task is configured."""
+    if SEGMENTATION not in cfg.tasks:
+        return None
+    splits = build_splits(cfg.data, cfg.run.seed)
+    return EvaluationLoop(model_factory(), splits.val, splits.num_classes, cfg.data.image_size,
+                          cfg.eval.batch_size, device)
+
+
+class Evaluator:
+    """Ray actor (``max_concurrency=2``): :meth:`run` loops, control calls come in between."""
+
+    def __init__(self, cfg: Config, servers: list, plan: tuple[Piece, ...],
+                 model_factory: Callable[[], MultiTaskModel], run_dir: str,
+                 time_offset_s: float = 0.0, hub=None):
+        set_threads(cfg.eval.num_cpus)
+        self._cfg = cfg
+        self._servers = list(servers)
+        self._plan = plan
+        self._loop = make_evaluation_loop(cfg, model_factory,
+                                          torch.device("cuda" if ray.get_gpu_ids() else "cpu"))
+        self._recorder = RunRecorder(cfg, RunFolder(run_dir))
+        self._start = time.monotonic() - time_offset_s
+        self._stop = threading.Event()
+        self._lock = threading.Lock()   # one evaluation at a time (loop thread vs. final call)
+        self._metrics = EvaluatorMetrics()
+        send = (lambda source, fams: hub.report.remote(source, fams)) if hub else (lambda *a: None)
+        self._reporter = Reporter("evaluator", self._metrics.registry, send,
+                                  cfg.metrics.report_every_s)
+        self.latest: Optional[dict] = None
+
+    def set_servers(self, servers: list) -> None:
+        self._servers = list(servers)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def latest_record(self) -> Optional[dict]:
+        return self.latest
+
+    def ping(self) -> bool:
+        return True
+
+    def run(self) -> None:
+        """Evaluate every eval.every_s seconds, or every eval.every_updates versions."""
+        every_s, every_updates = self._cfg.eval.every_s, self._cfg.eval.every_updates
+        last_time, last_version = time.monotonic(), 0
+        while not self._stop.wait(0.25):
+            due = time.monotonic() - last_time >= every_s
+            if not due and every_updates:
+                version = self._version()
+                due = version is not None and version - last_version >= every_updates
+            if due:
+                record = self.evaluate_now()
+                last_time = time.monotonic()
+                last_version = record["step"] if record else last_version
+
+    def _version(self) -> Optional[int]:
+        try:
+            return ray.get(self._servers[0].ping.remote(), timeout=5)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            return None
+
+    def evaluate_now(self, extra: Optional[dict] = None) -> Optional[dict]:
+        """Pull the full server state, score it, checkpoint it; None if a server is down."""
+        with self._lock:
+            try:
+                states = ray.get([s.state.remote() for s in self._servers])
+                statuses = ray.get([s.status.remote() for s in self._servers])
+            except ray.exceptions.RayActorError as err:
+                log.warning("evaluation skipped: a server is unreachable (%s)", type(err).__name__)
+                return None
+            return self._score_and_record(states, statuses, extra or {})
+
+    def _score_and_record(self, states, statuses, extra: dict) -> dict:
+        result = None
+        if self._loop is not None:
+            self._loop.load_pieces(states, self._plan)
+            result = self._loop.evaluate()
+            self._metrics.miou.set(result.miou)
+            self._metrics.eval_seconds.observe(result.seconds)
+        step = int(states[0]["version"])
+        info = {"losses": statuses[0]["losses"], "weights": statuses[0]["weights"],
+                "updates": statuses[0]["applied"], "lr": statuses[0]["lr"], **extra}
+        payload = {"servers": states, "plan": [asdict(p) for p in self._plan]}
+        record = self._recorder.record(step, time.monotonic() - self._start, payload, result,
+                                       self._loop, info)
+        self._metrics.evaluations.inc()
+        self._metrics.checkpoint_seconds.observe(record["checkpoint_seconds"])
+        self._metrics.checkpoint_bytes.set(record["checkpoint_bytes"])
+        if self._recorder.checkpoints.best_score is not None:
+            self._metrics.best_miou.set(self._recorder.checkpoints.best_score)
+        self._reporter.now()
+        self.latest = record
+        return record

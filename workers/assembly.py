@@ -1,0 +1,57 @@
+"""Build tasks and the multi-task model from a Config (used by launch, workers and tools)."""
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+import torch
+
+from ps_trainer.config import Config, ConfigError
+from ps_trainer.data.splits import num_classes_of
+from ps_trainer.model import MultiTaskModel
+from workers.tasks import TASKS, Task, TaskContext
+
+
+def task_context(cfg: Config) -> TaskContext:
+    stride = cfg.model.stem_stride * 2 ** (len(cfg.model.widths) - 1)
+    return TaskContext(image_size=cfg.data.image_size, num_classes=num_classes_of(cfg.data),
+                       trunk_stride=stride)
+
+
+def build_task(cfg: Config, name: str) -> Task:
+    """One configured task; unknown names and bad options fail with the key path."""
+    if name not in TASKS:
+        raise ConfigError(f"tasks.{name}", f"unknown task {name!r}: choose from "
+                                           f"{', '.join(TASKS.names())}")
+    cls = TASKS.get(name)
+    try:
+        options = cls.Options.from_mapping(cfg.tasks[name].options)
+    except ConfigError as err:
+        raise err.under(f"tasks.{name}.options") from None
+    return cls(task_context(cfg), options)
+
+
+def build_tasks(cfg: Config, names: Optional[Iterable[str]] = None) -> dict[str, Task]:
+    return {name: build_task(cfg, name) for name in (names or cfg.task_names)}
+
+
+def check_tasks(cfg: Config) -> None:
+    """Fail at start, with the key path, on unknown tasks or bad task options."""
+    build_tasks(cfg)
+
+
+def build_model(cfg: Config, tasks: dict[str, Task], seed: Optional[int] = None) -> MultiTaskModel:
+    """Trunk + the heads of `tasks`. With `seed`, initialisation is reproducible; a head's
+    initial weights depend only on (seed, task name), so models with different task sets agree."""
+    trunk_channels = cfg.model.widths[-1]
+    heads = {}
+    for name, task in tasks.items():
+        if seed is not None:
+            torch.manual_seed(_head_seed(seed, name))
+        heads[name] = task.head(trunk_channels)
+    if seed is not None:
+        torch.manual_seed(seed)
+    return MultiTaskModel(cfg.model, heads)
+
+
+def _head_seed(seed: int, name: str) -> int:
+    return (seed * 1_000_003 + sum(ord(c) * 31 ** i for i, c in enumerate(name))) % 2 ** 31
