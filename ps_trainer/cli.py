@@ -1,0 +1,127 @@
+"""The ``ps-trainer`` command.
+
+    ps-trainer train --config configs/quickstart.yaml [--mode local] [--set run.max_updates=500]
+    ps-trainer train --resume runs/quickstart
+    ps-trainer scale --task rotation --workers 3 [--address auto] [--run NAME]
+    ps-trainer status [--address auto]
+    ps-trainer eval --checkpoint runs/quickstart/checkpoints/best.pt
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Optional, Sequence
+
+from ps_trainer.config import ConfigError
+
+log = logging.getLogger("ps_trainer")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ps-trainer", description=__doc__.split("\n\n")[0])
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train on the embedded data or a configured data set")
+    train.add_argument("--config", help="experiment YAML (not needed with --resume)")
+    train.add_argument("--mode", choices=("distributed", "local"), default="distributed",
+                       help="distributed: parameter server on Ray (default); local: one process")
+    train.add_argument("--set", dest="overrides", action="append", default=[],
+                       metavar="KEY.PATH=VALUE", help="override a config value (repeatable)")
+    train.add_argument("--address", help="join a Ray cluster: 'auto' or ray://host:port")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue from a run folder's checkpoint")
+
+    for name, text in (("scale", "change the number of workers of a task while it trains"),
+                       ("status", "show a running training's state")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("--address", default="auto", help="Ray address (default: auto)")
+        cmd.add_argument("--namespace", default="ps_trainer")
+        cmd.add_argument("--run", help="run name (needed when several runs share the cluster)")
+        if name == "scale":
+            cmd.add_argument("--task", required=True)
+            cmd.add_argument("--workers", type=int, required=True)
+
+    ev = sub.add_parser("eval", help="score a checkpoint's mIoU on the validation split")
+    ev.add_argument("--checkpoint", required=True)
+    ev.add_argument("--config", help="config to take the data from (default: the checkpoint's)")
+    ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return _COMMANDS[args.command](args)
+    except ConfigError as err:
+        print(f"ps-trainer: configuration error: {err}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, LookupError, ValueError) as err:
+        print(f"ps-trainer: {err}", file=sys.stderr)
+        return 1
+
+
+def _train(args) -> int:
+    from ps_trainer import launch
+
+    if args.resume:
+        cfg, checkpoint = launch.resume_from(args.resume, args.overrides)
+    elif args.config:
+        cfg, checkpoint = launch.load_run_config(args.config, args.overrides), None
+    else:
+        raise ConfigError("", "train needs --config FILE or --resume RUN_DIR")
+    if args.mode == "local":
+        summary = launch.run_local(cfg, resume=checkpoint)
+    else:
+        summary = launch.run_distributed(cfg, args.address, resume=checkpoint)
+    miou = summary.get("miou")
+    print(f"final mIoU: {miou:.4f}" if miou is not None else "final mIoU: n/a (no segmentation task)")
+    print(f"run folder: {cfg.run.out_dir}")
+    return 0
+
+
+def _connect(args) -> None:
+    import ray
+
+    ray.init(address=args.address, namespace=args.namespace, logging_level=logging.WARNING)
+
+
+def _scale(args) -> int:
+    import ray
+
+    from ps_trainer.launch import find_coordinator
+
+    _connect(args)
+    count = ray.get(find_coordinator(args.namespace, args.run).scale.remote(args.task, args.workers))
+    print(f"{args.task}: {count} workers")
+    return 0
+
+
+def _status(args) -> int:
+    import ray
+
+    from ps_trainer.launch import find_coordinator
+
+    _connect(args)
+    status = ray.get(find_coordinator(args.namespace, args.run).status.remote())
+    status.pop("latest_eval", None)
+    print(json.dumps(status, indent=2, default=str))
+    return 0
+
+
+def _eval(args) -> int:
+    from ps_trainer.launch import evaluate_checkpoint
+
+    result = evaluate_checkpoint(args.checkpoint, args.config, args.overrides)
+    print(f"mIoU: {result.miou:.4f}")
+    print("per-class IoU: " + ", ".join("-" if v is None else f"{v:.3f}" for v in result.per_class_iou))
+    return 0
+
+
+_COMMANDS = {"train": _train, "scale": _scale, "status": _status, "eval": _eval}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,288 @@
+"""Coordinator: the named actor that owns the run's actors, scales them and replaces the dead.
+
+It starts the parameter-server shard(s), the evaluator and N workers per task; ``scale(task, n)``
+adds or stops workers while training runs; :meth:`run` supervises until a stop condition:
+
+- a dead worker is replaced (same task and replica id); its task loses its in-flight pushes;
+- a dead server is replaced from the newest valid checkpoint (or the initial weights before the
+  first one) and every worker and the evaluator are pointed at it; they re-pull;
+- a dead evaluator is replaced; training is unaffected.
+
+Actor classes and the model factory are injected by ``launch`` (this package never imports
+``workers``); every actor is created with ``max_restarts=0`` so that recovery is done here, once.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import ray
+
+from ps_trainer.checkpoint import CheckpointManager
+from ps_trainer.config import Config
+from ps_trainer.metrics import CoordinatorMetrics, Reporter
+from ps_trainer.params import Piece
+from ps_trainer.runlog import RunFolder
+
+log = logging.getLogger(__name__)
+_SUPERVISE_EVERY_S = 0.5
+_STOP_GRACE_S = 10.0
+
+
+@dataclass
+class RuntimeSpec:
+    """What the coordinator needs to (re)create actors; built by ``launch``."""
+    plan: tuple[Piece, ...]
+    task_keys: dict[str, tuple[str, ...]]
+    initial_weights: list                      # per server: ObjectRef of {key: array}
+    server_cls: Any                            # ray.remote(ParameterServer)
+    worker_cls: Any                            # ray.remote(TaskWorker)
+    evaluator_cls: Any                         # ray.remote(Evaluator)
+    model_factory: Callable                    # () -> MultiTaskModel with the segmentation head
+    driver_node_id: str
+    resume_states: Optional[list] = None       # per server state, from a checkpoint
+    time_offset_s: float = 0.0
+
+
+@dataclass
+class _WorkerSlot:
+    handle: Any
+    run_ref: Any
+    replica: int
+
+
+@dataclass
+class _Stats:
+    restarts: dict = field(default_factory=lambda: {"worker": 0, "server": 0, "evaluator": 0})
+    recovery_s: list = field(default_factory=list)   # last few server recoveries (bounded)
+
+
+class Coordinator:
+    def __init__(self, cfg: Config, run_dir: str, spec: RuntimeSpec, hub=None):
+        self._cfg = cfg
+        self._run = RunFolder(run_dir)
+        self._spec = spec
+        self._hub = hub
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._servers: list = []
+        self._server_pings: list = []
+        self._workers: dict[str, list[_WorkerSlot]] = {t: [] for t in cfg.task_names}
+        self._evaluator = None
+        self._evaluator_ref = None
+        self._stats = _Stats()
+        self._metrics = CoordinatorMetrics()
+        send = (lambda source, fams: hub.report.remote(source, fams)) if hub else (lambda *a: None)
+        self._reporter = Reporter("coordinator", self._metrics.registry, send,
+                                  cfg.metrics.report_every_s)
+        self._start_time = time.monotonic()
+        self._done = False
+
+    # ------------------------------------------------------------------ starting actors
+
+    def start(self) -> dict:
+        states = self._spec.resume_states or [None] * len(self._spec.initial_weights)
+        self._servers = [self._new_server(i, states[i]) for i in range(len(states))]
+        ray.get([s.ping.remote() for s in self._servers])
+        self._server_pings = [s.ping.remote() for s in self._servers]
+        self._start_evaluator()
+        for task, task_cfg in self._cfg.tasks.items():
+            self.scale(task, task_cfg.workers)
+        return self.status()
+
+    def _new_server(self, index: int, state: Optional[dict]):
+        cfg = self._cfg
+        return self._spec.server_cls.options(
+            num_cpus=cfg.server.num_cpus, resources=dict(cfg.server.resources), max_restarts=0,
+            name=None).remote(cfg, index, self._spec.initial_weights[index], self._spec.task_keys,
+                              state, self._hub)
+
+    def _start_evaluator(self) -> None:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        cfg = self._cfg
+        node = NodeAffinitySchedulingStrategy(self._spec.driver_node_id, soft=False)
+        offset = self._spec.time_offset_s + (time.monotonic() - self._start_time)
+        self._evaluator = self._spec.evaluator_cls.options(
+            num_cpus=cfg.eval.num_cpus, max_concurrency=2, max_restarts=0,
+            scheduling_strategy=node).remote(cfg, self._servers, self._spec.plan,
+                                             self._spec.model_factory, str(self._run.root),
+                                             offset, self._hub)
+        self._evaluator_ref = self._evaluator.run.remote()
+
+    def _new_worker(self, task: str, replica: int) -> _WorkerSlot:
+        t = self._cfg.tasks[task]
+        handle = self._spec.worker_cls.options(
+            num_cpus=t.num_cpus, num_gpus=t.num_gpus, resources=dict(t.resources),
+            max_concurrency=2, max_restarts=0).remote(self._cfg, task, replica, self._servers,
+                                                      self._spec.plan, self._hub)
+        return _WorkerSlot(handle, handle.run.remote(), replica)
+
+    # ------------------------------------------------------------------ control
+
+    def scale(self, task: str, workers: int) -> int:
+        """Run `workers` workers of `task` (adds new ones or stops the newest); returns the count."""
+        if task not in self._workers:
+            raise ValueError(f"unknown task {task!r}; this run trains {', '.join(self._workers)}")
+        if workers < 0:
+            raise ValueError(f"workers must be >= 0, got {workers}")
+        with self._lock:
+            slots = self._workers[task]
+            used = {s.replica for s in slots}
+            while len(slots) < workers:
+                replica = min(set(range(len(slots) + 1)) - used)
+                used.add(replica)
+                slots.append(self._new_worker(task, replica))
+            while len(slots) > workers:
+                self._retire(slots.pop())
+            self._metrics.workers.labels(task).set(len(slots))
+            log.info("task %s now has %d workers", task, len(slots))
+            return len(slots)
+
+    def _retire(self, slot: _WorkerSlot) -> None:
+        """Ask a worker to finish its step and drain its pushes, then end it."""
+        slot.handle.stop.remote()
+        ready, _ = ray.wait([slot.run_ref], timeout=_STOP_GRACE_S)
+        if not ready:
+            log.warning("worker did not stop within %.0f s; killing it", _STOP_GRACE_S)
+        ray.kill(slot.handle)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def status(self) -> dict:
+        with self._lock:
+            servers = self._server_status()
+            latest = None
+            if self._evaluator is not None:
+                try:
+                    latest = ray.get(self._evaluator.latest_record.remote(), timeout=5)
+                except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                    latest = None
+            return {"version": servers[0]["version"] if servers else None,
+                    "servers": servers,
+                    "workers": {t: len(s) for t, s in self._workers.items()},
+                    "miou": latest.get("miou") if latest else None,
+                    "latest_eval": latest,
+                    "restarts": dict(self._stats.restarts),
+                    "recovery_s": list(self._stats.recovery_s),
+                    "elapsed_s": time.monotonic() - self._start_time + self._spec.time_offset_s,
+                    "done": self._done}
+
+    def _server_status(self) -> list:
+        try:
+            return ray.get([s.status.remote() for s in self._servers], timeout=10)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            return []
+
+    def handles(self) -> dict:
+        """The live actor handles (for tests and tools)."""
+        with self._lock:
+            return {"servers": list(self._servers), "evaluator": self._evaluator,
+                    "workers": {t: [s.handle for s in slots] for t, slots in self._workers.items()}}
+
+    # ------------------------------------------------------------------ supervision
+
+    def run(self) -> dict:
+        """Supervise until run.max_updates, run.max_minutes or stop(); returns a summary."""
+        deadline = self._start_time + self._cfg.run.max_minutes * 60 - self._spec.time_offset_s
+        while not self._stop.wait(_SUPERVISE_EVERY_S):
+            with self._lock:
+                self._check_servers()
+                self._check_workers()
+                self._check_evaluator()
+            version = self._version()
+            self._reporter.maybe()
+            if (version is not None and version >= self._cfg.run.max_updates) \
+                    or time.monotonic() >= deadline:
+                break
+        return self._finish()
+
+    def _version(self) -> Optional[int]:
+        try:
+            return ray.get(self._servers[0].ping.remote(), timeout=10)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            return None
+
+    def _check_workers(self) -> None:
+        for task, slots in self._workers.items():
+            for i, slot in enumerate(slots):
+                ready, _ = ray.wait([slot.run_ref], timeout=0)
+                if not ready:
+                    continue
+                try:
+                    ray.get(slot.run_ref)
+                    log.warning("worker %s/%d returned unexpectedly; restarting it", task, slot.replica)
+                except ray.exceptions.RayActorError:
+                    log.warning("worker %s/%d died; starting a replacement", task, slot.replica)
+                except Exception as err:
+                    log.error("worker %s/%d failed: %s; starting a replacement", task,
+                              slot.replica, err)
+                    ray.kill(slot.handle)
+                slots[i] = self._new_worker(task, slot.replica)
+                self._stats.restarts["worker"] += 1
+                self._metrics.restarts.labels("worker").inc()
+
+    def _check_servers(self) -> None:
+        for i, ping in enumerate(self._server_pings):
+            ready, _ = ray.wait([ping], timeout=0)
+            if not ready:
+                continue   # busy, not dead: a dead actor's pending call fails at once
+            try:
+                ray.get(ping)
+                self._server_pings[i] = self._servers[i].ping.remote()
+            except ray.exceptions.RayActorError:
+                self._replace_server(i)
+
+    def _replace_server(self, index: int) -> None:
+        start = time.monotonic()
+        latest = CheckpointManager(self._run.checkpoints, self._cfg.eval.keep_last).latest()
+        state = latest[1]["servers"][index] if latest else None
+        source = f"checkpoint {latest[0].name}" if latest else "the initial weights"
+        log.warning("server %d died; restoring it from %s", index, source)
+        self._servers[index] = self._new_server(index, state)
+        ray.get(self._servers[index].ping.remote())
+        self._server_pings[index] = self._servers[index].ping.remote()
+        for slots in self._workers.values():
+            for slot in slots:
+                slot.handle.set_servers.remote(self._servers)
+        if self._evaluator is not None:
+            self._evaluator.set_servers.remote(self._servers)
+        self._stats.restarts["server"] += 1
+        self._stats.recovery_s = (self._stats.recovery_s + [time.monotonic() - start])[-10:]
+        self._metrics.restarts.labels("server").inc()
+
+    def _check_evaluator(self) -> None:
+        ready, _ = ray.wait([self._evaluator_ref], timeout=0)
+        if not ready:
+            return
+        try:
+            ray.get(self._evaluator_ref)
+        except Exception as err:
+            log.warning("evaluator stopped (%s); starting a replacement", type(err).__name__)
+        self._start_evaluator()
+        self._stats.restarts["evaluator"] += 1
+        self._metrics.restarts.labels("evaluator").inc()
+
+    def _finish(self) -> dict:
+        """Stop the workers, run the final evaluation and checkpoint, stop the evaluator."""
+        with self._lock:
+            for slots in self._workers.values():
+                for slot in slots:
+                    slot.handle.stop.remote()
+            refs = [s.run_ref for slots in self._workers.values() for s in slots]
+            if refs:
+                ray.wait(refs, num_returns=len(refs), timeout=_STOP_GRACE_S)
+            final = None
+            try:
+                final = ray.get(self._evaluator.evaluate_now.remote({"final": True}))
+                self._evaluator.stop.remote()
+            except ray.exceptions.RayActorError as err:
+                log.error("final evaluation failed: %s", err)
+            self._done = True
+            status = self.status()
+            self._reporter.now()
+            return {**status, "final": final, "miou": final.get("miou") if final else None}

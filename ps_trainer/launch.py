@@ -1,0 +1,242 @@
+"""Build and start a run; the composition root (the one module of ps_trainer that imports workers).
+
+    cfg = load_run_config("configs/quickstart.yaml", ["run.max_updates=500"])
+    summary = run_local(cfg)          # single process, synchronous
+    summary = run_distributed(cfg)    # parameter server + workers + evaluator on Ray
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import replace
+from typing import Optional
+
+import numpy as np
+import ray
+import torch
+
+from ps_trainer.checkpoint import CheckpointManager, load_checkpoint
+from ps_trainer.config import (Config, ConfigError, apply_overrides, config_from_dict,
+                               load_config)
+from ps_trainer.coordinator import Coordinator, RuntimeSpec
+from ps_trainer.evaluator import EvalResult, Evaluator, make_evaluation_loop
+from ps_trainer.local import LocalTrainer
+from ps_trainer.metrics import MetricsHub
+from ps_trainer.model import MultiTaskModel, shard_of
+from ps_trainer.params import FlatModel, Piece, ShardLayout, plan_pieces
+from ps_trainer.progress import Progress
+from ps_trainer.runlog import RunFolder
+from ps_trainer.runtime import on_this_node, pick_device, set_threads
+from ps_trainer.server import ParameterServer
+from workers.assembly import build_model, build_task, build_tasks, check_tasks
+from workers.worker import TaskLoop, TaskWorker, make_task_loop
+
+log = logging.getLogger(__name__)
+COORDINATOR_PREFIX = "coordinator:"
+
+
+def load_run_config(path: Optional[str], overrides=()) -> Config:
+    """load_config plus the checks that need the task registry."""
+    cfg = load_config(path, overrides)
+    check_tasks(cfg)
+    return cfg
+
+
+def build_eval_model(cfg: Config) -> MultiTaskModel:
+    """Trunk + segmentation head, the layout the evaluator loads server weights into."""
+    return build_model(cfg, {"segmentation": build_task(cfg, "segmentation")}, seed=cfg.run.seed)
+
+
+def initial_model(cfg: Config) -> tuple[MultiTaskModel, FlatModel]:
+    model = build_model(cfg, build_tasks(cfg), seed=cfg.run.seed)
+    return model, FlatModel(model, ShardLayout.of(model, shard_of))
+
+
+# --------------------------------------------------------------------------- local
+
+def run_local(cfg: Config, resume: Optional[dict] = None) -> dict:
+    """Train every task in this process (round-robin, one optimizer); returns a summary."""
+    set_threads(cfg.ray.num_cpus or torch.get_num_threads())
+    device = pick_device(cfg.run.device)
+    run = RunFolder(cfg.run.out_dir).create(cfg)
+    model, _ = initial_model(cfg)
+    model.to(device)
+    flat = FlatModel(model, ShardLayout.of(model, shard_of))
+    tasks = build_tasks(cfg)
+    loops = {name: _shared_loop(cfg, name, flat, device) for name in tasks if
+             cfg.tasks[name].workers > 0}
+    eval_loop = make_evaluation_loop(cfg, functools.partial(build_eval_model, cfg), device)
+    trainer = LocalTrainer(cfg, flat, loops, eval_loop, run)
+    if resume is not None:
+        if len(resume["servers"]) != 1:
+            raise ValueError("this checkpoint comes from a sharded server; resume it distributed")
+        trainer.store.load_state(resume["servers"][0])
+    summary = trainer.train()
+    log.info("done: %d updates in %.0f s; final mIoU %s", summary["updates"], summary["elapsed_s"],
+             _fmt(summary["miou"]))
+    return summary
+
+
+def _shared_loop(cfg: Config, name: str, flat: FlatModel, device) -> TaskLoop:
+    """A task loop that trains the shared model (instead of a private copy)."""
+    own = make_task_loop(cfg, name, replica=0, device=device)
+    return TaskLoop(own.task, flat, own.sampler, own.rng, device)
+
+
+# --------------------------------------------------------------------------- distributed
+
+def connect(cfg: Config, address: Optional[str] = None) -> None:
+    """Join `address` (or cfg.ray.address), or start a local Ray; reuse one already running."""
+    if ray.is_initialized():
+        return
+    address = address or cfg.ray.address
+    if address:
+        ray.init(address=address, namespace=cfg.ray.namespace, logging_level=logging.WARNING)
+    else:
+        ray.init(num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus,
+                 include_dashboard=cfg.ray.include_dashboard, namespace=cfg.ray.namespace,
+                 logging_level=logging.WARNING)
+
+
+def check_resources(cfg: Config) -> None:
+    """Fail at start, not hang, when the actors ask for more CPUs/GPUs than the cluster has."""
+    have = ray.cluster_resources()
+    cpus = (cfg.server.num_cpus * cfg.server.shards + cfg.eval.num_cpus
+            + sum(t.workers * t.num_cpus for t in cfg.tasks.values()))
+    gpus = sum(t.workers * t.num_gpus for t in cfg.tasks.values())
+    if cpus > have.get("CPU", 0) + 1e-9:
+        raise ConfigError("tasks", f"the run asks for {cpus:g} CPUs (server {cfg.server.num_cpus:g}"
+                                   f" x {cfg.server.shards}, evaluator {cfg.eval.num_cpus:g}, "
+                                   f"workers x num_cpus) but the cluster has {have.get('CPU', 0):g}"
+                                   f"; lower tasks.<name>.num_cpus or workers (fractions allowed)")
+    if gpus > have.get("GPU", 0) + 1e-9:
+        raise ConfigError("tasks", f"the run asks for {gpus:g} GPUs but the cluster has "
+                                   f"{have.get('GPU', 0):g}")
+
+
+def _runtime_spec(cfg: Config, resume: Optional[dict]) -> RuntimeSpec:
+    _, flat = initial_model(cfg)
+    plan = plan_pieces(flat.layout, cfg.server.shards)
+    params = flat.param_arrays()
+    initial = [ray.put({p.key: np.ascontiguousarray(params[p.shard][p.start: p.stop])
+                        for p in plan if p.server == i}) for i in range(cfg.server.shards)]
+    task_keys = {t: tuple(p.key for p in plan if p.shard in ("trunk", f"head/{t}"))
+                 for t in cfg.task_names}
+    return RuntimeSpec(
+        plan=plan, task_keys=task_keys, initial_weights=initial,
+        server_cls=ray.remote(ParameterServer), worker_cls=ray.remote(TaskWorker),
+        evaluator_cls=ray.remote(Evaluator), model_factory=functools.partial(build_eval_model, cfg),
+        driver_node_id=ray.get_runtime_context().get_node_id(),
+        resume_states=resume["servers"] if resume else None,
+        time_offset_s=float(resume.get("time_s", 0.0)) if resume else 0.0)
+
+
+def start_metrics(cfg: Config):
+    """The metrics hub actor, serving on metrics.host:metrics.port from this node."""
+    if not cfg.metrics.enabled:
+        return None, None
+    hub = ray.remote(MetricsHub).options(num_cpus=0, scheduling_strategy=on_this_node()).remote()
+    try:
+        port = ray.get(hub.serve.remote(cfg.metrics.host, cfg.metrics.port))
+    except ray.exceptions.RayTaskError as err:
+        ray.kill(hub)
+        raise ConfigError("metrics.port", f"cannot serve metrics on {cfg.metrics.host}:"
+                                          f"{cfg.metrics.port} ({err.cause}); choose another port "
+                                          f"(0 picks a free one)") from None
+    log.info("Prometheus metrics: http://%s:%d/metrics", cfg.metrics.host, port)
+    return hub, port
+
+
+def start_coordinator(cfg: Config, resume: Optional[dict] = None, hub=None):
+    """Create and start the named coordinator; returns its handle."""
+    run = RunFolder(cfg.run.out_dir).create(cfg)
+    spec = _runtime_spec(cfg, resume)
+    coordinator = ray.remote(Coordinator).options(
+        name=COORDINATOR_PREFIX + cfg.run.name, namespace=cfg.ray.namespace, num_cpus=0,
+        max_concurrency=8, scheduling_strategy=on_this_node()).remote(
+            cfg, str(run.root), spec, hub)
+    ray.get(coordinator.start.remote())
+    return coordinator
+
+
+def run_distributed(cfg: Config, address: Optional[str] = None,
+                    resume: Optional[dict] = None) -> dict:
+    """Run the parameter server, workers and evaluator on Ray until a stop condition."""
+    connect(cfg, address)
+    check_resources(cfg)
+    hub, _ = start_metrics(cfg)
+    coordinator = start_coordinator(cfg, resume, hub)
+    done = coordinator.run.remote()
+    progress = Progress(cfg.task_names)
+    try:
+        while not ray.wait([done], timeout=cfg.run.progress_every_s)[0]:
+            _log_progress(progress, ray.get(coordinator.status.remote()), cfg)
+    except KeyboardInterrupt:
+        log.warning("interrupted: stopping workers and writing a final checkpoint")
+        coordinator.stop.remote()
+    summary = ray.get(done)
+    log.info("done: %s updates in %.0f s; final mIoU %s", summary["version"],
+             summary["elapsed_s"], _fmt(summary["miou"]))
+    ray.kill(coordinator)
+    if hub is not None:
+        ray.get(hub.close.remote())
+        ray.kill(hub)
+    return summary
+
+
+def _log_progress(progress: Progress, status: dict, cfg: Config) -> None:
+    servers = status["servers"]
+    if not servers:
+        log.info("server unreachable; waiting for recovery")
+        return
+    s0 = servers[0]
+    workers = " ".join(f"{t}x{n}" for t, n in status["workers"].items())
+    progress.maybe_log(s0["version"], s0["losses"], s0["weights"], status["miou"], 0.0,
+                       per_task=s0["applied"], extra=f"workers {workers}")
+
+
+def find_coordinator(namespace: str = "ps_trainer", run_name: Optional[str] = None):
+    """The coordinator of `run_name`, or of the only run in the namespace."""
+    if run_name:
+        return ray.get_actor(COORDINATOR_PREFIX + run_name, namespace=namespace)
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+             if a["name"].startswith(COORDINATOR_PREFIX) and a["namespace"] == namespace]
+    if len(names) != 1:
+        found = ", ".join(n[len(COORDINATOR_PREFIX):] for n in names) or "none"
+        raise LookupError(f"expected one running ps_trainer run in namespace {namespace!r}, "
+                          f"found: {found}; pass --run NAME")
+    return ray.get_actor(names[0], namespace=namespace)
+
+
+def resume_from(run_dir: str, overrides=()) -> tuple[Config, dict]:
+    """The config saved in a run folder (plus overrides) and its newest valid checkpoint."""
+    run = RunFolder(run_dir)
+    if not run.config.exists():
+        raise FileNotFoundError(f"{run_dir} is not a run folder (no config.yaml)")
+    cfg = load_run_config(str(run.config), overrides)
+    cfg = cfg.replace(run=replace(cfg.run, out_dir=str(run.root)))
+    latest = CheckpointManager(run.checkpoints, cfg.eval.keep_last).latest()
+    if latest is None:
+        raise FileNotFoundError(f"no valid checkpoint in {run.checkpoints}")
+    log.info("resuming from %s (version %s)", latest[0], latest[1]["servers"][0]["version"])
+    return cfg, latest[1]
+
+
+def evaluate_checkpoint(path: str, config_path: Optional[str] = None, overrides=()) -> EvalResult:
+    """mIoU of a checkpoint on the validation split of its own config (or of `config_path`)."""
+    payload = load_checkpoint(path)
+    if config_path:
+        cfg = load_run_config(config_path, overrides)
+    else:
+        cfg = config_from_dict(apply_overrides(payload["config"], overrides))
+        check_tasks(cfg)
+    loop = make_evaluation_loop(cfg, functools.partial(build_eval_model, cfg),
+                                pick_device(cfg.run.device))
+    if loop is None:
+        raise ValueError("the config has no segmentation task: nothing to score")
+    loop.load_pieces(payload["servers"], [Piece(**p) for p in payload["plan"]])
+    return loop.evaluate()
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

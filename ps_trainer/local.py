@@ -1,0 +1,104 @@
+"""Single-process synchronous trainer: ``ps-trainer train --config ... --mode local``.
+
+All tasks train one model in one process, round-robin, through the same
+:class:`ParameterStore` the distributed server uses (one optimizer, the same balancing and
+update rule, staleness always 0), and the store updates the model's own flat buffers in place.
+It is the debugging path and the synchronous baseline the distributed trainer is measured against.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict
+from typing import Mapping, Optional, Protocol
+
+
+from ps_trainer.config import Config
+from ps_trainer.evaluator import EvaluationLoop, RunRecorder
+from ps_trainer.params import FlatModel, Piece
+from ps_trainer.progress import Progress
+from ps_trainer.protocol import PushStats
+from ps_trainer.runlog import RunFolder
+from ps_trainer.server import make_store
+
+log = logging.getLogger(__name__)
+
+
+class StepLoop(Protocol):
+    """What the trainer needs of a task's loop (workers.worker.TaskLoop)."""
+    shards: tuple[str, ...]
+
+    def step(self) -> PushStats: ...
+
+
+class LocalTrainer:
+    def __init__(self, cfg: Config, flat: FlatModel, loops: Mapping[str, StepLoop],
+                 eval_loop: Optional[EvaluationLoop], run: RunFolder):
+        self.cfg = cfg
+        self.flat = flat
+        self.loops = dict(loops)
+        self.eval_loop = eval_loop
+        weights = {shard: flat.params[shard] for shard in flat.params}
+        self.store = make_store(cfg, weights, {t: loop.shards for t, loop in self.loops.items()})
+        self.plan = tuple(Piece(s, s, 0, w.numel(), 0) for s, w in weights.items())
+        self.recorder = RunRecorder(cfg, run)
+        self.progress = Progress(cfg.task_names)
+        self.steps = {t: 0 for t in self.loops}
+        self.step_time_s = {t: 0.0 for t in self.loops}
+
+    def train(self) -> dict:
+        """Round-robin over tasks until run.max_updates or run.max_minutes; returns a summary."""
+        cfg = self.cfg
+        start = time.monotonic()
+        deadline = start + cfg.run.max_minutes * 60
+        next_eval = start + cfg.eval.every_s
+        last_eval_version = 0
+        order = tuple(self.loops)
+        latest = None
+        i = 0
+        while self.store.version < cfg.run.max_updates and time.monotonic() < deadline:
+            task = order[i % len(order)]
+            i += 1
+            self._step(task)
+            now = time.monotonic()
+            due_updates = (cfg.eval.every_updates
+                           and self.store.version - last_eval_version >= cfg.eval.every_updates)
+            if now >= next_eval or due_updates:
+                latest = self.evaluate(now - start)
+                next_eval, last_eval_version = time.monotonic() + cfg.eval.every_s, self.store.version
+            self.progress.maybe_log(self.store.version, self._losses(), self.store.balancer.weights(),
+                                    latest["miou"] if latest else None, cfg.run.progress_every_s)
+        latest = self.evaluate(time.monotonic() - start)
+        return {"updates": self.store.version, "elapsed_s": time.monotonic() - start,
+                "miou": latest["miou"], "steps": dict(self.steps),
+                "steps_per_s": {t: self.steps[t] / max(self.step_time_s[t], 1e-9) for t in self.steps}}
+
+    def _step(self, task: str) -> None:
+        loop = self.loops[task]
+        self._load_norm_stats(task)
+        stats = loop.step()
+        grads = {shard: self.flat.grads[shard] for shard in loop.shards}
+        norm_stats = {s: self.flat.stats[s].cpu().numpy() for s in loop.shards if s in self.flat.stats}
+        self.store.push(task, self.store.version, grads, stats, norm_stats)
+        self.progress.observe(task, stats.loss)
+        self.steps[task] += 1
+        self.step_time_s[task] += stats.step_time_s
+
+    def _load_norm_stats(self, task: str) -> None:
+        """Each task keeps its own norm statistics, as its workers do in the distributed run."""
+        for shard, array in self.store.norm_stats.get(task, {}).items():
+            self.flat.load_stats(shard, array)
+
+    def _losses(self) -> dict[str, float]:
+        return self.progress.losses()
+
+    def evaluate(self, time_s: float) -> dict:
+        state = self.store.state()
+        result = None
+        if self.eval_loop is not None:
+            self.eval_loop.load_pieces([state], self.plan)
+            result = self.eval_loop.evaluate()
+        extra = {"losses": self._losses(), "weights": self.store.balancer.weights(),
+                 "updates": dict(self.steps), "lr": self.store.lr}
+        payload = {"servers": [state], "plan": [asdict(p) for p in self.plan]}
+        return self.recorder.record(self.store.version, time_s, payload, result, self.eval_loop, extra)

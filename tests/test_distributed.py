@@ -1,0 +1,213 @@
+"""End to end on the session's local Ray: a run of rotation + colorization + segmentation that
+the tests watch, scrape, scale and break in order (module-scoped), then stop and resume."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+import ray
+
+from ps_trainer.checkpoint import CheckpointManager
+from ps_trainer.launch import load_run_config, resume_from, start_coordinator, start_metrics
+from ps_trainer.runlog import RunFolder
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+TASKS = ("rotation", "colorization", "segmentation")
+
+
+def wait_for(predicate, timeout_s=90.0, every_s=0.5, what="condition"):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def run(ray_session, tmp_path_factory, tiny):
+    tmp = tmp_path_factory.mktemp("distributed")
+    cfg = load_run_config(None, tiny(tmp, TASKS, extra=[
+        "run.name=e2e", "run.max_updates=100000", "run.max_minutes=10", "eval.every_s=3"]))
+    hub, port = start_metrics(cfg)
+    coordinator = start_coordinator(cfg, None, hub)
+    done = coordinator.run.remote()
+    state = {"cfg": cfg, "coordinator": coordinator, "done": done, "port": port, "hub": hub}
+    yield state
+    coordinator.stop.remote()
+    try:
+        ray.get(done, timeout=60)
+    finally:
+        ray.kill(coordinator)
+        ray.kill(hub)
+
+
+def status(run) -> dict:
+    return ray.get(run["coordinator"].status.remote())
+
+
+def handles(run) -> dict:
+    return ray.get(run["coordinator"].handles.remote())
+
+
+def test_trains_evaluates_and_checkpoints(run):
+    folder = RunFolder(run["cfg"].run.out_dir)
+    wait_for(lambda: (status(run)["version"] or 0) >= 300, 150, what="300 updates")
+    wait_for(lambda: any(r.get("miou") is not None for r in folder.records()), what="an evaluation")
+    s = status(run)
+    assert all(s["servers"][0]["applied"][t] > 0 for t in TASKS)
+    record = folder.records()[-1]
+    assert 0.0 <= record["miou"] <= 1.0 and len(record["per_class_iou"]) == 6
+    assert set(record["losses"]) == set(TASKS)
+    assert CheckpointManager(folder.checkpoints, 3).latest() is not None
+    wait_for(lambda: list(folder.previews.glob("step-*.png")) and folder.curves.exists(), 30,
+             what="preview and curve PNGs")
+
+
+def scrape(port: int) -> str:
+    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+
+
+def test_metrics_endpoint_serves_the_run(run):
+    def complete():
+        text = scrape(run["port"])
+        names = ['ps_updates_applied_total{shard="0",task="rotation"}', "ps_staleness_updates_bucket",
+                 "ps_apply_seconds_bucket", 'ps_push_bytes_total{task="colorization"',
+                 "ps_pull_bytes_total", "ps_worker_step_seconds_bucket", 'ps_task_loss{',
+                 'ps_task_weight{', 'ps_workers{task="segmentation"} 1.0', "ps_server_version",
+                 "ps_eval_miou ", "ps_checkpoint_seconds_bucket"]
+        return all(n in text for n in names)
+    wait_for(complete, 30, what="every metric on the endpoint")
+
+
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="Debian's prometheus not installed")
+def test_a_real_prometheus_scrapes_the_endpoint(run, tmp_path):
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s}\n"
+        f"scrape_configs:\n  - job_name: ps_trainer\n    static_configs:\n"
+        f"      - targets: ['127.0.0.1:{run['port']}']\n")
+    web = _free_port()
+    proc = subprocess.Popen(["prometheus", f"--config.file={config}",
+                             f"--storage.tsdb.path={tmp_path / 'data'}",
+                             f"--web.listen-address=127.0.0.1:{web}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def query():
+            q = urllib.parse.quote('ps_server_version{job="ps_trainer"}')
+            try:
+                body = json.loads(urllib.request.urlopen(
+                    f"http://127.0.0.1:{web}/api/v1/query?query={q}", timeout=2).read())
+            except OSError:
+                return None
+            result = body["data"]["result"]
+            return float(result[0]["value"][1]) if result else None
+        assert wait_for(query, 60, what="Prometheus to scrape ps_server_version") > 0
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def applied(run, task) -> int:
+    return status(run)["servers"][0]["applied"][task]
+
+
+def test_scale_up_and_down_changes_live_workers(run):
+    coordinator = run["coordinator"]
+    assert ray.get(coordinator.scale.remote("rotation", 3)) == 3
+    workers = handles(run)["workers"]["rotation"]
+    assert len(workers) == 3
+    wait_for(lambda: all(ray.get(w.status.remote())["steps"] > 0 for w in workers), 90,
+             what="the new rotation workers to push")
+    assert status(run)["workers"]["rotation"] == 3
+    assert ray.get(coordinator.scale.remote("rotation", 1)) == 1
+    assert len(handles(run)["workers"]["rotation"]) == 1
+    for gone in workers[1:]:
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(gone.ping.remote(), timeout=30)
+    with pytest.raises(ray.exceptions.RayTaskError, match="unknown task"):
+        ray.get(coordinator.scale.remote("jigsaw", 2))
+
+
+def test_cli_status_and_scale_reach_the_running_coordinator(run):
+    address = ray.get_runtime_context().gcs_address
+    base = [sys.executable, "-m", "ps_trainer.cli"]
+    out = subprocess.run(base + ["status", "--address", address], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["workers"]["segmentation"] == 1
+    out = subprocess.run(base + ["scale", "--address", address, "--run", "e2e", "--task",
+                                 "segmentation", "--workers", "2"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "segmentation: 2 workers"
+    assert status(run)["workers"]["segmentation"] == 2
+    assert ray.get(run["coordinator"].scale.remote("segmentation", 1)) == 1
+
+
+def test_killed_worker_is_replaced_and_training_continues(run):
+    before = status(run)["restarts"]["worker"]
+    victim = handles(run)["workers"]["colorization"][0]
+    ray.kill(victim, no_restart=True)
+    wait_for(lambda: status(run)["restarts"]["worker"] > before, what="a replacement worker")
+    replacement = handles(run)["workers"]["colorization"][0]
+    assert replacement != victim
+    count = applied(run, "colorization")
+    wait_for(lambda: applied(run, "colorization") > count + 5, 90, what="colorization updates")
+
+
+def test_killed_evaluator_is_replaced(run):
+    before = status(run)["restarts"]["evaluator"]
+    folder = RunFolder(run["cfg"].run.out_dir)
+    ray.kill(handles(run)["evaluator"], no_restart=True)
+    wait_for(lambda: status(run)["restarts"]["evaluator"] > before, what="a new evaluator")
+    lines = len(folder.records())
+    wait_for(lambda: len(folder.records()) > lines, 60, what="an evaluation by the new evaluator")
+
+
+def test_killed_server_is_restored_from_the_last_checkpoint(run):
+    folder = RunFolder(run["cfg"].run.out_dir)
+    manager = CheckpointManager(folder.checkpoints, 3)
+    wait_for(lambda: manager.latest() is not None, what="a checkpoint")
+    server = handles(run)["servers"][0]
+    ray.kill(server, no_restart=True)
+    checkpointed = manager.latest()[1]["servers"][0]["version"]
+    wait_for(lambda: status(run)["restarts"]["server"] == 1, 60, what="the server to be replaced")
+    s = status(run)
+    assert s["version"] >= checkpointed          # never behind the checkpoint it came from
+    assert s["recovery_s"] and s["recovery_s"][-1] < 60
+    restored = s["version"]
+    wait_for(lambda: (status(run)["version"] or 0) > restored + 20, 90, what="training to resume")
+
+
+def test_stop_writes_a_final_evaluation_then_resume_continues(run, tmp_path):
+    run["coordinator"].stop.remote()
+    summary = ray.get(run["done"], timeout=120)
+    assert summary["done"] and summary["final"]["final"] is True
+    assert summary["miou"] is not None
+    final_version = summary["final"]["step"]
+
+    cfg, checkpoint = resume_from(run["cfg"].run.out_dir,
+                                  ["run.name=e2e-resumed", f"run.max_updates={final_version + 60}"])
+    assert checkpoint["servers"][0]["version"] == final_version
+    coordinator = start_coordinator(cfg, checkpoint)
+    try:
+        assert ray.get(coordinator.status.remote())["version"] >= final_version
+        resumed = ray.get(coordinator.run.remote(), timeout=180)
+        assert resumed["final"]["step"] >= final_version + 60
+    finally:
+        ray.kill(coordinator)
