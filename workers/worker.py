@@ -1,7 +1,8 @@
 """TaskWorker: one (task, replica) computing gradients and pushing them without waiting.
 
 The step itself is :class:`TaskLoop` (plain, testable without Ray): batch -> forward ->
-backward, gradients landing in flat shard buffers. The actor adds the protocol around it:
+backward, gradients landing in flat shard buffers. The actor joins it to a
+:class:`ParameterClient`, which speaks the protocol:
 
     loop: take newer weights if a prefetched pull has arrived (and prefetch the next)
           -> step -> push to every server shard without waiting (<= `inflight` outstanding)
@@ -23,7 +24,8 @@ from ps_trainer.data.sampler import ImageSampler
 from ps_trainer.data.splits import build_splits
 from ps_trainer.metrics import Reporter, WorkerMetrics
 from ps_trainer.model import MultiTaskModel, shard_of
-from ps_trainer.params import FlatModel, Piece, ShardLayout, encode_grad
+from ps_trainer.client import ParameterClient
+from ps_trainer.params import FlatModel, Piece, ShardLayout
 from ps_trainer.protocol import NONFINITE, STALE, PushResult, PushStats
 from ps_trainer.runtime import set_threads
 from workers.assembly import build_model, build_task
@@ -62,10 +64,6 @@ class TaskLoop:
         return PushStats(loss=float(loss.detach()), shared_grad_norm=shared_norm,
                          step_time_s=time.perf_counter() - start, samples=int(images.shape[0]))
 
-    def grads(self, dtype: str = "float32") -> dict[str, np.ndarray]:
-        """This task's gradient shards as the arrays that travel (views when float32 on CPU)."""
-        return {shard: encode_grad(self.flat.grads[shard], dtype) for shard in self.shards}
-
     def norm_stats(self) -> dict[str, np.ndarray]:
         """Running statistics of the norm layers this task trains (empty for GroupNorm & co)."""
         return {s: self.flat.stats[s].cpu().numpy() for s in self.shards if s in self.flat.stats}
@@ -85,16 +83,6 @@ def make_task_loop(cfg: Config, task_name: str, replica: int,
     return TaskLoop(task, flat, sampler, rng, device)
 
 
-class _ServerLink:
-    """The pieces one server actor owns that this worker reads and writes, and its version."""
-
-    def __init__(self, handle, pieces: list[Piece]):
-        self.handle = handle
-        self.pieces = pieces
-        self.keys = tuple(p.key for p in pieces)
-        self.version = -1
-
-
 class TaskWorker:
     """Ray actor (created with ``max_concurrency=2``: the loop runs in one thread, control
     calls — stop, set_servers, status — in the other)."""
@@ -102,29 +90,23 @@ class TaskWorker:
     def __init__(self, cfg: Config, task_name: str, replica: int, servers: list,
                  plan: tuple[Piece, ...], hub=None):
         set_threads(cfg.tasks[task_name].num_cpus)
-        self._device = torch.device("cuda" if ray.get_gpu_ids() else "cpu")
-        self._cfg = cfg
+        device = torch.device("cuda" if ray.get_gpu_ids() else "cpu")
         self._task = task_name
         self._replica = replica
-        self._inflight = cfg.tasks[task_name].inflight
-        self._loop = make_task_loop(cfg, task_name, replica, self._device)
-        self._plan = tuple(p for p in plan if p.shard in self._loop.shards)
-        self._links = self._connect(servers)
+        self._loop = make_task_loop(cfg, task_name, replica, device)
+        self._results = collections.Counter()
+        pieces = tuple(p for p in plan if p.shard in self._loop.shards)
+        self._client = ParameterClient(servers, pieces, self._loop.flat,
+                                       cfg.tasks[task_name].inflight, cfg.server.grad_dtype,
+                                       on_result=self._record)
+        self._servers = servers
         self._stop = threading.Event()
+        self._steps = 0
         self._metrics = WorkerMetrics(task_name, replica)
+        self._reported = {"pulled": 0, "pushed": 0, "skipped": 0}
         send = (lambda source, fams: hub.report.remote(source, fams)) if hub else (lambda *a: None)
         self._reporter = Reporter(f"worker/{task_name}/{replica}", self._metrics.registry, send,
                                   cfg.metrics.report_every_s)
-        self._steps = 0
-        self._results = collections.Counter()
-
-    def _connect(self, servers: list) -> list[_ServerLink]:
-        links = []
-        for index, handle in enumerate(servers):
-            pieces = [p for p in self._plan if p.server == index]
-            if pieces:
-                links.append(_ServerLink(handle, pieces))
-        return links
 
     # ------------------------------------------------------------------ control thread
 
@@ -132,8 +114,8 @@ class TaskWorker:
         self._stop.set()
 
     def set_servers(self, servers: list) -> None:
-        """Point at replacement server actors; weights are pulled afresh."""
-        self._links = self._connect(servers)
+        """Point at replacement server actors; the loop re-pulls before its next step."""
+        self._servers = servers
 
     def status(self) -> dict:
         return {"task": self._task, "replica": self._replica, "steps": self._steps,
@@ -147,92 +129,45 @@ class TaskWorker:
 
     def run(self, max_steps: Optional[int] = None) -> dict:
         """Train until stopped (or `max_steps`); returns the worker's status."""
-        pending: collections.deque = collections.deque()
-        links, prefetch = None, None
+        servers = None
         while not self._stop.is_set() and (max_steps is None or self._steps < max_steps):
             try:
-                if links is not self._links:          # first start, or servers replaced
-                    links, prefetch = self._links, None
-                    pending.clear()
-                    self._pull(links, self._request_pull(links))
-                prefetch = self._maybe_take_prefetch(links, prefetch)
+                if servers is not self._servers:          # first start, or servers replaced
+                    servers = self._servers
+                    self._client.reconnect(servers)
+                self._client.refresh()
                 stats = self._loop.step()
-                self._metrics.step_seconds.observe(stats.step_time_s)
-                self._push(links, stats, pending)
+                self._client.push(self._task, self._replica, stats, self._loop.norm_stats(),
+                                  self._loop.shards)
                 self._steps += 1
-                self._metrics.steps.inc()
-                self._reporter.maybe()
+                self._observe(stats)
             except ray.exceptions.RayActorError as err:
                 log.warning("%s/%d: a server is unreachable (%s); waiting for a replacement",
                             self._task, self._replica, type(err).__name__)
-                self._wait_for_new_servers(links)
-        self._drain(pending)
+                while self._servers is servers and not self._stop.is_set():
+                    time.sleep(0.05)
+        self._client.drain()
         self._reporter.now()
         return self.status()
 
-    def _request_pull(self, links: list[_ServerLink]) -> list:
-        return [link.handle.pull.remote(link.keys, link.version) for link in links]
+    def _observe(self, stats: PushStats) -> None:
+        """Per-step metrics: counters advance by the client's deltas (no growing state)."""
+        m, c, last = self._metrics, self._client, self._reported
+        m.steps.inc()
+        m.step_seconds.observe(stats.step_time_s)
+        for name, total, counter in (("pulled", c.pulled_bytes, m.pull_bytes),
+                                     ("pushed", c.pushed_bytes, m.push_bytes),
+                                     ("skipped", self._loop.sampler.skipped, m.images_skipped)):
+            if total > last[name]:
+                counter.inc(total - last[name])
+                last[name] = total
+        self._reporter.maybe()
 
-    def _maybe_take_prefetch(self, links, prefetch):
-        """Apply a prefetched pull if it has arrived, then prefetch the next one."""
-        if prefetch is None:
-            return self._request_pull(links)
-        ready, _ = ray.wait(prefetch, num_returns=len(prefetch), timeout=0)
-        if len(ready) < len(prefetch):
-            return prefetch
-        self._pull(links, prefetch)
-        return self._request_pull(links)
-
-    def _pull(self, links: list[_ServerLink], refs: list) -> None:
-        start = time.perf_counter()
-        pulled = 0
-        for link, (version, arrays) in zip(links, ray.get(refs)):
-            if not arrays:
-                continue
-            values = ray.get(list(arrays.values()))  # zero-copy views of the object store
-            by_key = {p.key: p for p in link.pieces}
-            for key, array in zip(arrays, values):
-                piece = by_key[key]
-                self._loop.flat.load(piece.shard, array, piece.start)
-                pulled += array.nbytes
-            link.version = version
-        if pulled:
-            self._metrics.pull_bytes.inc(pulled)
-            self._metrics.pull_seconds.observe(time.perf_counter() - start)
-
-    def _push(self, links: list[_ServerLink], stats: PushStats, pending: collections.deque) -> None:
-        if len(pending) >= self._inflight:
-            start = time.perf_counter()
-            self._record(ray.get(pending.popleft()))
-            self._metrics.wait_seconds.observe(time.perf_counter() - start)
-        grads = self._loop.grads(self._cfg.server.grad_dtype)
-        norm_stats = self._loop.norm_stats()
-        refs, sent = [], 0
-        for i, link in enumerate(links):
-            chunk = {p.key: grads[p.shard][p.start: p.stop] for p in link.pieces}
-            sent += sum(a.nbytes for a in chunk.values())
-            refs.append(link.handle.push.remote(self._task, self._replica, link.version, chunk,
-                                                stats, norm_stats if i == 0 else None))
-        self._metrics.push_bytes.inc(sent)
-        pending.append(refs)
-
-    def _record(self, results: list[PushResult]) -> None:
-        for result in results:
-            self._results[result.reason] += 1
-            if result.reason == NONFINITE:
-                log.warning("%s/%d: push rejected: non-finite loss or gradient (step %d)",
-                            self._task, self._replica, self._steps)
-        if results and results[0].reason == STALE and self._results[STALE] % 100 == 1:
+    def _record(self, result: PushResult) -> None:
+        self._results[result.reason] += 1
+        if result.reason == NONFINITE:
+            log.warning("%s/%d: push rejected: non-finite loss or gradient (step %d)",
+                        self._task, self._replica, self._steps)
+        elif result.reason == STALE and self._results[STALE] % 100 == 1:
             log.info("%s/%d: %d pushes dropped as stale so far", self._task, self._replica,
                      self._results[STALE])
-
-    def _drain(self, pending: collections.deque) -> None:
-        try:
-            while pending:
-                self._record(ray.get(pending.popleft()))
-        except ray.exceptions.RayActorError:
-            pending.clear()
-
-    def _wait_for_new_servers(self, links) -> None:
-        while self._links is links and not self._stop.is_set():
-            time.sleep(0.05)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import ray
 
+from ps_trainer.params import encode_grad
 from ps_trainer.protocol import APPLIED
 from workers.worker import make_task_loop
 
@@ -15,11 +16,11 @@ def test_task_loop_step_fills_only_its_own_shards(tiny_config):
     stats = loop.step()
     assert np.isfinite(stats.loss) and stats.loss > 0 and stats.shared_grad_norm > 0
     assert stats.samples == cfg.tasks["rotation"].batch_size
-    grads = loop.grads()
-    assert set(grads) == {"trunk", "head/rotation"}
-    assert all(np.abs(g).sum() > 0 for g in grads.values())
+    assert loop.shards == ("trunk", "head/rotation")
+    assert all(float(loop.flat.grads[s].abs().sum()) > 0 for s in loop.shards)
     # float32 gradients travel as views of the flat buffer: no copy
-    assert np.shares_memory(grads["trunk"], loop.flat.grads["trunk"].numpy())
+    wire = encode_grad(loop.flat.grads["trunk"], "float32")
+    assert np.shares_memory(wire, loop.flat.grads["trunk"].numpy())
 
 
 def test_task_loop_is_deterministic_per_seed_task_and_replica(tiny_config):
@@ -41,8 +42,8 @@ def test_low_precision_transport_halves_the_bytes(tiny_config):
     cfg = tiny_config(tasks=("rotation", "segmentation"))
     loop = make_task_loop(cfg, "rotation", 0)
     loop.step()
-    full, half = loop.grads("float32"), loop.grads("bfloat16")
-    assert half["trunk"].nbytes * 2 == full["trunk"].nbytes
+    full, half = (encode_grad(loop.flat.grads["trunk"], d) for d in ("float32", "bfloat16"))
+    assert half.nbytes * 2 == full.nbytes
 
 
 @pytest.mark.ray

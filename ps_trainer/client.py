@@ -1,0 +1,140 @@
+"""ParameterClient: a worker's side of the parameter-server protocol (task-agnostic).
+
+    client = ParameterClient(servers, pieces, flat, inflight=2, grad_dtype="float32")
+    client.connect()                       # blocking first pull
+    while training:
+        client.refresh()                   # newer weights if a prefetched pull arrived
+        stats = step()                     # gradients land in flat.grads
+        client.push(task, worker_id, stats, norm_stats)
+
+Pulls are prefetched: the next one is requested as soon as the previous one is applied, so
+the round trip overlaps the step. Pushes are fire-and-forget with at most `inflight`
+outstanding; the oldest is waited for only when the limit is reached.
+"""
+from __future__ import annotations
+
+import collections
+import time
+from typing import Callable, Optional
+
+import numpy as np
+import ray
+
+from ps_trainer.params import FlatModel, Piece, encode_grad
+from ps_trainer.protocol import PushResult, PushStats
+
+
+class _ServerLink:
+    """The pieces one server actor owns that this client reads and writes, and its version."""
+
+    def __init__(self, handle, pieces: list[Piece]):
+        self.handle = handle
+        self.pieces = pieces
+        self.keys = tuple(p.key for p in pieces)
+        self.by_key = {p.key: p for p in pieces}
+        self.version = -1
+
+
+class ParameterClient:
+    def __init__(self, servers: list, pieces: tuple[Piece, ...], flat: FlatModel, inflight: int,
+                 grad_dtype: str = "float32",
+                 on_result: Optional[Callable[[PushResult], None]] = None):
+        self.pieces = pieces
+        self.flat = flat
+        self.inflight = inflight
+        self.grad_dtype = grad_dtype
+        self.on_result = on_result or (lambda result: None)
+        self.links = self._links(servers)
+        self._pending: collections.deque = collections.deque()
+        self._prefetch: Optional[list] = None
+        # Counters the caller turns into metrics (plain ints: nothing accumulates).
+        self.pulled_bytes = 0
+        self.pushed_bytes = 0
+        self.pull_seconds = 0.0
+        self.wait_seconds = 0.0
+
+    def _links(self, servers: list) -> list[_ServerLink]:
+        links = []
+        for index, handle in enumerate(servers):
+            pieces = [p for p in self.pieces if p.server == index]
+            if pieces:
+                links.append(_ServerLink(handle, pieces))
+        return links
+
+    def reconnect(self, servers: list) -> None:
+        """Use replacement server actors: in-flight pushes are abandoned, weights re-pulled."""
+        self.links = self._links(servers)
+        self._pending.clear()
+        self._prefetch = None
+
+    def connect(self) -> None:
+        """Pull the current weights (blocking) and start prefetching."""
+        self._apply(ray.get(self._request()))
+        self._prefetch = self._request()
+
+    # ------------------------------------------------------------------ pull
+
+    def _request(self) -> list:
+        return [link.handle.pull.remote(link.keys, link.version) for link in self.links]
+
+    def refresh(self) -> bool:
+        """Apply the prefetched pull if every server has answered; True if weights changed."""
+        if self._prefetch is None:
+            self.connect()
+            return True
+        ready, _ = ray.wait(self._prefetch, num_returns=len(self._prefetch), timeout=0)
+        if len(ready) < len(self._prefetch):
+            return False
+        changed = self._apply(ray.get(self._prefetch))
+        self._prefetch = self._request()
+        return changed
+
+    def _apply(self, answers: list) -> bool:
+        start = time.perf_counter()
+        changed = False
+        for link, (version, refs) in zip(self.links, answers):
+            if refs:
+                arrays = ray.get(list(refs.values()))      # zero-copy views of the object store
+                for key, array in zip(refs, arrays):
+                    piece = link.by_key[key]
+                    self.flat.load(piece.shard, array, piece.start)
+                    self.pulled_bytes += array.nbytes
+                changed = True
+            link.version = version
+        if changed:
+            self.pull_seconds += time.perf_counter() - start
+        return changed
+
+    # ------------------------------------------------------------------ push
+
+    def push(self, task: str, worker_id: int, stats: PushStats,
+             norm_stats: Optional[dict[str, np.ndarray]] = None,
+             shards: tuple[str, ...] = ()) -> None:
+        """Send this step's gradients of `shards` (default: every shard the pieces cover)
+        to every server that owns some of them, without waiting for the answer."""
+        if len(self._pending) >= self.inflight:
+            start = time.perf_counter()
+            self._record(ray.get(self._pending.popleft()))
+            self.wait_seconds += time.perf_counter() - start
+        wanted = shards or tuple({p.shard for p in self.pieces})
+        grads = {s: encode_grad(self.flat.grads[s], self.grad_dtype) for s in wanted}
+        refs = []
+        for i, link in enumerate(self.links):
+            chunk = {p.key: grads[p.shard][p.start: p.stop] for p in link.pieces
+                     if p.shard in grads}
+            self.pushed_bytes += sum(a.nbytes for a in chunk.values())
+            refs.append(link.handle.push.remote(task, worker_id, link.version, chunk, stats,
+                                                norm_stats if i == 0 else None))
+        self._pending.append(refs)
+
+    def _record(self, results: list[PushResult]) -> None:
+        for result in results:
+            self.on_result(result)
+
+    def drain(self) -> None:
+        """Wait for every outstanding push (abandoning them if a server is gone)."""
+        try:
+            while self._pending:
+                self._record(ray.get(self._pending.popleft()))
+        except ray.exceptions.RayActorError:
+            self._pending.clear()
