@@ -23,6 +23,7 @@ import ray
 
 from ps_trainer.checkpoint import CheckpointManager
 from ps_trainer.config import Config
+from ps_trainer.evaluator import reached_target
 from ps_trainer.metrics import CoordinatorMetrics, Reporter
 from ps_trainer.params import Piece
 from ps_trainer.runlog import RunFolder
@@ -75,11 +76,14 @@ class Coordinator:
         self._evaluator_ref = None
         self._stats = _Stats()
         self._metrics = CoordinatorMetrics()
+        for role in self._stats.restarts:    # series exist (at 0) before the first restart
+            self._metrics.restarts.labels(role)
         send = (lambda source, fams: hub.report.remote(source, fams)) if hub else (lambda *a: None)
         self._reporter = Reporter("coordinator", self._metrics.registry, send,
                                   cfg.metrics.report_every_s)
         self._start_time = time.monotonic()
         self._done = False
+        self._reached: Optional[float] = None
 
     # ------------------------------------------------------------------ starting actors
 
@@ -187,7 +191,8 @@ class Coordinator:
     # ------------------------------------------------------------------ supervision
 
     def run(self) -> dict:
-        """Supervise until run.max_updates, run.max_minutes or stop(); returns a summary."""
+        """Supervise until run.max_updates, run.max_minutes, run.target_miou or stop();
+        returns a summary."""
         deadline = self._start_time + self._cfg.run.max_minutes * 60 - self._spec.time_offset_s
         while not self._stop.wait(_SUPERVISE_EVERY_S):
             with self._lock:
@@ -197,9 +202,19 @@ class Coordinator:
             version = self._version()
             self._reporter.maybe()
             if (version is not None and version >= self._cfg.run.max_updates) \
-                    or time.monotonic() >= deadline:
+                    or time.monotonic() >= deadline or self._target_reached():
                 break
         return self._finish()
+
+    def _target_reached(self) -> bool:
+        if self._cfg.run.target_miou is None:
+            return False
+        try:
+            record = ray.get(self._evaluator.latest_record.remote(), timeout=5)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            return False
+        self._reached = reached_target(self._cfg, record)
+        return self._reached is not None
 
     def _version(self) -> Optional[int]:
         try:
@@ -278,11 +293,15 @@ class Coordinator:
                 ray.wait(refs, num_returns=len(refs), timeout=_STOP_GRACE_S)
             final = None
             try:
-                final = ray.get(self._evaluator.evaluate_now.remote({"final": True}))
+                if self._reached is not None:   # the evaluation that reached the target is final
+                    final = ray.get(self._evaluator.latest_record.remote())
+                else:
+                    final = ray.get(self._evaluator.evaluate_now.remote({"final": True}))
                 self._evaluator.stop.remote()
             except ray.exceptions.RayActorError as err:
                 log.error("final evaluation failed: %s", err)
             self._done = True
             status = self.status()
             self._reporter.now()
-            return {**status, "final": final, "miou": final.get("miou") if final else None}
+            return {**status, "final": final, "miou": final.get("miou") if final else None,
+                    "reached_target_s": self._reached}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from pathlib import Path
 from dataclasses import replace
 from typing import Optional
 
@@ -36,10 +37,20 @@ COORDINATOR_PREFIX = "coordinator:"
 
 
 def load_run_config(path: Optional[str], overrides=()) -> Config:
-    """load_config plus the checks that need the task registry."""
+    """load_config plus the checks that need the task registry; paths made absolute here,
+    in the driver, because actors run in other working directories (on other nodes)."""
     cfg = load_config(path, overrides)
     check_tasks(cfg)
-    return cfg
+    return absolute_paths(cfg)
+
+
+def absolute_paths(cfg: Config) -> Config:
+    """run.out_dir and data.root resolved against the driver's working directory."""
+    run = replace(cfg.run, out_dir=str(Path(cfg.run.out_dir).expanduser().resolve()))
+    data = cfg.data
+    if data.root:
+        data = replace(data, root=str(Path(data.root).expanduser().resolve()))
+    return cfg.replace(run=run, data=data)
 
 
 def build_eval_model(cfg: Config) -> MultiTaskModel:
@@ -54,19 +65,25 @@ def initial_model(cfg: Config) -> tuple[MultiTaskModel, FlatModel]:
 
 # --------------------------------------------------------------------------- local
 
-def run_local(cfg: Config, resume: Optional[dict] = None) -> dict:
-    """Train every task in this process (round-robin, one optimizer); returns a summary."""
+def run_local(cfg: Config, resume: Optional[dict] = None,
+              initial: Optional[dict[str, np.ndarray]] = None, frozen: tuple[str, ...] = ()) -> dict:
+    """Train every task in this process (round-robin, one optimizer); returns a summary.
+
+    `initial` replaces the starting weights of some shards (e.g. a pretrained trunk);
+    `frozen` shards are never updated."""
     set_threads(cfg.ray.num_cpus or torch.get_num_threads())
     device = pick_device(cfg.run.device)
     run = RunFolder(cfg.run.out_dir).create(cfg)
     model, _ = initial_model(cfg)
     model.to(device)
     flat = FlatModel(model, ShardLayout.of(model, shard_of))
+    for shard, array in (initial or {}).items():
+        flat.load(shard, np.ascontiguousarray(array, dtype=np.float32))
     tasks = build_tasks(cfg)
     loops = {name: _shared_loop(cfg, name, flat, device) for name in tasks if
              cfg.tasks[name].workers > 0}
     eval_loop = make_evaluation_loop(cfg, functools.partial(build_eval_model, cfg), device)
-    trainer = LocalTrainer(cfg, flat, loops, eval_loop, run)
+    trainer = LocalTrainer(cfg, flat, loops, eval_loop, run, frozen)
     if resume is not None:
         if len(resume["servers"]) != 1:
             raise ValueError("this checkpoint comes from a sharded server; resume it distributed")
@@ -98,20 +115,26 @@ def connect(cfg: Config, address: Optional[str] = None) -> None:
                  logging_level=logging.WARNING)
 
 
-def check_resources(cfg: Config) -> None:
-    """Fail at start, not hang, when the actors ask for more CPUs/GPUs than the cluster has."""
+def check_resources(cfg: Config, autoscaling: bool = False) -> None:
+    """Fail at start, not hang, when the actors ask for more CPUs/GPUs than the cluster has.
+    On a cluster that may still scale up (`autoscaling`), warn instead: Ray queues the actors
+    until nodes join."""
     have = ray.cluster_resources()
     cpus = (cfg.server.num_cpus * cfg.server.shards + cfg.eval.num_cpus
             + sum(t.workers * t.num_cpus for t in cfg.tasks.values()))
     gpus = sum(t.workers * t.num_gpus for t in cfg.tasks.values())
+    problems = []
     if cpus > have.get("CPU", 0) + 1e-9:
-        raise ConfigError("tasks", f"the run asks for {cpus:g} CPUs (server {cfg.server.num_cpus:g}"
-                                   f" x {cfg.server.shards}, evaluator {cfg.eval.num_cpus:g}, "
-                                   f"workers x num_cpus) but the cluster has {have.get('CPU', 0):g}"
-                                   f"; lower tasks.<name>.num_cpus or workers (fractions allowed)")
+        problems.append(f"the run asks for {cpus:g} CPUs (server {cfg.server.num_cpus:g} x "
+                        f"{cfg.server.shards}, evaluator {cfg.eval.num_cpus:g}, workers x num_cpus)"
+                        f" but the cluster has {have.get('CPU', 0):g}; lower "
+                        f"tasks.<name>.num_cpus or workers (fractions allowed)")
     if gpus > have.get("GPU", 0) + 1e-9:
-        raise ConfigError("tasks", f"the run asks for {gpus:g} GPUs but the cluster has "
-                                   f"{have.get('GPU', 0):g}")
+        problems.append(f"the run asks for {gpus:g} GPUs but the cluster has {have.get('GPU', 0):g}")
+    for problem in problems:
+        if not autoscaling:
+            raise ConfigError("tasks", problem)
+        log.warning("%s; waiting for the cluster to scale up", problem)
 
 
 def _runtime_spec(cfg: Config, resume: Optional[dict]) -> RuntimeSpec:
@@ -163,7 +186,7 @@ def run_distributed(cfg: Config, address: Optional[str] = None,
                     resume: Optional[dict] = None) -> dict:
     """Run the parameter server, workers and evaluator on Ray until a stop condition."""
     connect(cfg, address)
-    check_resources(cfg)
+    check_resources(cfg, autoscaling=bool(address or cfg.ray.address))
     hub, _ = start_metrics(cfg)
     coordinator = start_coordinator(cfg, resume, hub)
     done = coordinator.run.remote()
@@ -214,7 +237,7 @@ def resume_from(run_dir: str, overrides=()) -> tuple[Config, dict]:
     if not run.config.exists():
         raise FileNotFoundError(f"{run_dir} is not a run folder (no config.yaml)")
     cfg = load_run_config(str(run.config), overrides)
-    cfg = cfg.replace(run=replace(cfg.run, out_dir=str(run.root)))
+    cfg = cfg.replace(run=replace(cfg.run, out_dir=str(run.root.resolve())))
     latest = CheckpointManager(run.checkpoints, cfg.eval.keep_last).latest()
     if latest is None:
         raise FileNotFoundError(f"no valid checkpoint in {run.checkpoints}")

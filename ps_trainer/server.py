@@ -21,7 +21,7 @@ import torch
 from ps_trainer.balancing import make_balancer
 from ps_trainer.config import Config
 from ps_trainer.metrics import Reporter, ServerMetrics
-from ps_trainer.protocol import APPLIED, QUEUED, PushResult, PushStats
+from ps_trainer.protocol import APPLIED, QUEUED, REJECT_REASONS, PushResult, PushStats
 from ps_trainer.runtime import set_threads
 from ps_trainer.store import ParameterStore
 
@@ -55,6 +55,9 @@ class ParameterServer:
         self._put_at: dict[str, int] = {}
         self._modified_at = {k: self._store.version for k in own}
         self._metrics = ServerMetrics(index)
+        for task in cfg.task_names:          # series exist (at 0) before the first event
+            for reason in REJECT_REASONS:
+                self._metrics.rejected(task, reason)
         self._loss_ema: dict[str, float] = {}
         self._applied: dict[str, int] = {t: 0 for t in cfg.task_names}
         self._rejected: dict[str, int] = {}          # "<task>/<reason>" -> count
