@@ -51,12 +51,15 @@ class RunConfig:
     seed: int = 0
     max_updates: int = 1000
     max_minutes: float = 10.0
+    target_miou: Optional[float] = None  # also stop once an evaluation reaches this mIoU
     progress_every_s: float = 5.0
     device: str = "auto"  # local mode and evaluation: auto | cpu | cuda
 
     def __post_init__(self):
         check(self.max_updates > 0, "max_updates", self.max_updates, "must be > 0")
         check(self.max_minutes > 0, "max_minutes", self.max_minutes, "must be > 0")
+        check(self.target_miou is None or 0 < self.target_miou <= 1, "target_miou",
+              self.target_miou, "null or in (0, 1]")
         check(self.progress_every_s > 0, "progress_every_s", self.progress_every_s, "must be > 0")
         check_choice("device", self.device, ("auto", "cpu", "cuda"))
 
@@ -252,6 +255,27 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class FinetuneConfig:
+    """The few-label transfer protocol: train a segmentation head (and, by default, the
+    trunk) on N labelled images from a pretrained or a random trunk."""
+    steps: int = 600
+    batch_size: int = 16
+    optimizer: str = "adam"
+    lr: float = 0.002
+    weight_decay: float = 1e-4
+    warmup_updates: int = 30
+    train_trunk: bool = True             # false: the pretrained trunk stays frozen
+
+    def __post_init__(self):
+        check(self.steps >= 1, "steps", self.steps, "must be >= 1")
+        check(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check(self.lr > 0, "lr", self.lr, "must be > 0")
+        check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
+        check(self.warmup_updates >= 0, "warmup_updates", self.warmup_updates, "must be >= 0")
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     """The Prometheus endpoint (one for the whole run)."""
     enabled: bool = True
@@ -289,6 +313,7 @@ class Config:
     balancing: BalancingConfig = BalancingConfig()
     tasks: FrozenDict = field(default=FrozenDict(), metadata={"values": TaskConfig})  # name -> TaskConfig
     eval: EvalConfig = EvalConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
     metrics: MetricsConfig = MetricsConfig()
     ray: RayConfig = RayConfig()
 

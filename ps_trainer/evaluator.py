@@ -91,6 +91,14 @@ class EvaluationLoop:
         return rgb, masks.numpy().astype(np.uint8), self.predict(images).numpy().astype(np.uint8)
 
 
+def reached_target(cfg: Config, record: Optional[dict]) -> Optional[float]:
+    """The record's time if its mIoU reaches run.target_miou, else None."""
+    target = cfg.run.target_miou
+    if target is None or not record or record.get("miou") is None or record["miou"] < target:
+        return None
+    return record["time_s"]
+
+
 class RunRecorder:
     """Writes an evaluation's outputs into the run folder."""
 

@@ -14,7 +14,7 @@ from typing import Mapping, Optional, Protocol
 
 
 from ps_trainer.config import Config
-from ps_trainer.evaluator import EvaluationLoop, RunRecorder
+from ps_trainer.evaluator import EvaluationLoop, RunRecorder, reached_target
 from ps_trainer.params import FlatModel, Piece
 from ps_trainer.progress import Progress
 from ps_trainer.protocol import PushStats
@@ -33,13 +33,16 @@ class StepLoop(Protocol):
 
 class LocalTrainer:
     def __init__(self, cfg: Config, flat: FlatModel, loops: Mapping[str, StepLoop],
-                 eval_loop: Optional[EvaluationLoop], run: RunFolder):
+                 eval_loop: Optional[EvaluationLoop], run: RunFolder, frozen: tuple[str, ...] = ()):
         self.cfg = cfg
         self.flat = flat
         self.loops = dict(loops)
         self.eval_loop = eval_loop
         weights = {shard: flat.params[shard] for shard in flat.params}
-        self.store = make_store(cfg, weights, {t: loop.shards for t, loop in self.loops.items()})
+        # A frozen shard is left out of every task's keys: the store never updates it.
+        task_keys = {t: tuple(s for s in loop.shards if s not in frozen)
+                     for t, loop in self.loops.items()}
+        self.store = make_store(cfg, weights, task_keys)
         self.plan = tuple(Piece(s, s, 0, w.numel(), 0) for s, w in weights.items())
         self.recorder = RunRecorder(cfg, run)
         self.progress = Progress(cfg.task_names)
@@ -54,9 +57,10 @@ class LocalTrainer:
         next_eval = start + cfg.eval.every_s
         last_eval_version = 0
         order = tuple(self.loops)
-        latest = None
+        latest, reached = None, None
         i = 0
-        while self.store.version < cfg.run.max_updates and time.monotonic() < deadline:
+        while (self.store.version < cfg.run.max_updates and time.monotonic() < deadline
+               and reached is None):
             task = order[i % len(order)]
             i += 1
             self._step(task)
@@ -66,18 +70,21 @@ class LocalTrainer:
             if now >= next_eval or due_updates:
                 latest = self.evaluate(now - start)
                 next_eval, last_eval_version = time.monotonic() + cfg.eval.every_s, self.store.version
+                reached = reached_target(cfg, latest)
             self.progress.maybe_log(self.store.version, self._losses(), self.store.balancer.weights(),
                                     latest["miou"] if latest else None, cfg.run.progress_every_s)
-        latest = self.evaluate(time.monotonic() - start)
+        if reached is None:
+            latest = self.evaluate(time.monotonic() - start)
+            reached = reached_target(cfg, latest)
         return {"updates": self.store.version, "elapsed_s": time.monotonic() - start,
-                "miou": latest["miou"], "steps": dict(self.steps),
+                "miou": latest["miou"], "reached_target_s": reached, "steps": dict(self.steps),
                 "steps_per_s": {t: self.steps[t] / max(self.step_time_s[t], 1e-9) for t in self.steps}}
 
     def _step(self, task: str) -> None:
         loop = self.loops[task]
         self._load_norm_stats(task)
         stats = loop.step()
-        grads = {shard: self.flat.grads[shard] for shard in loop.shards}
+        grads = {shard: self.flat.grads[shard] for shard in self.store.task_keys[task]}
         norm_stats = {s: self.flat.stats[s].cpu().numpy() for s in loop.shards if s in self.flat.stats}
         self.store.push(task, self.store.version, grads, stats, norm_stats)
         self.progress.observe(task, stats.loss)
