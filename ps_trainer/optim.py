@@ -1,12 +1,16 @@
 """The server's optimizer: fused updates of flat float32 tensors, and the LR schedule.
 
-One update of a piece is a handful of in-place vector ops over the whole piece (never a
-Python loop over parameters). Incoming gradients may be float32, float16 or bfloat16; the
-state and the weights stay float32 and mixed-dtype ops accumulate in float32.
+One update of a piece is one pass of PyTorch's fused optimizer kernel over the whole piece
+where PyTorch has one (SGD, AdamW), else a handful of in-place vector ops; never a Python
+loop over parameters. Incoming gradients may be float32, float16 or bfloat16 and are only
+read (they are views of Ray's object store); state and weights stay float32.
 
 - sgd: heavy-ball momentum with L2 weight decay (PyTorch's SGD convention).
 - adam: Adam with decoupled weight decay (Loshchilov & Hutter, ICLR 2019, "AdamW").
 - rmsprop: RMSProp (Tieleman & Hinton 2012) with optional momentum and L2 weight decay.
+
+The per-push `scale` (balancing weight x staleness factor x clipping) multiplies the gradient:
+update(scale * grad).
 """
 from __future__ import annotations
 
@@ -35,19 +39,38 @@ def learning_rate(cfg: OptimizerConfig, update: int, total_updates: int) -> floa
 
 _STATE_NAMES = {"sgd": ("momentum",), "adam": ("exp_avg", "exp_avg_sq"),
                 "rmsprop": ("square_avg", "momentum")}
-_SCRATCH_COUNT = {"sgd": 0, "adam": 1, "rmsprop": 2}
+_SCRATCH_COUNT = {"sgd": 1, "adam": 1, "rmsprop": 2}
+
+
+def _fused_kernels_work() -> bool:
+    """Whether this PyTorch has the CPU fused SGD and AdamW kernels (2.4 and later)."""
+    try:
+        w, g, b = torch.zeros(4), torch.ones(4), torch.zeros(4)
+        torch._fused_sgd_([w], [g], [b], weight_decay=0.0, momentum=0.9, lr=0.1, dampening=0.0,
+                          nesterov=False, maximize=False, is_first_step=False)
+        m, v, step = torch.zeros(4), torch.zeros(4), torch.ones(())
+        torch._fused_adamw_([w], [g], [m], [v], [], [step], lr=0.1, beta1=0.9, beta2=0.999,
+                            weight_decay=0.0, eps=1e-8, amsgrad=False, maximize=False)
+        return True
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
+FUSED = _fused_kernels_work()
 
 
 class FlatOptimizer:
     """Optimizer state for named flat pieces; :meth:`step` applies one update to one piece.
     State lives on the device of the piece it belongs to."""
 
-    def __init__(self, cfg: OptimizerConfig):
+    def __init__(self, cfg: OptimizerConfig, fused: bool = FUSED):
         self.cfg = cfg
         self.state: dict[str, dict[str, torch.Tensor]] = {}
         self.steps: dict[str, int] = {}
         self._scratch: dict[str, tuple[torch.Tensor, ...]] = {}
-        self._update = getattr(self, "_" + cfg.name)
+        fused = fused and cfg.name in ("sgd", "adam")
+        self._update = getattr(self, ("_fused_" if fused else "_") + cfg.name)
+        self._step_tensors: dict[str, torch.Tensor] = {}
 
     def add_piece(self, key: str, like: torch.Tensor) -> None:
         self.state[key] = {n: torch.zeros_like(like) for n in _STATE_NAMES[self.cfg.name]}
@@ -61,6 +84,38 @@ class FlatOptimizer:
         """weights -= update(scale * grad), in place. `grad` is only read."""
         self.steps[key] += 1
         self._update(key, weights, grad, lr, scale, self.state[key])
+
+    def _fused_sgd(self, key, w, g, lr, scale, state) -> None:
+        """One kernel pass. The fused kernel computes buf = m*buf + (1-d)*(g + wd'*w); with
+        d = 1 - scale and wd' = wd / scale that is m*buf + scale*g + wd*w, our update, without
+        touching g (its grad_scale argument would unscale g in place)."""
+        cfg = self.cfg
+        if scale <= 0.0:                     # a zero-weight task: momentum and decay only
+            return self._sgd(key, w, g, lr, scale, state)
+        g = self._float32(key, g)
+        if cfg.momentum:
+            torch._fused_sgd_([w], [g], [state["momentum"]], weight_decay=cfg.weight_decay / scale,
+                              momentum=cfg.momentum, lr=lr, dampening=1.0 - scale, nesterov=False,
+                              maximize=False, is_first_step=False)
+        else:  # w -= lr*scale*(g + wd/scale*w)
+            torch._fused_sgd_([w], [g], [], weight_decay=cfg.weight_decay / scale,
+                              momentum=0.0, lr=lr * scale, dampening=0.0, nesterov=False,
+                              maximize=False, is_first_step=False)
+
+    def _fused_adam(self, key, w, g, lr, scale, state) -> None:
+        """One kernel pass (plus one scaled copy into scratch when scale != 1)."""
+        cfg, (b1, b2) = self.cfg, self.cfg.betas
+        if scale != 1.0 or g.dtype != torch.float32:
+            g = torch.mul(g, scale, out=self._scratch[key][0])
+        step = self._step_tensors.setdefault(key, torch.zeros((), dtype=torch.float32))
+        step.fill_(self.steps[key])
+        torch._fused_adamw_([w], [g], [state["exp_avg"]], [state["exp_avg_sq"]], [], [step],
+                            lr=lr, beta1=b1, beta2=b2, weight_decay=cfg.weight_decay, eps=cfg.eps,
+                            amsgrad=False, maximize=False)
+
+    def _float32(self, key: str, g: torch.Tensor) -> torch.Tensor:
+        """float16/bfloat16 gradients widened into the piece's scratch buffer (one pass)."""
+        return g if g.dtype == torch.float32 else self._scratch[key][0].copy_(g)
 
     def _sgd(self, key, w, g, lr, scale, state) -> None:
         cfg, buf = self.cfg, state["momentum"]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ps_trainer.config import OptimizerConfig
-from ps_trainer.optim import FlatOptimizer, learning_rate
+from ps_trainer.optim import FUSED, FlatOptimizer, learning_rate
 
 REFERENCES = {
     "sgd": lambda p, cfg: torch.optim.SGD([p], lr=cfg.lr, momentum=cfg.momentum,
@@ -21,14 +21,16 @@ REFERENCES = {
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCES))
-@pytest.mark.parametrize("momentum,decay", [(0.9, 1e-2), (0.0, 0.0)])
-def test_matches_torch_optim(name, momentum, decay):
+@pytest.mark.parametrize("momentum,decay", [(0.9, 1e-2), (0.0, 0.0), (0.0, 1e-2)])
+@pytest.mark.parametrize("fused", [False, pytest.param(True, marks=pytest.mark.skipif(
+    not FUSED, reason="this PyTorch has no CPU fused optimizer kernels"))])
+def test_matches_torch_optim(name, momentum, decay, fused):
     torch.manual_seed(0)
     cfg = OptimizerConfig(name=name, lr=0.01, momentum=momentum, weight_decay=decay)
     weights = torch.randn(257)
     param = torch.nn.Parameter(weights.clone())
     reference = REFERENCES[name](param, cfg)
-    opt = FlatOptimizer(cfg)
+    opt = FlatOptimizer(cfg, fused=fused)
     opt.add_piece("w", weights)
     for _ in range(25):
         grad = torch.randn(257)
@@ -39,8 +41,9 @@ def test_matches_torch_optim(name, momentum, decay):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_low_precision_gradients_accumulate_in_float32(dtype):
-    cfg = OptimizerConfig(name="sgd", lr=0.1, momentum=0.9, weight_decay=0.0)
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_low_precision_gradients_accumulate_in_float32(dtype, name):
+    cfg = OptimizerConfig(name=name, lr=0.1, momentum=0.9, weight_decay=0.0)
     exact, low = torch.zeros(64), torch.zeros(64)
     a, b = FlatOptimizer(cfg), FlatOptimizer(cfg)
     a.add_piece("w", exact)
@@ -49,8 +52,31 @@ def test_low_precision_gradients_accumulate_in_float32(dtype):
     for _ in range(10):
         a.step("w", exact, grad, 0.1, 1.0)
         b.step("w", low, grad.to(dtype), 0.1, 1.0)
-    assert low.dtype == torch.float32 and b.state["w"]["momentum"].dtype == torch.float32
+    assert low.dtype == torch.float32
+    assert all(t.dtype == torch.float32 for t in b.state["w"].values())
     torch.testing.assert_close(low, exact, atol=2e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "rmsprop"])
+def test_incoming_gradient_is_never_written(name):
+    """Gradients are read-only views of Ray's object store: the update must only read them."""
+    cfg = OptimizerConfig(name=name, lr=0.1, momentum=0.9, weight_decay=1e-2)
+    opt, w = FlatOptimizer(cfg), torch.randn(100)
+    opt.add_piece("w", w)
+    grad = torch.randn(100)
+    before = grad.clone()
+    for scale in (1.0, 0.3, 0.0):
+        opt.step("w", w, grad, 0.1, scale)
+    assert torch.equal(grad, before)
+
+
+def test_zero_scale_applies_only_momentum_and_decay():
+    cfg = OptimizerConfig(name="sgd", lr=1.0, momentum=0.5, weight_decay=0.0)
+    opt, w = FlatOptimizer(cfg), torch.zeros(3)
+    opt.add_piece("w", w)
+    opt.step("w", w, torch.ones(3), 1.0, 1.0)        # buf = 1, w = -1
+    opt.step("w", w, torch.full((3,), 7.0), 1.0, 0.0)  # buf = 0.5, w = -1.5
+    torch.testing.assert_close(w, torch.full((3,), -1.5))
 
 
 def test_schedules_by_hand():
