@@ -8,20 +8,29 @@
         client.push(task, worker_id, stats, norm_stats)
 
 Pulls are prefetched: the next one is requested as soon as the previous one is applied, so
-the round trip overlaps the step. Pushes are fire-and-forget with at most `inflight`
+the round trip overlaps the step. A shard that arrives whole is adopted, not copied: the
+model's parameters become views of the object-store buffer (workers only read weights). Pushes are fire-and-forget with at most `inflight`
 outstanding; the oldest is waited for only when the limit is reached.
 """
 from __future__ import annotations
 
 import collections
+import math
 import time
 from typing import Callable, Optional
 
 import numpy as np
 import ray
+import torch
 
-from ps_trainer.params import FlatModel, Piece, encode_grad
-from ps_trainer.protocol import PushResult, PushStats
+from ps_trainer.params import FlatModel, Piece, encode_grad, readonly_tensor
+from ps_trainer.protocol import PushResult, PushStats, with_grad_norm
+
+
+def wire_norm(arrays) -> float:
+    """L2 norm of the gradient exactly as it travels (float16 overflow shows up as Inf)."""
+    return math.sqrt(sum(float(torch.linalg.vector_norm(readonly_tensor(a), dtype=torch.float32))
+                         ** 2 for a in arrays))
 
 
 class _ServerLink:
@@ -37,12 +46,13 @@ class _ServerLink:
 
 class ParameterClient:
     def __init__(self, servers: list, pieces: tuple[Piece, ...], flat: FlatModel, inflight: int,
-                 grad_dtype: str = "float32",
+                 grad_dtype: str = "float32", report_norm: bool = False,
                  on_result: Optional[Callable[[PushResult], None]] = None):
         self.pieces = pieces
         self.flat = flat
         self.inflight = inflight
         self.grad_dtype = grad_dtype
+        self.report_norm = report_norm       # the server trusts it (server.verify_gradients off)
         self.on_result = on_result or (lambda result: None)
         self.links = self._links(servers)
         self._pending: collections.deque = collections.deque()
@@ -52,6 +62,7 @@ class ParameterClient:
         self.pushed_bytes = 0
         self.pull_seconds = 0.0
         self.wait_seconds = 0.0
+        self.push_seconds = 0.0              # encoding and handing the push to Ray
 
     def _links(self, servers: list) -> list[_ServerLink]:
         links = []
@@ -97,7 +108,10 @@ class ParameterClient:
                 arrays = ray.get(list(refs.values()))      # zero-copy views of the object store
                 for key, array in zip(refs, arrays):
                     piece = link.by_key[key]
-                    self.flat.load(piece.shard, array, piece.start)
+                    if self.flat.can_adopt(piece.shard, array, piece.start):
+                        self.flat.adopt(piece.shard, array)   # a whole shard: no copy at all
+                    else:
+                        self.flat.load(piece.shard, array, piece.start)
                     self.pulled_bytes += array.nbytes
                 changed = True
             link.version = version
@@ -116,8 +130,11 @@ class ParameterClient:
             start = time.perf_counter()
             self._record(ray.get(self._pending.popleft()))
             self.wait_seconds += time.perf_counter() - start
+        start = time.perf_counter()
         wanted = shards or tuple({p.shard for p in self.pieces})
         grads = {s: encode_grad(self.flat.grads[s], self.grad_dtype) for s in wanted}
+        if self.report_norm:
+            stats = with_grad_norm(stats, wire_norm(grads.values()))
         refs = []
         for i, link in enumerate(self.links):
             chunk = {p.key: grads[p.shard][p.start: p.stop] for p in link.pieces
@@ -126,6 +143,7 @@ class ParameterClient:
             refs.append(link.handle.push.remote(task, worker_id, link.version, chunk, stats,
                                                 norm_stats if i == 0 else None))
         self._pending.append(refs)
+        self.push_seconds += time.perf_counter() - start
 
     def _record(self, results: list[PushResult]) -> None:
         for result in results:

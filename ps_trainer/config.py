@@ -184,6 +184,9 @@ class ServerConfig:
     shards: int = 1                      # server actors, each owning part of the parameters
     publish_every: int = 1               # publish a new weight version at most every k updates
     grad_dtype: str = "float32"          # gradient transport; accumulation stays float32
+    # true: the server reads every push once to reject NaN/Inf; false: it trusts the norm the
+    # worker computed from the bytes it sent (that pass moves from the server to the workers).
+    verify_gradients: bool = True
     num_cpus: float = 1.0
     resources: FrozenDict = FrozenDict()  # custom Ray resources, e.g. {ps_server: 1} to pin nodes
 
@@ -296,8 +299,14 @@ class RayConfig:
     num_gpus: Optional[int] = None
     namespace: str = "ps_trainer"
     include_dashboard: bool = False
+    # Object store size for a local Ray (null: Ray's default, 30% of RAM). Smaller is faster
+    # for large models: a store much larger than what is in flight keeps handing out pages that
+    # every process must fault in again (see README, "Performance").
+    object_store_memory_bytes: Optional[int] = None
 
     def __post_init__(self):
+        check(self.object_store_memory_bytes is None or self.object_store_memory_bytes >= 2 ** 26,
+              "object_store_memory_bytes", self.object_store_memory_bytes, "null or >= 64 MiB")
         check(self.num_cpus is None or self.num_cpus >= 1, "num_cpus", self.num_cpus, "must be >= 1")
         check(self.num_gpus is None or self.num_gpus >= 0, "num_gpus", self.num_gpus, "must be >= 0")
 

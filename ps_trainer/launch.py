@@ -112,6 +112,7 @@ def connect(cfg: Config, address: Optional[str] = None) -> None:
     else:
         ray.init(num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus,
                  include_dashboard=cfg.ray.include_dashboard, namespace=cfg.ray.namespace,
+                 object_store_memory=cfg.ray.object_store_memory_bytes,
                  logging_level=logging.WARNING)
 
 

@@ -130,6 +130,8 @@ class FlatModel:
         device = next(model.parameters()).device
         named_params = dict(model.named_parameters())
         named_buffers = dict(model.named_buffers())
+        self._modules_params = {shard: [named_params[s.name] for s in slots]
+                                for shard, slots in layout.params.items()}
         self.params, self.grads, self.stats = {}, {}, {}
         for shard, slots in layout.params.items():
             flat = torch.empty(layout.size(shard), dtype=torch.float32, device=device)
@@ -158,6 +160,22 @@ class FlatModel:
         """Copy (part of) a shard's weights in: one copy, no intermediate."""
         target = self.params[shard][start: start + array.shape[0]]
         target.copy_(readonly_tensor(array), non_blocking=True)
+
+    def can_adopt(self, shard: str, array: np.ndarray, start: int = 0) -> bool:
+        """Whether :meth:`adopt` applies: the whole shard, float32, on the CPU."""
+        flat = self.params[shard]
+        return (start == 0 and array.dtype == np.float32 and array.shape == tuple(flat.shape)
+                and flat.device.type == "cpu")
+
+    def adopt(self, shard: str, array: np.ndarray) -> None:
+        """Use `array` itself as the shard's weights, without copying: every parameter becomes
+        a view of it. For a worker that only reads its weights (forward and backward), this makes
+        a pull free; the array (a read-only view of Ray's object store) stays alive as long as
+        the parameters use it. Never use it on weights that are updated in place."""
+        flat = readonly_tensor(array)
+        for slot, param in zip(self.layout.params[shard], self._modules_params[shard]):
+            param.data = flat[slot.offset: slot.offset + slot.numel].view(slot.shape)
+        self.params[shard] = flat
 
     def load_stats(self, shard: str, array: np.ndarray) -> None:
         self.stats[shard].copy_(readonly_tensor(array))

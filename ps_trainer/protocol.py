@@ -1,7 +1,8 @@
 """The small messages that cross actor boundaries besides the numpy arrays themselves."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Optional
 
 # PushResult.reason values; also the `reason` label of the rejected-updates metric.
 APPLIED = "applied"        # the update was applied
@@ -18,6 +19,11 @@ class PushStats:
     shared_grad_norm: float           # norm of the task's gradient on the trunk's last shared layer
     step_time_s: float = 0.0          # batch + forward + backward time
     samples: int = 0                  # examples in the batch
+    grad_norm: Optional[float] = None  # L2 norm of the gradient as sent (set by ParameterClient)
+
+
+def with_grad_norm(stats: PushStats, norm: float) -> PushStats:
+    return replace(stats, grad_norm=norm)
 
 
 @dataclass(frozen=True)

@@ -90,11 +90,15 @@ class ParameterStore:
 
     def _finite_norm(self, g: dict[str, torch.Tensor], stats: PushStats) -> Optional[float]:
         """The push's gradient L2 norm, or None if it (or the loss) is not finite.
-        One reduction per piece; an Inf or NaN anywhere makes the norm non-finite."""
+        One reduction per piece (an Inf or NaN anywhere makes the norm non-finite), unless
+        server.verify_gradients is off and the worker reported the norm of what it sent."""
         if not math.isfinite(stats.loss):
             return None
-        sq = sum(float(torch.linalg.vector_norm(t, dtype=torch.float32)) ** 2 for t in g.values())
-        norm = math.sqrt(sq)
+        if self.server_cfg.verify_gradients or stats.grad_norm is None:
+            norm = math.sqrt(sum(float(torch.linalg.vector_norm(t, dtype=torch.float32)) ** 2
+                                 for t in g.values()))
+        else:
+            norm = stats.grad_norm
         return norm if math.isfinite(norm) else None
 
     def _staleness_factor(self, staleness: int) -> float:

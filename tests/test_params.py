@@ -89,3 +89,27 @@ def test_gradient_transport_round_trip(dtype, tol):
     assert wire.nbytes == grad.numel() * (4 if dtype == "float32" else 2)
     back = readonly_tensor(wire).float()
     torch.testing.assert_close(back, grad, atol=tol * 4, rtol=tol)
+
+
+def test_adopt_makes_parameters_views_of_the_pulled_array():
+    model = tiny_model()
+    flat = FlatModel(model, ShardLayout.of(model, shard_of))
+    n = flat.layout.size("head/a")
+    pulled = np.arange(n, dtype=np.float32)
+    pulled.setflags(write=False)
+    assert flat.can_adopt("head/a", pulled) and not flat.can_adopt("head/a", pulled[:-1])
+    assert not flat.can_adopt("head/a", pulled, start=1)
+    flat.adopt("head/a", pulled)
+    weight = model.heads["a"].weight
+    assert weight.data_ptr() == pulled.ctypes.data                 # no copy
+    np.testing.assert_array_equal(weight.detach().numpy().ravel(), pulled[: weight.numel()])
+    model("a", torch.rand(1, 3, 16, 16)).sum().backward()           # gradients still land
+    assert float(flat.grads["head/a"].abs().sum()) > 0
+
+
+def test_wire_norm_sees_float16_overflow():
+    from ps_trainer.client import wire_norm
+
+    assert wire_norm([np.array([3.0, 4.0], np.float32)]) == pytest.approx(5.0)
+    big = encode_grad(torch.tensor([1e6]), "float16")              # overflows float16
+    assert wire_norm([big]) == float("inf")

@@ -17,11 +17,12 @@ STATS = PushStats(loss=1.0, shared_grad_norm=1.0)
 
 
 def make_store(policy="scale", max_staleness=8, sync=None, balancing="equal", options=None,
-               optimizer=SGD):
+               optimizer=SGD, verify=True):
     weights = {"trunk": torch.zeros(4), "head/a": torch.zeros(2), "head/b": torch.zeros(3)}
     keys = {"a": ("trunk", "head/a"), "b": ("trunk", "head/b")}
     return ParameterStore(weights, keys, optimizer,
-                          ServerConfig(staleness_policy=policy, max_staleness=max_staleness),
+                          ServerConfig(staleness_policy=policy, max_staleness=max_staleness,
+                                       verify_gradients=verify),
                           make_balancer(balancing, ("a", "b"), options), sync or {}, 100)
 
 
@@ -77,6 +78,18 @@ def test_non_finite_gradient_or_loss_is_rejected_and_changes_nothing(bad):
     assert store.version == 0
     for k, t in store.weights.items():
         assert torch.equal(t, before[k])
+
+
+def test_without_verification_the_reported_norm_decides():
+    """server.verify_gradients off: the server skips its pass and trusts the client's norm."""
+    store = make_store(verify=False)
+    bad = grads("a")
+    bad["trunk"][0] = np.nan
+    nan_report = PushStats(loss=1.0, shared_grad_norm=1.0, grad_norm=float("nan"))
+    assert store.push("a", 0, bad, nan_report).reason == NONFINITE
+    assert store.push("a", 0, grads("a"), PushStats(1.0, 1.0, grad_norm=3.0)).reason == APPLIED
+    # without a report it verifies anyway (the local trainer sends none)
+    assert store.push("a", 1, bad, STATS).reason == NONFINITE
 
 
 def test_sync_group_averages_k_pushes_into_one_update():

@@ -98,6 +98,7 @@ class TaskWorker:
         pieces = tuple(p for p in plan if p.shard in self._loop.shards)
         self._client = ParameterClient(servers, pieces, self._loop.flat,
                                        cfg.tasks[task_name].inflight, cfg.server.grad_dtype,
+                                       report_norm=not cfg.server.verify_gradients,
                                        on_result=self._record)
         self._servers = servers
         self._stop = threading.Event()
