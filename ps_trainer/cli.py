@@ -5,6 +5,8 @@
     ps-trainer scale --task rotation --workers 3 [--address auto] [--run NAME]
     ps-trainer status [--address auto]
     ps-trainer eval --checkpoint runs/quickstart/checkpoints/best.pt
+    ps-trainer finetune --checkpoint runs/pretrain/checkpoints/best.pt --labels 16
+    ps-trainer experiment configs/experiments/labels.yaml
 """
 from __future__ import annotations
 
@@ -47,6 +49,25 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint", required=True)
     ev.add_argument("--config", help="config to take the data from (default: the checkpoint's)")
     ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+
+    ft = sub.add_parser("finetune", help="train a segmentation head on N labels from a "
+                                         "pretrained trunk (or 'none': a random trunk)")
+    ft.add_argument("--checkpoint", required=True, help="checkpoint file, or 'none'")
+    ft.add_argument("--labels", type=int, required=True, help="number of labelled images")
+    ft.add_argument("--config", help="config (default: the checkpoint's; required with 'none')")
+    ft.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    ft.add_argument("--out", help="run folder (default: <run>/finetune-N<labels>)")
+    ft.add_argument("--seed", type=int, help="seed (default: run.seed of the config)")
+
+    ex = sub.add_parser("experiment", help="run a grid of pretraining x balancing x labels x seeds")
+    ex.add_argument("file", help="experiment YAML (configs/experiments/*.yaml)")
+    ex.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                    help="override applied to every run's config")
+    ex.add_argument("--summarise", action="store_true", help="only rewrite the table and plot")
+
+    bench = sub.add_parser("bench", help="measure the parameter server (see ps_trainer/bench.py)")
+    bench.add_argument("--quick", action="store_true", help="a reduced run, under a minute")
+    bench.add_argument("--out", help="write the results as JSON to this file")
     return p
 
 
@@ -121,7 +142,59 @@ def _eval(args) -> int:
     return 0
 
 
-_COMMANDS = {"train": _train, "scale": _scale, "status": _status, "eval": _eval}
+def _finetune(args) -> int:
+    from pathlib import Path
+
+    from ps_trainer.checkpoint import load_checkpoint
+    from ps_trainer.config import apply_overrides, config_from_dict
+    from ps_trainer.finetune import finetune
+    from ps_trainer.launch import load_run_config
+
+    if args.labels < 1:
+        raise ValueError(f"--labels must be >= 1, got {args.labels}")
+    checkpoint = None if args.checkpoint.lower() == "none" else load_checkpoint(args.checkpoint)
+    if args.config:
+        cfg = load_run_config(args.config, args.overrides)
+    elif checkpoint is not None:
+        cfg = config_from_dict(apply_overrides(checkpoint["config"], args.overrides))
+    else:
+        raise ValueError("--checkpoint none needs --config (the data and model to use)")
+    if args.out:
+        out = args.out
+    elif checkpoint is not None:
+        out = str(Path(args.checkpoint).resolve().parent.parent / f"finetune-N{args.labels}")
+    else:
+        out = str(Path(cfg.run.out_dir) / f"scratch-N{args.labels}")
+    summary = finetune(cfg, checkpoint, args.labels, out, args.seed)
+    print(f"mIoU: {summary['miou']:.4f} ({args.labels} labels, "
+          f"{'pretrained' if checkpoint is not None else 'random'} trunk)")
+    print(f"run folder: {out}")
+    return 0
+
+
+def _experiment(args) -> int:
+    from ps_trainer.experiment import Experiment, load_experiment
+
+    exp, base_dir = load_experiment(args.file)
+    runner = Experiment(exp, base_dir, tuple(args.overrides))
+    out = runner.summarise() if args.summarise else runner.run()
+    print((out / "results.md").read_text())
+    print(f"results: {out / 'results.csv'}, {out / 'results.md'}, {out / 'results.png'}")
+    return 0
+
+
+def _bench(args) -> int:
+    from ps_trainer.bench import BenchPlan, format_report, run_bench
+
+    plan = BenchPlan.quick() if args.quick else BenchPlan()
+    print(format_report(run_bench(plan, args.out)))
+    if args.out:
+        print(f"written: {args.out}")
+    return 0
+
+
+_COMMANDS = {"train": _train, "scale": _scale, "status": _status, "eval": _eval,
+             "finetune": _finetune, "experiment": _experiment, "bench": _bench}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,254 @@
+"""Experiment grids (``ps-trainer experiment configs/experiments/<name>.yaml``).
+
+A grid is named runs x seeds x label counts. A run picks pretext tasks from the base
+config (none = the supervised-only baseline from a random trunk), a balancing method and
+any overrides; each (run, seed) pretrains once, then fine-tunes on every label count
+(see :mod:`ps_trainer.finetune`). Results are appended to ``results.csv`` as they come, so an
+interrupted grid resumes where it stopped; ``results.md`` (mean ± std over seeds) and
+``results.png`` summarise them.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ps_trainer.checkpoint import CheckpointManager
+from ps_trainer.config import Config, ConfigError, FrozenDict
+from ps_trainer.finetune import finetune
+from ps_trainer.launch import load_run_config, run_distributed, run_local
+from ps_trainer.options import Options, build_dataclass, check, check_choice
+
+log = logging.getLogger(__name__)
+FIELDS = ("run", "tasks", "balancing", "seed", "labels", "miou", "pretrain_updates",
+          "pretrain_s", "finetune_s")
+
+
+@dataclass(frozen=True)
+class RunSpec(Options):
+    """One row of the grid."""
+    name: str = ""
+    tasks: tuple[str, ...] = ()              # pretext tasks from the base config; () = no pretraining
+    balancing: str = "equal"
+    balancing_options: FrozenDict = FrozenDict()
+    set: tuple[str, ...] = ()                # overrides for pretraining and fine-tuning
+    finetune_set: tuple[str, ...] = ()       # overrides for fine-tuning only
+    labels: tuple[int, ...] = ()             # replaces the grid's label counts for this run
+
+    def __post_init__(self):
+        check(bool(self.name) and "/" not in self.name, "name", self.name,
+              "a non-empty name without '/'")
+        check("segmentation" not in self.tasks, "tasks", self.tasks,
+              "pretext tasks only (segmentation is what fine-tuning trains)")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig(Options):
+    name: str = "experiment"
+    base: str = ""                           # pretraining config, relative to this file
+    out_dir: str = "runs/experiments"
+    mode: str = "local"                      # pretraining: local | distributed
+    seeds: tuple[int, ...] = (0,)
+    labels: tuple[int, ...] = (16,)
+    set: tuple[str, ...] = ()                # overrides for every run
+    baseline: str = ""                       # run whose mIoU the table reports gains against
+    runs: tuple[RunSpec, ...] = field(default_factory=tuple)
+
+    def __post_init__(self):
+        check(bool(self.base), "base", self.base, "the path of the pretraining config")
+        check_choice("mode", self.mode, ("local", "distributed"))
+        check(len(self.seeds) > 0, "seeds", self.seeds, "at least one seed")
+        check(all(n >= 1 for n in self.labels), "labels", self.labels, "counts >= 1")
+        check(len(self.runs) > 0, "runs", self.runs, "at least one run")
+        names = [r.name for r in self.runs]
+        check(len(set(names)) == len(names), "runs", names, "unique run names")
+        check(not self.baseline or self.baseline in names, "baseline", self.baseline,
+              f"one of the run names ({', '.join(names)})")
+
+
+def load_experiment(path: str | Path) -> tuple[ExperimentConfig, Path]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("", f"experiment file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError("", f"{path} is not valid YAML: {err}") from None
+    return build_dataclass(ExperimentConfig, data), path.parent
+
+
+class Experiment:
+    """Runs a grid, appending to results.csv; :meth:`summarise` writes the table and plot."""
+
+    def __init__(self, exp: ExperimentConfig, base_dir: Path, extra: tuple[str, ...] = ()):
+        self.exp = exp
+        self.base_path = (base_dir / exp.base).resolve()
+        self.extra = tuple(extra)
+        self.out = Path(exp.out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.results = self.out / "results.csv"
+        self._check_runs()
+
+    def _check_runs(self) -> None:
+        """Fail before any training on a bad run: build every run's configs once."""
+        for run in self.exp.runs:
+            unknown = [t for t in run.tasks if t not in self._base(run.set).tasks]
+            if unknown:
+                raise ConfigError(f"runs.{run.name}.tasks", f"{unknown} are not in the base "
+                                                            f"config {self.base_path}")
+            self.pretrain_config(run, self.exp.seeds[0])
+            self._base((*run.set, *run.finetune_set))
+
+    def _base(self, overrides=()) -> Config:
+        return load_run_config(str(self.base_path), (*self.exp.set, *self.extra, *overrides))
+
+    def pretrain_config(self, run: RunSpec, seed: int) -> Config:
+        base = self._base(run.set)
+        tasks = run.tasks or tuple(t for t in base.tasks if t != "segmentation")[:1]
+        kept = FrozenDict({t: base.tasks[t] for t in tasks if t in base.tasks})
+        balancing = dataclasses.replace(base.balancing, method=run.balancing,
+                                        options=run.balancing_options)
+        out = self.out / run.name / f"seed-{seed}"
+        return base.replace(
+            tasks=kept, balancing=balancing,
+            run=dataclasses.replace(base.run, seed=seed, out_dir=str(out / "pretrain"),
+                                    name=f"{self.exp.name}-{run.name}-{seed}"))
+
+    def run(self) -> Path:
+        done = self._done()
+        for run in self.exp.runs:
+            for seed in self.exp.seeds:
+                labels = run.labels or self.exp.labels
+                if all((run.name, seed, n) in done for n in labels):
+                    continue
+                checkpoint, pre_updates, pre_s = self._pretrain(run, seed)
+                for n in labels:
+                    if (run.name, seed, n) in done:
+                        continue
+                    self._finetune(run, seed, n, checkpoint, pre_updates, pre_s)
+        return self.summarise()
+
+    def _pretrain(self, run: RunSpec, seed: int):
+        if not run.tasks:
+            return None, 0, 0.0
+        cfg = self.pretrain_config(run, seed)
+        manager = CheckpointManager(Path(cfg.run.out_dir) / "checkpoints", cfg.eval.keep_last)
+        latest = manager.latest()
+        if latest and latest[1]["servers"][0]["version"] >= cfg.run.max_updates:
+            log.info("%s seed %d: reusing pretraining at %s", run.name, seed, latest[0])
+            return latest[1], latest[1]["servers"][0]["version"], float(latest[1].get("time_s", 0))
+        start = time.monotonic()
+        log.info("%s seed %d: pretraining %s (%s)", run.name, seed, ", ".join(run.tasks),
+                 run.balancing)
+        (run_local if self.exp.mode == "local" else run_distributed)(cfg)
+        latest = manager.latest()
+        return latest[1], latest[1]["servers"][0]["version"], time.monotonic() - start
+
+    def _finetune(self, run: RunSpec, seed: int, labels: int, checkpoint, pre_updates, pre_s):
+        base = self._base((*run.set, *run.finetune_set))
+        out = self.out / run.name / f"seed-{seed}" / f"finetune-N{labels}"
+        start = time.monotonic()
+        summary = finetune(base, checkpoint, labels, str(out), seed)
+        row = {"run": run.name, "tasks": "+".join(run.tasks) or "-", "balancing": run.balancing,
+               "seed": seed, "labels": labels, "miou": f"{summary['miou']:.4f}",
+               "pretrain_updates": pre_updates, "pretrain_s": f"{pre_s:.0f}",
+               "finetune_s": f"{time.monotonic() - start:.0f}"}
+        self._append(row)
+        log.info("%s seed %d, %d labels: mIoU %.4f", run.name, seed, labels, summary["miou"])
+
+    def _append(self, row: dict) -> None:
+        new = not self.results.exists()
+        with open(self.results, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=FIELDS)
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+    def _done(self) -> set:
+        return {(r["run"], int(r["seed"]), int(r["labels"])) for r in read_results(self.results)}
+
+    def summarise(self) -> Path:
+        rows = read_results(self.results)
+        table = summary_table(rows, [r.name for r in self.exp.runs], self.exp.baseline)
+        header = (f"# {self.exp.name}\n\nmIoU on the validation split, mean ± std over seeds "
+                  f"{list(self.exp.seeds)}; base config `{self.exp.base}`.\n\n")
+        (self.out / "results.md").write_text(header + table + "\n")
+        plot_results(self.out / "results.png", rows, [r.name for r in self.exp.runs],
+                     self.exp.name)
+        return self.out
+
+
+def read_results(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def aggregate(rows: list[dict]) -> dict[tuple[str, int], tuple[float, float, int]]:
+    """(run, labels) -> (mean, sample std, count) of mIoU."""
+    groups: dict[tuple[str, int], list[float]] = {}
+    for r in rows:
+        groups.setdefault((r["run"], int(r["labels"])), []).append(float(r["miou"]))
+    out = {}
+    for key, values in groups.items():
+        mean = sum(values) / len(values)
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) \
+            if len(values) > 1 else 0.0
+        out[key] = (mean, std, len(values))
+    return out
+
+
+def summary_table(rows: list[dict], order: list[str], baseline: str = "") -> str:
+    """A Markdown table: one row per run, one column per label count (plus gains)."""
+    stats = aggregate(rows)
+    labels = sorted({n for _, n in stats})
+    head = ["run", "tasks", "balancing"] + [f"N={n}" for n in labels]
+    if baseline:
+        head += [f"Δ N={n}" for n in labels]
+    meta = {r["run"]: (r["tasks"], r["balancing"]) for r in rows}
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for run in order:
+        if run not in meta:
+            continue
+        cells = [run, *meta[run]]
+        for n in labels:
+            m = stats.get((run, n))
+            cells.append(f"{m[0]:.3f} ± {m[1]:.3f}" if m else "")
+        if baseline:
+            for n in labels:
+                m, b = stats.get((run, n)), stats.get((baseline, n))
+                cells.append(f"{m[0] - b[0]:+.3f}" if m and b and run != baseline else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_results(path: Path, rows: list[dict], order: list[str], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stats = aggregate(rows)
+    labels = sorted({n for _, n in stats})
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(order) + 3), 4))
+    width = 0.8 / max(len(labels), 1)
+    runs = [r for r in order if any((r, n) in stats for n in labels)]
+    for j, n in enumerate(labels):
+        xs = [i + (j - (len(labels) - 1) / 2) * width for i in range(len(runs))]
+        means = [stats.get((r, n), (math.nan, 0, 0))[0] for r in runs]
+        stds = [stats.get((r, n), (0, 0, 0))[1] for r in runs]
+        ax.bar(xs, means, width, yerr=stds, capsize=3, label=f"N={n}")
+    ax.set_xticks(range(len(runs)), runs, rotation=30, ha="right")
+    ax.set(ylabel="validation mIoU", title=title)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

@@ -1,0 +1,67 @@
+"""The experiment runner on a tiny grid: rows, resumption, the table and the plot."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from ps_trainer.config import ConfigError, dump_config
+from ps_trainer.experiment import Experiment, aggregate, load_experiment, read_results, summary_table
+from ps_trainer.launch import load_run_config
+
+
+@pytest.fixture
+def grid(tmp_path, tiny):
+    base = load_run_config(None, tiny(tmp_path, ("rotation", "denoising"), extra=[
+        "run.max_updates=8", "finetune.steps=6", "finetune.batch_size=4",
+        "finetune.warmup_updates=0"]))
+    (tmp_path / "base.yaml").write_text(dump_config(base))
+
+    def write(runs, **top):
+        spec = {"name": "tiny", "base": "base.yaml", "out_dir": str(tmp_path / "out"),
+                "seeds": [0, 1], "labels": [2, 4], "baseline": "supervised", "runs": runs, **top}
+        path = tmp_path / "grid.yaml"
+        path.write_text(yaml.safe_dump(spec))
+        return path
+
+    return write
+
+
+def test_tiny_grid_writes_rows_table_and_plot_and_resumes(grid, tmp_path):
+    path = grid([{"name": "supervised"},
+                 {"name": "rot", "tasks": ["rotation"], "balancing": "uncertainty"}])
+    exp, base_dir = load_experiment(path)
+    out = Experiment(exp, base_dir).run()
+    rows = read_results(out / "results.csv")
+    assert len(rows) == 8                                       # 2 runs x 2 seeds x 2 label counts
+    assert {(r["run"], r["seed"], r["labels"]) for r in rows} == {
+        (run, str(s), str(n)) for run in ("supervised", "rot") for s in (0, 1) for n in (2, 4)}
+    assert all(r["pretrain_updates"] == ("0" if r["run"] == "supervised" else "8") for r in rows)
+    table = (out / "results.md").read_text()
+    assert "| rot | rotation | uncertainty |" in table and "Δ N=2" in table
+    assert (out / "results.png").stat().st_size > 0
+    Experiment(exp, base_dir).run()                             # resumes: nothing left to do
+    assert len(read_results(out / "results.csv")) == 8
+
+
+def test_bad_runs_fail_before_any_training(grid, tmp_path):
+    exp, base_dir = load_experiment(grid([{"name": "x", "tasks": ["jigsaw"]}], baseline=""))
+    with pytest.raises(ConfigError, match="runs.x.tasks"):
+        Experiment(exp, base_dir)
+    with pytest.raises(ConfigError, match="runs\\[0\\].name"):
+        load_experiment(grid([{"name": ""}], baseline=""))
+    with pytest.raises(ConfigError, match="baseline"):
+        load_experiment(grid([{"name": "a"}], baseline="b"))
+    assert not (tmp_path / "out" / "results.csv").exists()
+
+
+def test_aggregate_and_table_by_hand():
+    rows = [{"run": "a", "tasks": "-", "balancing": "equal", "labels": "8", "miou": m}
+            for m in ("0.30", "0.34")] + \
+           [{"run": "b", "tasks": "rotation", "balancing": "equal", "labels": "8", "miou": "0.40"}]
+    stats = aggregate(rows)
+    assert stats[("a", 8)][0] == pytest.approx(0.32)
+    assert stats[("a", 8)][1] == pytest.approx(0.028284, rel=1e-4)   # sample std of 0.30, 0.34
+    assert stats[("b", 8)] == (pytest.approx(0.40), 0.0, 1)
+    table = summary_table(rows, ["a", "b"], baseline="a")
+    assert "| a | - | equal | 0.320 ± 0.028 |  |" in table
+    assert "| b | rotation | equal | 0.400 ± 0.000 | +0.080 |" in table
