@@ -1,0 +1,431 @@
+"""``ps-trainer bench``: how fast the parameter server is, measured side by side in one run.
+
+    ps-trainer bench --quick --out bench.json     # under a minute: a smoke test
+    ps-trainer bench --out bench.json             # the full table (tens of minutes on 2 cores)
+
+1. Round trip (pull + push + apply) for trunks of ~1M, ~11M and ~25M parameters, with the
+   compute stubbed out: our server vs. the memory-copy floor (the bytes that must move, one
+   trunk each way, over this machine's measured memcpy bandwidth) and vs. a naive server
+   written the way Ray's parameter-server example does it (torch state_dict pickled per
+   call, the driver in the loop).
+2. Scaling: total updates/s with 1, 2, 4, 8 stub workers, and with 1..n server shards.
+3. End to end: time for the quickstart model to reach a target mIoU, asynchronous runtime
+   vs. the single-process synchronous loop.
+4. Memory: resident memory of the server and a worker over a long run of updates.
+
+Ratios hold across machines; absolute figures only on the same machine.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import ray
+import torch
+from torch import nn
+
+from ps_trainer.client import ParameterClient
+from ps_trainer.config import Config, config_from_dict
+from ps_trainer.params import FlatModel, ShardLayout, plan_pieces
+from ps_trainer.protocol import PushStats
+from ps_trainer.runtime import set_threads
+from ps_trainer.server import ParameterServer
+
+log = logging.getLogger(__name__)
+TASK = "bench"
+_TENSORS_PER_TRUNK = 64     # a trunk is many tensors (conv weights); the naive server pays per tensor
+# Object store for the bench's own Ray: room for a 25M trunk's pushes and published versions,
+# and no more (a much larger store costs page faults on every transfer; README, "Performance").
+OBJECT_STORE_BYTES = 1 << 30
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    """What to measure; --quick shrinks every part."""
+    trunk_params: tuple[int, ...] = (1_000_000, 11_000_000, 25_000_000)
+    updates: tuple[int, ...] = (300, 60, 30)         # per trunk size, per worker
+    scaling_workers: tuple[int, ...] = (1, 2, 4, 8)
+    scaling_shards: tuple[int, ...] = (1, 2, 4)
+    scaling_params: int = 1_000_000
+    scaling_updates: int = 200
+    memory_updates: int = 20_000
+    memory_params: int = 1_000_000
+    end_to_end: bool = True
+    target_miou: float = 0.30
+
+    @classmethod
+    def quick(cls) -> "BenchPlan":
+        return cls(trunk_params=(1_000_000,), updates=(100,), scaling_workers=(1, 2),
+                   scaling_shards=(1, 2), scaling_updates=60, memory_updates=1_000,
+                   end_to_end=False)
+
+
+# --------------------------------------------------------------------------- the stub model
+
+class StubTrunk(nn.Module):
+    """`params` parameters in `_TENSORS_PER_TRUNK` tensors, under the "trunk." prefix."""
+
+    def __init__(self, params: int):
+        super().__init__()
+        sizes = np.full(_TENSORS_PER_TRUNK, params // _TENSORS_PER_TRUNK)
+        sizes[-1] += params - sizes.sum()
+        self.trunk = nn.ParameterList([nn.Parameter(torch.randn(int(n)) * 0.01) for n in sizes])
+        self.head = nn.Parameter(torch.zeros(1000))
+
+
+def _shard(name: str) -> str:
+    return "trunk" if name.startswith("trunk.") else f"head/{TASK}"
+
+
+def _bench_config(shards: int = 1, grad_dtype: str = "float32", verify: bool = True) -> Config:
+    return config_from_dict({
+        "optimizer": {"name": "sgd", "lr": 1e-6, "momentum": 0.9, "weight_decay": 0.0,
+                      "schedule": "constant"},
+        "server": {"shards": shards, "num_cpus": 0.5, "grad_dtype": grad_dtype,
+                   "max_staleness": 1_000_000, "verify_gradients": verify},
+        "tasks": {TASK: {"workers": 1, "inflight": 2}},
+        "metrics": {"enabled": False}})
+
+
+def _flat(params: int) -> FlatModel:
+    model = StubTrunk(params)
+    return FlatModel(model, ShardLayout.of(model, _shard))
+
+
+def _private_bytes() -> int:
+    """Resident memory minus shared pages: the object store is shared memory that a process
+    maps page by page as objects land, which plain RSS would count as growth."""
+    with open("/proc/self/statm") as f:
+        _, resident, shared = (int(v) for v in f.read().split()[:3])
+    return (resident - shared) * os.sysconf("SC_PAGE_SIZE")
+
+
+class StubWorker:
+    """A worker whose step is free: pull (prefetched) -> push fixed gradients, through the
+    real ParameterClient, so only the protocol and the server are measured."""
+
+    def __init__(self, cfg: Config, servers: list, plan, params: int):
+        set_threads(1)
+        self.flat = _flat(params)
+        for grad in self.flat.grads.values():
+            grad.normal_(0, 1e-3)
+        self.client = ParameterClient(servers, plan, self.flat, cfg.tasks[TASK].inflight,
+                                      cfg.server.grad_dtype,
+                                      report_norm=not cfg.server.verify_gradients)
+        self.stats = PushStats(loss=1.0, shared_grad_norm=1.0)
+
+    def run(self, updates: int, memory_every: int = 0) -> dict:
+        self.client.connect()
+        memory = []
+        start = time.perf_counter()
+        for i in range(updates):
+            self.client.refresh()
+            self.client.push(TASK, 0, self.stats)
+            if memory_every and i % memory_every == 0:
+                memory.append((i, _private_bytes()))
+        self.client.drain()
+        c = self.client
+        return {"seconds": time.perf_counter() - start, "updates": updates, "memory": memory,
+                "pulled_bytes": c.pulled_bytes, "pushed_bytes": c.pushed_bytes,
+                "pull_s": c.pull_seconds, "push_s": c.push_seconds, "wait_s": c.wait_seconds}
+
+    def reset(self) -> None:
+        """Zero the client's counters (after the warm-up)."""
+        c = self.client
+        c.pulled_bytes = c.pushed_bytes = 0
+        c.pull_seconds = c.push_seconds = c.wait_seconds = 0.0
+
+
+class BenchServer(ParameterServer):
+    """The real server, plus what the benchmark reads of it: private memory, and the time its
+    pushes (check + weight + apply) and publishes took, from its own Prometheus histograms."""
+
+    def private_bytes(self) -> int:
+        return _private_bytes()
+
+    def seconds_spent(self) -> dict:
+        out = {}
+        for family in self._metrics.registry.collect():
+            for sample in family.samples:
+                if sample.name in ("ps_apply_seconds_sum", "ps_publish_seconds_sum"):
+                    out[sample.name.split("_")[1]] = sample.value
+        return out
+
+
+def _start(cfg: Config, params: int, workers: int):
+    flat = _flat(params)
+    plan = plan_pieces(flat.layout, cfg.server.shards)
+    arrays = flat.param_arrays()
+    keys = {TASK: tuple(p.key for p in plan)}
+    servers = [ray.remote(BenchServer).options(num_cpus=0.5 / cfg.server.shards).remote(
+        cfg, i, {p.key: arrays[p.shard][p.start:p.stop] for p in plan if p.server == i}, keys)
+        for i in range(cfg.server.shards)]
+    stubs = [ray.remote(StubWorker).options(num_cpus=0.01).remote(cfg, servers, plan, params)
+             for _ in range(workers)]
+    ray.get([s.ping.remote() for s in servers])
+    return servers, stubs
+
+
+def _kill(*groups) -> None:
+    for group in groups:
+        for actor in group:
+            ray.kill(actor)
+
+
+def measure_ours(params: int, updates: int, workers: int = 1, shards: int = 1,
+                 grad_dtype: str = "float32", verify: bool = True) -> dict:
+    """Updates/s and bytes/s of the real server with `workers` stub workers, and where the
+    time of one update goes (milliseconds per update, averaged)."""
+    cfg = _bench_config(shards, grad_dtype, verify)
+    servers, stubs = _start(cfg, params, workers)
+    try:
+        ray.get([w.run.remote(5) for w in stubs])                    # warm up
+        ray.get([w.reset.remote() for w in stubs])
+        before = ray.get([s.seconds_spent.remote() for s in servers])
+        start = time.perf_counter()
+        results = ray.get([w.run.remote(updates) for w in stubs])
+        seconds = time.perf_counter() - start
+        after = ray.get([s.seconds_spent.remote() for s in servers])
+    finally:
+        _kill(stubs, servers)
+    moved = sum(r["pulled_bytes"] + r["pushed_bytes"] for r in results)
+    total = updates * workers
+    per_update = lambda v: round(1000 * v / total, 3)                # noqa: E731
+    spent = {k: sum(a[k] - b[k] for a, b in zip(after, before)) for k in ("apply", "publish")}
+    breakdown = {"server_apply_ms": per_update(spent["apply"]),
+                 "server_publish_ms": per_update(spent["publish"]),
+                 **{f"worker_{k}_ms": per_update(sum(r[f"{k}_s"] for r in results))
+                    for k in ("push", "pull", "wait")}}
+    return {"updates_per_s": total / seconds, "mb_per_s": moved / seconds / 1e6,
+            "seconds_per_update": seconds / total, "breakdown": breakdown}
+
+
+# --------------------------------------------------------------------------- the naive server
+
+class NaiveModel(nn.Module):
+    def __init__(self, params: int):
+        super().__init__()
+        self.inner = StubTrunk(params)
+
+    def get_weights(self) -> dict:
+        return {k: v.cpu() for k, v in self.state_dict().items()}
+
+    def set_weights(self, weights: dict) -> None:
+        self.load_state_dict(weights)
+
+
+class NaiveServer:
+    """Ray's documented parameter server: apply the gradients, return the state_dict."""
+
+    def __init__(self, params: int):
+        torch.set_num_threads(1)
+        self.model = NaiveModel(params)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=1e-6, momentum=0.9)
+
+    def apply_gradients(self, *gradients):
+        summed = [np.stack(g).sum(axis=0) for g in zip(*gradients)]
+        self.optimizer.zero_grad()
+        for p, g in zip(self.model.parameters(), summed):
+            p.grad = torch.from_numpy(g)
+        self.optimizer.step()
+        return self.model.get_weights()
+
+    def get_weights(self):
+        return self.model.get_weights()
+
+
+class NaiveWorker:
+    """Sets the weights it is sent and returns its gradients (compute stubbed, as ours)."""
+
+    def __init__(self, params: int):
+        torch.set_num_threads(1)
+        self.model = NaiveModel(params)
+        self.grads = [np.random.default_rng(0).normal(0, 1e-3, p.shape).astype(np.float32)
+                      for p in self.model.parameters()]
+
+    def compute_gradients(self, weights):
+        self.model.set_weights(weights)
+        return self.grads
+
+
+def measure_naive(params: int, updates: int, workers: int = 1) -> dict:
+    """The asynchronous loop of Ray's parameter-server example, driver in the loop."""
+    server = ray.remote(NaiveServer).options(num_cpus=0.5).remote(params)
+    stubs = [ray.remote(NaiveWorker).options(num_cpus=0.01).remote(params) for _ in range(workers)]
+    try:
+        weights = server.get_weights.remote()
+        ray.get([w.compute_gradients.remote(weights) for w in stubs])      # warm up
+        start = time.perf_counter()
+        pending = {w.compute_gradients.remote(weights): w for w in stubs}
+        for _ in range(updates * workers):
+            ready, _ = ray.wait(list(pending))
+            worker = pending.pop(ready[0])
+            weights = server.apply_gradients.remote(ready[0])
+            pending[worker.compute_gradients.remote(weights)] = worker
+        ray.get(list(pending))
+        seconds = time.perf_counter() - start
+    finally:
+        _kill(stubs, [server])
+    return {"updates_per_s": updates * workers / seconds, "seconds_per_update":
+            seconds / (updates * workers)}
+
+
+# --------------------------------------------------------------------------- the parts
+
+def memcpy_bandwidth(nbytes: int = 256 << 20, repeats: int = 5) -> float:
+    """Bytes per second of one large np.copyto on this machine (best of `repeats`)."""
+    src = np.ones(nbytes // 4, np.float32)
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - start)
+    return nbytes / best
+
+
+def round_trip(plan: BenchPlan, bandwidth: float) -> list[dict]:
+    rows = []
+    for params, updates in zip(plan.trunk_params, plan.updates):
+        ours = measure_ours(params, updates)
+        naive = measure_naive(params, max(updates // 3, 5))
+        floor_s = 2 * 4 * params / bandwidth          # one fp32 trunk pulled, one pushed
+        row = {"params": params, "updates_per_s": ours["updates_per_s"],
+               "mb_per_s": ours["mb_per_s"], "naive_updates_per_s": naive["updates_per_s"],
+               "speedup_vs_naive": ours["updates_per_s"] / naive["updates_per_s"],
+               "floor_s": floor_s, "floor_ratio": ours["seconds_per_update"] / floor_s,
+               "breakdown": ours["breakdown"]}
+        bf16 = measure_ours(params, updates, grad_dtype="bfloat16")
+        row["bf16_updates_per_s"] = bf16["updates_per_s"]
+        trusting = measure_ours(params, updates, verify=False)
+        row["unverified_updates_per_s"] = trusting["updates_per_s"]
+        row["unverified_floor_ratio"] = trusting["seconds_per_update"] / floor_s
+        rows.append(row)
+        log.info("trunk %.1fM: %.1f upd/s (%.0f MB/s), naive %.1f upd/s: %.1fx; floor ratio %.2f",
+                 params / 1e6, row["updates_per_s"], row["mb_per_s"], row["naive_updates_per_s"],
+                 row["speedup_vs_naive"], row["floor_ratio"])
+    return rows
+
+
+def scaling(plan: BenchPlan) -> list[dict]:
+    rows = []
+    for workers in plan.scaling_workers:
+        r = measure_ours(plan.scaling_params, plan.scaling_updates, workers=workers)
+        rows.append({"workers": workers, "shards": 1, "updates_per_s": r["updates_per_s"]})
+        log.info("scaling: %d workers, 1 shard: %.1f upd/s", workers, r["updates_per_s"])
+    workers = max(plan.scaling_workers)
+    for shards in plan.scaling_shards:
+        if shards == 1:
+            continue
+        r = measure_ours(plan.scaling_params, plan.scaling_updates, workers=workers, shards=shards)
+        rows.append({"workers": workers, "shards": shards, "updates_per_s": r["updates_per_s"]})
+        log.info("scaling: %d workers, %d shards: %.1f upd/s", workers, shards, r["updates_per_s"])
+    return rows
+
+
+def memory(plan: BenchPlan) -> dict:
+    """Private memory of a server and a worker after warm-up and at the end of a long run."""
+    cfg = _bench_config()
+    servers, stubs = _start(cfg, plan.memory_params, 1)
+    try:
+        every = max(plan.memory_updates // 20, 1)
+        warm = min(plan.memory_updates // 10, 2000)
+        ray.get(stubs[0].run.remote(warm))
+        server_before = ray.get(servers[0].private_bytes.remote())
+        result = ray.get(stubs[0].run.remote(plan.memory_updates, every))
+        server_after = ray.get(servers[0].private_bytes.remote())
+    finally:
+        _kill(stubs, servers)
+    worker_before, worker_after = result["memory"][0][1], result["memory"][-1][1]
+    out = {"updates": plan.memory_updates, "params": plan.memory_params,
+           "server_private_start_mb": server_before / 1e6,
+           "server_private_end_mb": server_after / 1e6,
+           "server_growth_mb": (server_after - server_before) / 1e6,
+           "worker_private_start_mb": worker_before / 1e6,
+           "worker_private_end_mb": worker_after / 1e6,
+           "worker_growth_mb": (worker_after - worker_before) / 1e6}
+    log.info("memory over %d updates: server %+.1f MB, worker %+.1f MB", plan.memory_updates,
+             out["server_growth_mb"], out["worker_growth_mb"])
+    return out
+
+
+def end_to_end(target: float, out_dir: str) -> dict:
+    """Seconds for the quickstart to reach `target` mIoU, distributed vs. --mode local."""
+    from ps_trainer.launch import load_run_config, run_distributed, run_local
+
+    overrides = [f"run.target_miou={target}", "eval.every_s=10", "run.max_minutes=8",
+                 "metrics.enabled=false", "run.progress_every_s=30"]
+    result = {"target_miou": target}
+    for mode, runner in (("distributed", run_distributed), ("local", run_local)):
+        cfg = load_run_config("configs/quickstart.yaml",
+                              overrides + [f"run.out_dir={out_dir}/{mode}"])
+        summary = runner(cfg)
+        reached = summary.get("reached_target_s")
+        result[mode] = {"seconds_to_target": reached, "final_miou": summary.get("miou"),
+                        "updates": summary.get("updates", summary.get("version"))}
+        log.info("end to end, %s: %s s to mIoU %.2f", mode, reached, target)
+    d, l = result["distributed"]["seconds_to_target"], result["local"]["seconds_to_target"]
+    result["speedup"] = (l / d) if d and l else None
+    return result
+
+
+def run_bench(plan: BenchPlan, out: Optional[str] = None, scratch_dir: str = "runs/bench") -> dict:
+    bandwidth = memcpy_bandwidth()
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING,
+                 object_store_memory=OBJECT_STORE_BYTES)
+    try:
+        report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                              "torch": torch.__version__, "ray": ray.__version__},
+                  "plan": dataclasses.asdict(plan), "memcpy_gb_per_s": bandwidth / 1e9,
+                  "trunks": round_trip(plan, bandwidth), "scaling": scaling(plan),
+                  "memory": memory(plan)}
+        report["end_to_end"] = end_to_end(plan.target_miou, scratch_dir) if plan.end_to_end else None
+    finally:
+        if started:
+            ray.shutdown()
+    if out:
+        Path(out).write_text(json.dumps(report, indent=2))
+    return report
+
+
+def format_report(report: dict) -> str:
+    lines = [f"memcpy {report['memcpy_gb_per_s']:.2f} GB/s on {report['machine']['cpus']} CPUs", "",
+             "| trunk params | ours upd/s | MB/s | naive upd/s | speedup | floor ratio "
+             "| bf16 upd/s | unverified upd/s (floor ratio) |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in report["trunks"]:
+        lines.append(f"| {r['params'] / 1e6:.0f}M | {r['updates_per_s']:.1f} | {r['mb_per_s']:.0f} | "
+                     f"{r['naive_updates_per_s']:.1f} | {r['speedup_vs_naive']:.1f}x | "
+                     f"{r['floor_ratio']:.2f} | {r['bf16_updates_per_s']:.1f} | "
+                     f"{r['unverified_updates_per_s']:.1f} ({r['unverified_floor_ratio']:.2f}) |")
+    lines += ["", "where an update's time goes (ms per update): server apply / publish, "
+                  "worker push / pull / wait"]
+    for r in report["trunks"]:
+        b = r["breakdown"]
+        lines.append(f"- {r['params'] / 1e6:.0f}M: server {b['server_apply_ms']} / "
+                     f"{b['server_publish_ms']}, worker {b['worker_push_ms']} / "
+                     f"{b['worker_pull_ms']} / {b['worker_wait_ms']}")
+    lines += ["", "| workers | shards | upd/s |", "|---:|---:|---:|"]
+    lines += [f"| {r['workers']} | {r['shards']} | {r['updates_per_s']:.1f} |" for r in report["scaling"]]
+    m = report["memory"]
+    lines += ["", f"memory over {m['updates']} updates ({m['params'] / 1e6:.0f}M params): "
+                  f"private memory of the server {m['server_private_start_mb']:.0f} -> "
+                  f"{m['server_private_end_mb']:.0f} MB ({m['server_growth_mb']:+.1f}), of a worker "
+                  f"{m['worker_private_start_mb']:.0f} -> {m['worker_private_end_mb']:.0f} MB "
+                  f"({m['worker_growth_mb']:+.1f})"]
+    e = report.get("end_to_end")
+    if e:
+        lines.append(f"time to mIoU {e['target_miou']:.2f}: distributed "
+                     f"{e['distributed']['seconds_to_target']} s, local "
+                     f"{e['local']['seconds_to_target']} s")
+    return "\n".join(lines)
