@@ -346,10 +346,10 @@ def test_promtool_parses_every_dashboard_expression(tmp_path):
 
 # --------------------------------------------------------------------------- README section
 
-def test_cluster_readme_refers_to_existing_files_and_commands():
+def test_readme_refers_to_existing_files_and_commands():
     from ps_trainer.cli import _parser
 
-    text = (DEPLOY / "README-cluster.md").read_text()
+    text = (ROOT / "README.md").read_text()
     for path in set(re.findall(r"\bdeploy/[\w.-]+", text)):
         assert (ROOT / path).exists(), path
     for path in set(re.findall(r"\bconfigs/[\w./-]+\.yaml", text)):
