@@ -1,0 +1,32 @@
+"""ps_trainer: distributed, asynchronous, multi-task self-supervised training for vision, on Ray.
+
+    from ps_trainer import load_run_config, run_distributed, run_local
+    cfg = load_run_config("configs/quickstart.yaml", ["run.max_updates=500"])
+    summary = run_local(cfg)             # or run_distributed(cfg)
+    print(summary["miou"])
+
+The runners, which assemble tasks from the ``workers`` package, are imported on first use
+so that ``import ps_trainer`` stays light.
+"""
+from ps_trainer.config import Config, ConfigError, load_config
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load_run_config": "ps_trainer.launch", "run_local": "ps_trainer.launch",
+    "run_distributed": "ps_trainer.launch", "evaluate_checkpoint": "ps_trainer.launch",
+    "finetune": "ps_trainer.finetune", "Experiment": "ps_trainer.experiment",
+    "load_experiment": "ps_trainer.experiment", "ParameterStore": "ps_trainer.store",
+    "ParameterServer": "ps_trainer.server", "ParameterClient": "ps_trainer.client",
+    "MultiTaskModel": "ps_trainer.model",
+}
+
+__all__ = ["Config", "ConfigError", "load_config", "__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'ps_trainer' has no attribute {name!r}")

@@ -30,7 +30,7 @@ from ps_trainer.runlog import RunFolder
 from ps_trainer.runtime import on_this_node, pick_device, set_threads
 from ps_trainer.server import ParameterServer
 from workers.assembly import build_model, build_task, build_tasks, check_tasks
-from workers.worker import TaskLoop, TaskWorker, make_task_loop
+from workers.worker import TaskLoop, TaskWorker, task_inputs
 
 log = logging.getLogger(__name__)
 COORDINATOR_PREFIX = "coordinator:"
@@ -79,9 +79,8 @@ def run_local(cfg: Config, resume: Optional[dict] = None,
     flat = FlatModel(model, ShardLayout.of(model, shard_of))
     for shard, array in (initial or {}).items():
         flat.load(shard, np.ascontiguousarray(array, dtype=np.float32))
-    tasks = build_tasks(cfg)
-    loops = {name: _shared_loop(cfg, name, flat, device) for name in tasks if
-             cfg.tasks[name].workers > 0}
+    loops = {name: _shared_loop(cfg, name, flat, device) for name in cfg.task_names
+             if cfg.tasks[name].workers > 0}
     eval_loop = make_evaluation_loop(cfg, functools.partial(build_eval_model, cfg), device)
     trainer = LocalTrainer(cfg, flat, loops, eval_loop, run, frozen)
     if resume is not None:
@@ -96,8 +95,8 @@ def run_local(cfg: Config, resume: Optional[dict] = None,
 
 def _shared_loop(cfg: Config, name: str, flat: FlatModel, device) -> TaskLoop:
     """A task loop that trains the shared model (instead of a private copy)."""
-    own = make_task_loop(cfg, name, replica=0, device=device)
-    return TaskLoop(own.task, flat, own.sampler, own.rng, device)
+    task, sampler, rng = task_inputs(cfg, name, replica=0)
+    return TaskLoop(task, flat, sampler, rng, device)
 
 
 # --------------------------------------------------------------------------- distributed

@@ -71,7 +71,7 @@ class LocalTrainer:
                 latest = self.evaluate(now - start)
                 next_eval, last_eval_version = time.monotonic() + cfg.eval.every_s, self.store.version
                 reached = reached_target(cfg, latest)
-            self.progress.maybe_log(self.store.version, self._losses(), self.store.balancer.weights(),
+            self.progress.maybe_log(self.store.version, self.progress.losses(), self.store.balancer.weights(),
                                     latest["miou"] if latest else None, cfg.run.progress_every_s)
         if reached is None:
             latest = self.evaluate(time.monotonic() - start)
@@ -96,16 +96,13 @@ class LocalTrainer:
         for shard, array in self.store.norm_stats.get(task, {}).items():
             self.flat.load_stats(shard, array)
 
-    def _losses(self) -> dict[str, float]:
-        return self.progress.losses()
-
     def evaluate(self, time_s: float) -> dict:
         state = self.store.state()
         result = None
         if self.eval_loop is not None:
             self.eval_loop.load_pieces([state], self.plan)
             result = self.eval_loop.evaluate()
-        extra = {"losses": self._losses(), "weights": self.store.balancer.weights(),
+        extra = {"losses": self.progress.losses(), "weights": self.store.balancer.weights(),
                  "updates": dict(self.steps), "lr": self.store.lr}
         payload = {"servers": [state], "plan": [asdict(p) for p in self.plan]}
         return self.recorder.record(self.store.version, time_s, payload, result, self.eval_loop, extra)

@@ -69,18 +69,25 @@ class TaskLoop:
         return {s: self.flat.stats[s].cpu().numpy() for s in self.shards if s in self.flat.stats}
 
 
-def make_task_loop(cfg: Config, task_name: str, replica: int,
-                   device: torch.device = torch.device("cpu")) -> TaskLoop:
-    """A TaskLoop with its own model copy, deterministic per (seed, task, replica)."""
+def task_inputs(cfg: Config, task_name: str, replica: int
+                ) -> tuple[Task, ImageSampler, np.random.Generator]:
+    """A task, its batch sampler (labelled or unlabelled images) and its random generator,
+    deterministic per (seed, task, replica)."""
     task = build_task(cfg, task_name)
-    model = build_model(cfg, {task_name: task}, seed=cfg.run.seed).to(device)
-    flat = FlatModel(model, ShardLayout.of(model, shard_of))
     splits = build_splits(cfg.data, cfg.run.seed)
     dataset = splits.labelled if task.uses_labels else splits.unlabelled
     task_index = cfg.task_names.index(task_name)
     rng = np.random.default_rng([cfg.run.seed, task_index, replica])
     sampler = ImageSampler(dataset, cfg.tasks[task_name].batch_size, cfg.data.image_size, rng)
-    return TaskLoop(task, flat, sampler, rng, device)
+    return task, sampler, rng
+
+
+def make_task_loop(cfg: Config, task_name: str, replica: int,
+                   device: torch.device = torch.device("cpu")) -> TaskLoop:
+    """A TaskLoop with its own model copy (trunk + this task's head)."""
+    task, sampler, rng = task_inputs(cfg, task_name, replica)
+    model = build_model(cfg, {task_name: task}, seed=cfg.run.seed).to(device)
+    return TaskLoop(task, FlatModel(model, ShardLayout.of(model, shard_of)), sampler, rng, device)
 
 
 class TaskWorker:
