@@ -215,7 +215,8 @@ def _log_progress(progress: Progress, status: dict, cfg: Config) -> None:
     s0 = servers[0]
     workers = " ".join(f"{t}x{n}" for t, n in status["workers"].items())
     progress.maybe_log(s0["version"], s0["losses"], s0["weights"], status["miou"], 0.0,
-                       per_task=s0["applied"], extra=f"workers {workers}")
+                       per_task=s0["applied"],
+                       extra=f"staleness {s0['staleness']:.1f} | workers {workers}")
 
 
 def find_coordinator(namespace: str = "ps_trainer", run_name: Optional[str] = None):

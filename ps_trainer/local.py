@@ -71,8 +71,10 @@ class LocalTrainer:
                 latest = self.evaluate(now - start)
                 next_eval, last_eval_version = time.monotonic() + cfg.eval.every_s, self.store.version
                 reached = reached_target(cfg, latest)
-            self.progress.maybe_log(self.store.version, self.progress.losses(), self.store.balancer.weights(),
-                                    latest["miou"] if latest else None, cfg.run.progress_every_s)
+            self.progress.maybe_log(self.store.version, self.progress.losses(),
+                                    self.store.balancer.weights(),
+                                    latest["miou"] if latest else None, cfg.run.progress_every_s,
+                                    per_task=self.steps)
         if reached is None:
             latest = self.evaluate(time.monotonic() - start)
             reached = reached_target(cfg, latest)

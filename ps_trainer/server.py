@@ -59,6 +59,7 @@ class ParameterServer:
             for reason in REJECT_REASONS:
                 self._metrics.rejected(task, reason)
         self._loss_ema: dict[str, float] = {}
+        self._staleness_ema = 0.0
         self._applied: dict[str, int] = {t: 0 for t in cfg.task_names}
         self._rejected: dict[str, int] = {}          # "<task>/<reason>" -> count
         send = (lambda source, fams: hub.report.remote(source, fams)) if hub else (lambda *a: None)
@@ -101,6 +102,7 @@ class ParameterServer:
         m.received(task).inc()
         m.push_bytes(task).inc(sum(a.nbytes for a in grads.values()))
         m.staleness(task).observe(max(result.staleness, 0))
+        self._staleness_ema = _LOSS_EMA * self._staleness_ema + (1 - _LOSS_EMA) * result.staleness
         if result.reason == APPLIED:
             m.applied(task).inc()
             self._applied[task] += 1
@@ -128,6 +130,7 @@ class ParameterServer:
         return {"index": self._index, "node": ray.get_runtime_context().get_node_id(),
                 "version": self._store.version, "lr": self._store.lr,
                 "applied": dict(self._applied), "rejected": dict(self._rejected),
+                "staleness": self._staleness_ema,
                 "losses": dict(self._loss_ema),
                 "weights": self._store.balancer.weights()}
 
