@@ -383,8 +383,9 @@ def end_to_end(target: float, out_dir: str) -> dict:
         result[mode] = {"seconds_to_target": reached, "final_miou": summary.get("miou"),
                         "updates": summary.get("updates", summary.get("version"))}
         log.info("end to end, %s: %s s to mIoU %.2f", mode, reached, target)
-    d, l = result["distributed"]["seconds_to_target"], result["local"]["seconds_to_target"]
-    result["speedup"] = (l / d) if d and l else None
+    async_s = result["distributed"]["seconds_to_target"]
+    sync_s = result["local"]["seconds_to_target"]
+    result["speedup"] = (sync_s / async_s) if async_s and sync_s else None
     return result
 
 

@@ -9,8 +9,9 @@
 
 Pulls are prefetched: the next one is requested as soon as the previous one is applied, so
 the round trip overlaps the step. A shard that arrives whole is adopted, not copied: the
-model's parameters become views of the object-store buffer (workers only read weights). Pushes are fire-and-forget with at most `inflight`
-outstanding; the oldest is waited for only when the limit is reached.
+model's parameters become views of the object-store buffer (workers only read weights).
+Pushes are fire-and-forget with at most `inflight` outstanding; the oldest is waited for
+only when the limit is reached.
 """
 from __future__ import annotations
 

@@ -26,7 +26,11 @@ from ps_trainer.runtime import set_threads
 from ps_trainer.store import ParameterStore
 
 log = logging.getLogger(__name__)
-_LOSS_EMA = 0.9
+_EMA_DECAY = 0.9   # for the loss and staleness averages in status() and the metrics
+
+
+def _ema(old: Optional[float], new: float) -> float:
+    return new if old is None else _EMA_DECAY * old + (1 - _EMA_DECAY) * new
 
 
 def make_store(cfg: Config, weights: Mapping[str, torch.Tensor],
@@ -102,7 +106,7 @@ class ParameterServer:
         m.received(task).inc()
         m.push_bytes(task).inc(sum(a.nbytes for a in grads.values()))
         m.staleness(task).observe(max(result.staleness, 0))
-        self._staleness_ema = _LOSS_EMA * self._staleness_ema + (1 - _LOSS_EMA) * result.staleness
+        self._staleness_ema = _ema(self._staleness_ema, result.staleness)
         if result.reason == APPLIED:
             m.applied(task).inc()
             self._applied[task] += 1
@@ -111,8 +115,7 @@ class ParameterServer:
             key = f"{task}/{result.reason}"
             self._rejected[key] = self._rejected.get(key, 0) + 1
         if result.accepted:
-            ema = self._loss_ema.get(task)
-            self._loss_ema[task] = stats.loss if ema is None else _LOSS_EMA * ema + (1 - _LOSS_EMA) * stats.loss
+            self._loss_ema[task] = _ema(self._loss_ema.get(task), stats.loss)
             m.task_loss(task).set(self._loss_ema[task])
             m.task_weight(task).set(self._store.balancer.weight(task))
         m.apply_seconds.observe(seconds)

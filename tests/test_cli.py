@@ -36,7 +36,7 @@ def test_local_train_then_eval_the_checkpoint(tmp_path, tiny):
     empty.write_text("{}\n")
     result = cli("train", "--mode", "local", "--config", str(empty), *overrides)
     assert result.returncode == 0, result.stderr
-    line = [l for l in result.stdout.splitlines() if l.startswith("final mIoU:")]
+    line = [row for row in result.stdout.splitlines() if row.startswith("final mIoU:")]
     assert line, result.stdout
     recorded = RunFolder(tmp_path / "run").records()[-1]
     assert line[0] == f"final mIoU: {recorded['miou']:.4f}"

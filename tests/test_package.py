@@ -46,4 +46,4 @@ def test_import_is_light_and_public_names_resolve_lazily():
     for name in ps_trainer.__all__:
         assert getattr(ps_trainer, name) is not None
     with pytest.raises(AttributeError, match="no_such_name"):
-        ps_trainer.no_such_name
+        getattr(ps_trainer, "no_such_name")

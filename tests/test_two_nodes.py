@@ -18,7 +18,7 @@ def test_server_and_workers_on_different_nodes(tmp_path):
     source = Path(__file__).with_name("two_node_run.py").read_text()
     out = subprocess.run([sys.executable, "-c", source, str(tmp_path / "run")], cwd=tmp_path,
                          capture_output=True, text=True, timeout=420)
-    lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+    lines = [row for row in out.stdout.splitlines() if row.startswith("RESULT ")]
     assert out.returncode == 0 and lines, out.stdout[-3000:] + out.stderr[-3000:]
     result = json.loads(lines[0][len("RESULT "):])
     assert result["nodes"]["server"] != result["nodes"]["head"]

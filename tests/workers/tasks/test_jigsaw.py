@@ -50,8 +50,8 @@ def test_crop_patches_matches_slicing(make_images):
     assert patches.shape == (2, 2, 3, 6, 6)
     for b in range(2):
         for k in range(2):
-            t, l = top[b, k].item(), left[b, k].item()
-            assert torch.equal(patches[b, k], images[b, :, t:t + 6, l:l + 6])
+            y, x = top[b, k].item(), left[b, k].item()
+            assert torch.equal(patches[b, k], images[b, :, y:y + 6, x:x + 6])
 
 
 def test_inverse_permutation_restores_the_tiles(context, make_images):
