@@ -155,5 +155,5 @@ class ParameterClient:
         try:
             while self._pending:
                 self._record(ray.get(self._pending.popleft()))
-        except ray.exceptions.RayActorError:
+        except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError):
             self._pending.clear()

@@ -184,6 +184,7 @@ def test_killed_server_is_restored_from_the_last_checkpoint(run):
     manager = CheckpointManager(folder.checkpoints, 3)
     wait_for(lambda: manager.latest() is not None, what="a checkpoint")
     server = handles(run)["servers"][0]
+    workers_before = status(run)["restarts"]["worker"]
     ray.kill(server, no_restart=True)
     checkpointed = manager.latest()[1]["servers"][0]["version"]
     wait_for(lambda: status(run)["restarts"]["server"] == 1, 60, what="the server to be replaced")
@@ -192,6 +193,8 @@ def test_killed_server_is_restored_from_the_last_checkpoint(run):
     assert s["recovery_s"] and s["recovery_s"][-1] < 60
     restored = s["version"]
     wait_for(lambda: (status(run)["version"] or 0) > restored + 20, 90, what="training to resume")
+    # the workers waited for the new server and re-pulled: none had to be replaced
+    assert status(run)["restarts"]["worker"] == workers_before
 
 
 def test_stop_writes_a_final_evaluation_then_resume_continues(run, tmp_path):

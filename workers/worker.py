@@ -32,6 +32,8 @@ from workers.assembly import build_model, build_task
 from workers.tasks import Task
 
 log = logging.getLogger(__name__)
+# A dead server shows as a failed call, or as lost weights it had published (it owned them).
+_SERVER_GONE = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)
 
 
 class TaskLoop:
@@ -149,7 +151,7 @@ class TaskWorker:
                                   self._loop.shards)
                 self._steps += 1
                 self._observe(stats)
-            except ray.exceptions.RayActorError as err:
+            except _SERVER_GONE as err:
                 log.warning("%s/%d: a server is unreachable (%s); waiting for a replacement",
                             self._task, self._replica, type(err).__name__)
                 while self._servers is servers and not self._stop.is_set():
