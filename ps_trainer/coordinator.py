@@ -99,10 +99,10 @@ class Coordinator:
 
     def _new_server(self, index: int, state: Optional[dict]):
         cfg = self._cfg
-        return self._spec.server_cls.options(
-            num_cpus=cfg.server.num_cpus, resources=dict(cfg.server.resources),
-            max_restarts=0).remote(cfg, index, self._spec.initial_weights[index], self._spec.task_keys,
-                              state, self._hub)
+        options = {"num_cpus": cfg.server.num_cpus, "resources": dict(cfg.server.resources),
+                   "max_restarts": 0}
+        return self._spec.server_cls.options(**options).remote(
+            cfg, index, self._spec.initial_weights[index], self._spec.task_keys, state, self._hub)
 
     def _start_evaluator(self) -> None:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
