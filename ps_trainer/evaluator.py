@@ -129,6 +129,8 @@ class RunRecorder:
             if loop is not None and self.cfg.eval.previews:
                 write_previews(self.run.previews / f"step-{step:09d}.png",
                                *loop.previews(self.cfg.eval.previews))
+                for old in sorted(self.run.previews.glob("step-*.png"))[: -self.cfg.eval.keep_last]:
+                    old.unlink(missing_ok=True)       # as many as checkpoints are kept
             plot_curves(self.run.curves, self.run.records(), title=self.cfg.run.name)
         except Exception as err:  # pictures are for people; never lose a run over one
             log.warning("could not write pictures: %s", err)

@@ -59,3 +59,7 @@ def test_recorder_writes_checkpoint_line_and_pictures(tiny_config):
     assert load_checkpoint(record["checkpoint"])["config"]["run"]["seed"] == cfg.run.seed
     assert (run.previews / "step-000000007.png").stat().st_size > 0
     assert run.curves.stat().st_size > 0
+    for step in range(8, 8 + cfg.eval.keep_last + 2):
+        recorder.record(step, 2.0, payload, result, loop, {})
+    kept = sorted(p.name for p in run.previews.glob("step-*.png"))
+    assert kept == [f"step-{s:09d}.png" for s in range(10, 10 + cfg.eval.keep_last)]
