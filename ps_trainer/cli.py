@@ -7,6 +7,7 @@
     ps-trainer eval --checkpoint runs/quickstart/checkpoints/best.pt
     ps-trainer finetune --checkpoint runs/pretrain/checkpoints/best.pt --labels 16
     ps-trainer experiment configs/experiments/labels.yaml
+    ps-trainer bench --quick --out bench.json
 """
 from __future__ import annotations
 
@@ -22,7 +23,10 @@ log = logging.getLogger("ps_trainer")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ps-trainer", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="ps-trainer", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Distributed, asynchronous, multi-task self-supervised training for vision, "
+                    "on Ray.", epilog="examples:\n" + __doc__.split("\n\n", 1)[1])
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
 
