@@ -209,9 +209,8 @@ def summary_table(rows: list[dict], order: list[str], baseline: str = "") -> str
     """A Markdown table: one row per run, one column per label count (plus gains)."""
     stats = aggregate(rows)
     labels = sorted({n for _, n in stats})
-    head = ["run", "tasks", "balancing"] + [f"N={n}" for n in labels]
-    if baseline:
-        head += [f"Δ N={n}" for n in labels]
+    gains = [n for n in labels if (baseline, n) in stats] if baseline else []
+    head = ["run", "tasks", "balancing"] + [f"N={n}" for n in labels] + [f"Δ N={n}" for n in gains]
     meta = {r["run"]: (r["tasks"], r["balancing"]) for r in rows}
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for run in order:
@@ -221,10 +220,9 @@ def summary_table(rows: list[dict], order: list[str], baseline: str = "") -> str
         for n in labels:
             m = stats.get((run, n))
             cells.append(f"{m[0]:.3f} ± {m[1]:.3f}" if m else "")
-        if baseline:
-            for n in labels:
-                m, b = stats.get((run, n)), stats.get((baseline, n))
-                cells.append(f"{m[0] - b[0]:+.3f}" if m and b and run != baseline else "")
+        for n in gains:
+            m, b = stats.get((run, n)), stats[(baseline, n)]
+            cells.append(f"{m[0] - b[0]:+.3f}" if m and run != baseline else "")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -65,3 +65,6 @@ def test_aggregate_and_table_by_hand():
     table = summary_table(rows, ["a", "b"], baseline="a")
     assert "| a | - | equal | 0.320 ± 0.028 |  |" in table
     assert "| b | rotation | equal | 0.400 ± 0.000 | +0.080 |" in table
+    # a label count the baseline lacks gets no gain column
+    rows.append({"run": "b", "tasks": "rotation", "balancing": "equal", "labels": "64", "miou": "0.5"})
+    assert "Δ N=64" not in summary_table(rows, ["a", "b"], baseline="a")
