@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -146,3 +147,19 @@ def test_state_round_trip_restores_weights_optimizer_balancer_and_version():
         assert torch.equal(fresh.weights[key], store.weights[key])
     state["weights"]["trunk"][:] = 99        # the state is a copy
     assert not math.isclose(float(store.weights["trunk"][0]), 99.0)
+
+
+def test_state_restores_from_read_only_arrays_without_warning():
+    """A state fetched from Ray's object store is read-only; restoring it must neither warn
+    nor write to it."""
+    store = make_store()
+    store.push("a", 0, grads("a", 2.0), STATS)
+    state = store.state()
+    for array in state["weights"].values():
+        array.flags.writeable = False
+    fresh = make_store()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fresh.load_state(state)
+    for key in store.weights:
+        assert torch.equal(fresh.weights[key], store.weights[key])
