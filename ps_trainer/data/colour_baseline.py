@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ps_trainer.data.base import IGNORE_INDEX, SegmentationDataset
+from ps_trainer.segmetrics import confusion_matrix, mean_iou
 
 BINS = 16   # per channel: 16^3 colour cells
 
@@ -56,22 +57,6 @@ class ColourClassifier:
         return self.lookup[colour_bins(image, self.bins)]
 
 
-def confusion_matrix(truth: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
-    """int64 (C, C) counts, rows = truth, columns = prediction; IGNORE_INDEX truth skipped."""
-    truth, pred = truth.ravel().astype(np.int64), pred.ravel().astype(np.int64)
-    keep = truth != IGNORE_INDEX
-    pairs = truth[keep] * num_classes + pred[keep]
-    return np.bincount(pairs, minlength=num_classes ** 2).reshape(num_classes, num_classes)
-
-
-def mean_iou(confusion: np.ndarray) -> float:
-    """Mean of TP / (TP + FP + FN) over the classes present in truth or prediction."""
-    tp = np.diag(confusion).astype(np.float64)
-    union = confusion.sum(0) + confusion.sum(1) - tp
-    present = union > 0
-    return float((tp[present] / union[present]).mean()) if present.any() else float("nan")
-
-
 def colour_baseline_miou(train: SegmentationDataset, val: SegmentationDataset,
                          num_classes: int) -> float:
     """mIoU on `val` (one confusion matrix over all of it) of a ColourClassifier fitted on
@@ -80,5 +65,5 @@ def colour_baseline_miou(train: SegmentationDataset, val: SegmentationDataset,
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     for i in range(len(val)):
         sample = val[i]
-        confusion += confusion_matrix(sample.mask, classifier.predict(sample.image), num_classes)
-    return mean_iou(confusion)
+        confusion += confusion_matrix(classifier.predict(sample.image), sample.mask, num_classes)
+    return mean_iou(confusion)[0]
