@@ -396,19 +396,24 @@ def _deepcopy(data: Any) -> Any:
     return data
 
 
+def read_yaml_mapping(path: str | Path, what: str = "config") -> dict:
+    """The mapping a YAML file holds (empty file: {}); a missing file, bad YAML or a
+    non-mapping raises ConfigError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("", f"{what} file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError("", f"{path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError("", f"{path} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read a YAML file (or start from defaults when `path` is None) and apply overrides."""
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError("", f"config file {str(path)!r} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError("", f"{path} is not valid YAML: {err}") from None
-        if not isinstance(data, dict):
-            raise ConfigError("", f"{path} must hold a mapping of sections, got {type(data).__name__}")
+    data = read_yaml_mapping(path) if path is not None else {}
     return config_from_dict(apply_overrides(data, overrides))
 
 

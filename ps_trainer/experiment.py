@@ -17,10 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from ps_trainer.checkpoint import CheckpointManager
-from ps_trainer.config import Config, ConfigError, FrozenDict
+from ps_trainer.config import Config, ConfigError, FrozenDict, read_yaml_mapping
 from ps_trainer.finetune import finetune
 from ps_trainer.launch import load_run_config, run_distributed, run_local
 from ps_trainer.options import Options, build_dataclass, check, check_choice
@@ -74,13 +72,7 @@ class ExperimentConfig(Options):
 
 def load_experiment(path: str | Path) -> tuple[ExperimentConfig, Path]:
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError("", f"experiment file {str(path)!r} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError("", f"{path} is not valid YAML: {err}") from None
-    return build_dataclass(ExperimentConfig, data), path.parent
+    return build_dataclass(ExperimentConfig, read_yaml_mapping(path, "experiment")), path.parent
 
 
 class Experiment:

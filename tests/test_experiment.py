@@ -68,3 +68,12 @@ def test_aggregate_and_table_by_hand():
     # a label count the baseline lacks gets no gain column
     rows.append({"run": "b", "tasks": "rotation", "balancing": "equal", "labels": "64", "miou": "0.5"})
     assert "Δ N=64" not in summary_table(rows, ["a", "b"], baseline="a")
+
+
+def test_unreadable_experiment_files_are_named(tmp_path):
+    with pytest.raises(ConfigError, match="experiment file .*missing.yaml.* does not exist"):
+        load_experiment(tmp_path / "missing.yaml")
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- name: a\n")
+    with pytest.raises(ConfigError, match="list.yaml must hold a mapping"):
+        load_experiment(listed)
