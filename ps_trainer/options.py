@@ -109,7 +109,7 @@ def _convert_scalar(value: Any, tp: type, key: str) -> Any:
         try:  # YAML 1.1 reads '1e-3' as a string
             return float(value)
         except ValueError:
-            pass
+            raise ConfigError(key, f"expected {_type_name(tp)}, got {value!r} (str)") from None
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is Any or (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):

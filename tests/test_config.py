@@ -35,6 +35,8 @@ def test_wrong_type_names_expected_type():
     err = error_of(["run.seed=abc"])
     assert err.key == "run.seed"
     assert "expected int" in str(err) and "'abc'" in str(err)
+    err = error_of(["optimizer.lr=abc"])        # a string that is not a number, for a float
+    assert err.key == "optimizer.lr" and "expected float" in str(err) and "'abc'" in str(err)
 
 
 def test_bool_is_not_an_int():
