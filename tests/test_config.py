@@ -123,6 +123,10 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("run: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- name: a\n")
+    with pytest.raises(ConfigError, match="list.yaml must hold a mapping"):
+        load_config(listed)
 
 
 @pytest.mark.parametrize("name", ["quickstart"])

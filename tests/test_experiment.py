@@ -70,7 +70,8 @@ def test_aggregate_and_table_by_hand():
     assert "Δ N=64" not in summary_table(rows, ["a", "b"], baseline="a")
 
 
-def test_unreadable_experiment_files_are_named(tmp_path):
+def test_experiment_files_are_read_like_configs_and_named(tmp_path):
+    """The shared YAML reader (tests/test_config.py) names an experiment file as one."""
     with pytest.raises(ConfigError, match="experiment file .*missing.yaml.* does not exist"):
         load_experiment(tmp_path / "missing.yaml")
     listed = tmp_path / "list.yaml"
