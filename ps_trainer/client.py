@@ -48,13 +48,15 @@ class _ServerLink:
 class ParameterClient:
     def __init__(self, servers: list, pieces: tuple[Piece, ...], flat: FlatModel, inflight: int,
                  grad_dtype: str = "float32", report_norm: bool = False,
-                 on_result: Optional[Callable[[PushResult], None]] = None):
+                 on_result: Optional[Callable[[PushResult], None]] = None,
+                 on_timing: Optional[Callable[[str, float], None]] = None):
         self.pieces = pieces
         self.flat = flat
         self.inflight = inflight
         self.grad_dtype = grad_dtype
         self.report_norm = report_norm       # the server trusts it (server.verify_gradients off)
         self.on_result = on_result or (lambda result: None)
+        self.on_timing = on_timing or (lambda what, seconds: None)   # ("pull" | "wait", s)
         self.links = self._links(servers)
         self._pending: collections.deque = collections.deque()
         self._prefetch: Optional[list] = None
@@ -117,7 +119,7 @@ class ParameterClient:
                 changed = True
             link.version = version
         if changed:
-            self.pull_seconds += time.perf_counter() - start
+            self._timed("pull", start)
         return changed
 
     # ------------------------------------------------------------------ push
@@ -130,7 +132,7 @@ class ParameterClient:
         if len(self._pending) >= self.inflight:
             start = time.perf_counter()
             self._record(ray.get(self._pending.popleft()))
-            self.wait_seconds += time.perf_counter() - start
+            self._timed("wait", start)
         start = time.perf_counter()
         wanted = shards or tuple({p.shard for p in self.pieces})
         grads = {s: encode_grad(self.flat.grads[s], self.grad_dtype) for s in wanted}
@@ -145,6 +147,14 @@ class ParameterClient:
                                                 norm_stats if i == 0 else None))
         self._pending.append(refs)
         self.push_seconds += time.perf_counter() - start
+
+    def _timed(self, what: str, start: float) -> None:
+        seconds = time.perf_counter() - start
+        if what == "pull":
+            self.pull_seconds += seconds
+        else:
+            self.wait_seconds += seconds
+        self.on_timing(what, seconds)
 
     def _record(self, results: list[PushResult]) -> None:
         for result in results:

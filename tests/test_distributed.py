@@ -3,6 +3,7 @@ the tests watch, scrape, scale and break in order (module-scoped), then stop and
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -83,7 +84,10 @@ def test_metrics_endpoint_serves_the_run(run):
                  "ps_pull_bytes_total", "ps_worker_step_seconds_bucket", 'ps_task_loss{',
                  'ps_task_weight{', 'ps_workers{task="segmentation"} 1.0', "ps_server_version",
                  "ps_eval_miou ", "ps_checkpoint_seconds_bucket"]
-        return all(n in text for n in names)
+        # the worker's timing histograms are observed, not only declared
+        timed = all(re.search(name + r'_count\{[^}]*task="rotation"[^}]*\} [1-9]', text)
+                    for name in ("ps_worker_pull_seconds", "ps_worker_push_wait_seconds"))
+        return timed and all(n in text for n in names)
     wait_for(complete, 30, what="every metric on the endpoint")
 
 

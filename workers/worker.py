@@ -104,15 +104,15 @@ class TaskWorker:
         self._replica = replica
         self._loop = make_task_loop(cfg, task_name, replica, device)
         self._results = collections.Counter()
+        self._metrics = WorkerMetrics(task_name, replica)
         pieces = tuple(p for p in plan if p.shard in self._loop.shards)
         self._client = ParameterClient(servers, pieces, self._loop.flat,
                                        cfg.tasks[task_name].inflight, cfg.server.grad_dtype,
                                        report_norm=not cfg.server.verify_gradients,
-                                       on_result=self._record)
+                                       on_result=self._record, on_timing=self._timing)
         self._servers = servers
         self._stop = threading.Event()
         self._steps = 0
-        self._metrics = WorkerMetrics(task_name, replica)
         self._reported = {"pulled": 0, "pushed": 0, "skipped": 0}
         send = (lambda source, fams: hub.report.remote(source, fams)) if hub else (lambda *a: None)
         self._reporter = Reporter(f"worker/{task_name}/{replica}", self._metrics.registry, send,
@@ -172,6 +172,9 @@ class TaskWorker:
                 counter.inc(total - last[name])
                 last[name] = total
         self._reporter.maybe()
+
+    def _timing(self, what: str, seconds: float) -> None:
+        (self._metrics.pull_seconds if what == "pull" else self._metrics.wait_seconds).observe(seconds)
 
     def _record(self, result: PushResult) -> None:
         self._results[result.reason] += 1
