@@ -159,9 +159,7 @@ class ParameterStore:
             if src.shape != tuple(tensor.shape):
                 raise ValueError(f"checkpoint piece {key!r} has shape {src.shape}, "
                                  f"model needs {tuple(tensor.shape)}")
-            # A restored state may sit read-only in Ray's object store; torch wants writable
-            # memory even to read from (a one-off copy at restore, not on the hot path).
-            tensor.copy_(torch.from_numpy(np.require(src, requirements="W")))
+            tensor.copy_(readonly_tensor(src))   # a restored state may be read-only (Ray)
         self.optimizer.load_state_dict(state["optimizer"])
         self.balancer.load_state_dict(state["balancer"])
         self.norm_stats = {t: {s: np.array(a, np.float32) for s, a in shards.items()}
