@@ -140,6 +140,9 @@ class Experiment:
                  run.balancing)
         (run_local if self.exp.mode == "local" else run_distributed)(cfg)
         latest = manager.latest()
+        if latest is None:
+            raise RuntimeError(f"{run.name} seed {seed}: pretraining left no valid checkpoint "
+                               f"in {manager.directory}")
         return latest[1], latest[1]["servers"][0]["version"], time.monotonic() - start
 
     def _finetune(self, run: RunSpec, seed: int, labels: int, checkpoint, pre_updates, pre_s):

@@ -45,7 +45,9 @@ def finetune_config(base: Config, labels: int, out_dir: str, seed: Optional[int]
 
 def trunk_of(checkpoint: dict) -> np.ndarray:
     """The full trunk shard from a checkpoint, assembled from its server pieces."""
-    pieces = [Piece(**p) for p in checkpoint["plan"] if p["shard"] == "trunk"]
+    pieces = [Piece(**p) for p in checkpoint.get("plan", ()) if p["shard"] == "trunk"]
+    if not pieces:
+        raise ValueError("the checkpoint holds no trunk (its plan has no 'trunk' pieces)")
     size = max(p.stop for p in pieces)
     trunk = np.empty(size, np.float32)
     for p in pieces:

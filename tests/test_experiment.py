@@ -78,3 +78,10 @@ def test_experiment_files_are_read_like_configs_and_named(tmp_path):
     listed.write_text("- name: a\n")
     with pytest.raises(ConfigError, match="list.yaml must hold a mapping"):
         load_experiment(listed)
+
+
+def test_pretraining_that_leaves_no_checkpoint_fails_by_name(grid, monkeypatch):
+    exp, base_dir = load_experiment(grid([{"name": "rot", "tasks": ["rotation"]}], baseline=""))
+    monkeypatch.setattr("ps_trainer.experiment.run_local", lambda cfg: None)   # trains nothing
+    with pytest.raises(RuntimeError, match="rot seed 0: pretraining left no valid checkpoint"):
+        Experiment(exp, base_dir).run()

@@ -81,3 +81,9 @@ def test_cli_finetune(tmp_path, pretrained):
     scratch = subprocess.run([sys.executable, "-m", "ps_trainer.cli", "finetune", "--checkpoint",
                               "none", "--labels", "4"], capture_output=True, text=True, timeout=60)
     assert scratch.returncode == 1 and "needs --config" in scratch.stderr
+
+
+def test_a_checkpoint_without_a_trunk_is_named():
+    with pytest.raises(ValueError, match="holds no trunk"):
+        trunk_of({"plan": [{"shard": "head/rotation", "key": "head/rotation", "start": 0,
+                            "stop": 4, "server": 0}], "servers": [{"weights": {}}]})
