@@ -139,9 +139,7 @@ class StubWorker:
 
     def reset(self) -> None:
         """Zero the client's counters (after the warm-up)."""
-        c = self.client
-        c.pulled_bytes = c.pushed_bytes = 0
-        c.pull_seconds = c.push_seconds = c.wait_seconds = 0.0
+        self.client.reset_counters()
 
 
 class BenchServer(ParameterServer):

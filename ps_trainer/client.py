@@ -60,7 +60,10 @@ class ParameterClient:
         self.links = self._links(servers)
         self._pending: collections.deque = collections.deque()
         self._prefetch: Optional[list] = None
-        # Counters the caller turns into metrics (plain ints: nothing accumulates).
+        self.reset_counters()
+
+    def reset_counters(self) -> None:
+        """Zero the running totals callers read (plain numbers: nothing accumulates)."""
         self.pulled_bytes = 0
         self.pushed_bytes = 0
         self.pull_seconds = 0.0
