@@ -150,19 +150,15 @@ def _finetune(args) -> int:
     from pathlib import Path
 
     from ps_trainer.checkpoint import load_checkpoint
-    from ps_trainer.config import apply_overrides, config_from_dict
     from ps_trainer.finetune import finetune
-    from ps_trainer.launch import load_run_config
+    from ps_trainer.launch import checkpoint_config
 
     if args.labels < 1:
         raise ValueError(f"--labels must be >= 1, got {args.labels}")
     checkpoint = None if args.checkpoint.lower() == "none" else load_checkpoint(args.checkpoint)
-    if args.config:
-        cfg = load_run_config(args.config, args.overrides)
-    elif checkpoint is not None:
-        cfg = config_from_dict(apply_overrides(checkpoint["config"], args.overrides))
-    else:
+    if checkpoint is None and not args.config:
         raise ValueError("--checkpoint none needs --config (the data and model to use)")
+    cfg = checkpoint_config(checkpoint, args.config, args.overrides)
     if args.out:
         out = args.out
     elif checkpoint is not None:

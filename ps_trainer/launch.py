@@ -246,14 +246,23 @@ def resume_from(run_dir: str, overrides=()) -> tuple[Config, dict]:
     return cfg, latest[1]
 
 
+def checkpoint_config(payload: Optional[dict], config_path: Optional[str] = None,
+                      overrides=()) -> Config:
+    """The config of `config_path` if given, else the one the checkpoint was written with;
+    checked and with absolute paths, like :func:`load_run_config`."""
+    if config_path:
+        return load_run_config(config_path, overrides)
+    if payload is None:
+        raise ValueError("without a checkpoint a config file is needed (the data and model to use)")
+    cfg = config_from_dict(apply_overrides(payload["config"], overrides))
+    check_tasks(cfg)
+    return absolute_paths(cfg)
+
+
 def evaluate_checkpoint(path: str, config_path: Optional[str] = None, overrides=()) -> EvalResult:
     """mIoU of a checkpoint on the validation split of its own config (or of `config_path`)."""
     payload = load_checkpoint(path)
-    if config_path:
-        cfg = load_run_config(config_path, overrides)
-    else:
-        cfg = config_from_dict(apply_overrides(payload["config"], overrides))
-        check_tasks(cfg)
+    cfg = checkpoint_config(payload, config_path, overrides)
     loop = make_evaluation_loop(cfg, functools.partial(build_eval_model, cfg),
                                 pick_device(cfg.run.device))
     if loop is None:
