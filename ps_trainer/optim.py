@@ -39,7 +39,7 @@ def learning_rate(cfg: OptimizerConfig, update: int, total_updates: int) -> floa
 
 _STATE_NAMES = {"sgd": ("momentum",), "adam": ("exp_avg", "exp_avg_sq"),
                 "rmsprop": ("square_avg", "momentum")}
-_SCRATCH_COUNT = {"sgd": 1, "adam": 1, "rmsprop": 2}
+_SCRATCH_COUNT = {"sgd": 0, "adam": 1, "rmsprop": 2}
 
 
 def _fused_kernels_work() -> bool:
@@ -71,6 +71,7 @@ class FlatOptimizer:
         fused = fused and cfg.name in ("sgd", "adam")
         self._update = getattr(self, ("_fused_" if fused else "_") + cfg.name)
         self._step_tensors: dict[str, torch.Tensor] = {}
+        self._widened: dict[str, torch.Tensor] = {}   # fused SGD's float32 copy of fp16/bf16 grads
 
     def add_piece(self, key: str, like: torch.Tensor) -> None:
         self.state[key] = {n: torch.zeros_like(like) for n in _STATE_NAMES[self.cfg.name]}
@@ -114,8 +115,13 @@ class FlatOptimizer:
                             amsgrad=False, maximize=False)
 
     def _float32(self, key: str, g: torch.Tensor) -> torch.Tensor:
-        """float16/bfloat16 gradients widened into the piece's scratch buffer (one pass)."""
-        return g if g.dtype == torch.float32 else self._scratch[key][0].copy_(g)
+        """float16/bfloat16 gradients widened into a buffer of the piece's (one pass); the
+        buffer is made on first use, so float32 transport costs no memory for it."""
+        if g.dtype == torch.float32:
+            return g
+        if key not in self._widened:
+            self._widened[key] = torch.empty(g.shape, dtype=torch.float32, device=g.device)
+        return self._widened[key].copy_(g)
 
     def _sgd(self, key, w, g, lr, scale, state) -> None:
         cfg, buf = self.cfg, state["momentum"]
