@@ -8,6 +8,7 @@ import pytest
 
 from ps_trainer.config import (Config, ConfigError, config_from_dict, config_to_dict, dump_config,
                                load_config)
+from ps_trainer.experiment import load_experiment
 from ps_trainer.launch import load_run_config
 
 BASE = ["tasks.rotation.workers=1"]
@@ -116,17 +117,19 @@ def test_config_is_frozen_picklable_and_round_trips(tmp_path):
     assert load_config(path) == cfg
 
 
-def test_missing_and_malformed_files(tmp_path):
-    with pytest.raises(ConfigError, match="does not exist"):
-        load_config(tmp_path / "nope.yaml")
+@pytest.mark.parametrize("load, what", [(load_config, "config"), (load_experiment, "experiment")])
+def test_missing_and_malformed_files(tmp_path, load, what):
+    """Configs and experiment grids share one YAML reader, which names the file."""
+    with pytest.raises(ConfigError, match=f"{what} file .*nope.yaml.* does not exist"):
+        load(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("run: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
-        load_config(bad)
+        load(bad)
     listed = tmp_path / "list.yaml"
     listed.write_text("- name: a\n")
     with pytest.raises(ConfigError, match="list.yaml must hold a mapping"):
-        load_config(listed)
+        load(listed)
 
 
 @pytest.mark.parametrize("name", ["quickstart"])

@@ -70,15 +70,6 @@ def test_aggregate_and_table_by_hand():
     assert "Δ N=64" not in summary_table(rows, ["a", "b"], baseline="a")
 
 
-def test_experiment_files_are_read_like_configs_and_named(tmp_path):
-    """The shared YAML reader (tests/test_config.py) names an experiment file as one."""
-    with pytest.raises(ConfigError, match="experiment file .*missing.yaml.* does not exist"):
-        load_experiment(tmp_path / "missing.yaml")
-    listed = tmp_path / "list.yaml"
-    listed.write_text("- name: a\n")
-    with pytest.raises(ConfigError, match="list.yaml must hold a mapping"):
-        load_experiment(listed)
-
 
 def test_pretraining_that_leaves_no_checkpoint_fails_by_name(grid, monkeypatch):
     exp, base_dir = load_experiment(grid([{"name": "rot", "tasks": ["rotation"]}], baseline=""))
