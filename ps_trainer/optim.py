@@ -9,8 +9,13 @@ read (they are views of Ray's object store); state and weights stay float32.
 - adam: Adam with decoupled weight decay (Loshchilov & Hutter, ICLR 2019, "AdamW").
 - rmsprop: RMSProp (Tieleman & Hinton 2012) with optional momentum and L2 weight decay.
 
-The per-push `scale` (balancing weight x staleness factor x clipping) multiplies the gradient:
-update(scale * grad).
+A push acts through two factors (see ParameterStore.push):
+- the *step factor* (balancing weight x staleness factor) multiplies the learning rate of the
+  update the push makes: weights -= (lr * factor) * update(grad). A factor on the gradient
+  would be cancelled by Adam's and RMSProp's second-moment normalisation (a constant scale of
+  g scales m and sqrt(v) alike), so weights and staleness would barely act there;
+- the *gradient scale* (clipping, and 1/k for a sync group's mean) multiplies the gradient:
+  clipping is a gradient operation.
 """
 from __future__ import annotations
 
@@ -82,7 +87,8 @@ class FlatOptimizer:
 
     def step(self, key: str, weights: torch.Tensor, grad: torch.Tensor, lr: float,
              scale: float) -> None:
-        """weights -= update(scale * grad), in place. `grad` is only read."""
+        """weights -= lr-sized update(scale * grad), in place; `lr` already carries the push's
+        step factor and `scale` is the gradient scale. `grad` is only read."""
         self.steps[key] += 1
         self._update(key, weights, grad, lr, scale, self.state[key])
 

@@ -8,9 +8,11 @@ to Ray; the local trainer calls it directly). A push goes: receive -> check -> w
 - staleness = version - base_version; above ``max_staleness`` (or from before a restore)
   the push is dropped; under the ``scale`` policy the step is scaled by 1/(1+staleness);
 - a NaN/Inf gradient or loss is rejected and counted, never applied;
-- the task's balancing weight multiplies the gradient;
+- the task's balancing weight and the staleness factor multiply the *step* (the learning rate
+  of this push's update), so they act under Adam and RMSProp too; clipping scales the gradient;
 - ``sync: k`` for a task averages k accepted pushes of that task into one update (Doersch &
-  Zisserman 2017 keep workers of one task synchronous and tasks asynchronous to each other).
+  Zisserman 2017 keep workers of one task synchronous and tasks asynchronous to each other);
+  a group whose oldest push has grown staler than ``max_staleness`` is dropped, not applied.
 
 The store only knows task names and the keys each task's pushes carry.
 """
@@ -52,6 +54,9 @@ class ParameterStore:
         self._acc = {t: {k: torch.zeros_like(self.weights[k]) for k in keys}
                      for t, keys in self.task_keys.items() if self.sync[t] > 1}
         self._acc_count = {t: 0 for t in self._acc}
+        self._acc_factor = {t: 0.0 for t in self._acc}
+        self._acc_base = {t: 0 for t in self._acc}
+        self.dropped_in_groups = 0          # groups dropped because their oldest push went stale
 
     # ----------------------------------------------------------------- the hot path
 
@@ -65,15 +70,15 @@ class ParameterStore:
         norm = self._finite_norm(g, stats)
         if norm is None:
             return PushResult(NONFINITE, self.version, staleness)
-        factor = self.balancer.weight(task) * self._staleness_factor(staleness)
-        factor *= self._clip_factor(norm)
+        step_factor = self.balancer.weight(task) * self._staleness_factor(staleness)
+        grad_scale = self._clip_factor(norm)
         self.balancer.observe(task, stats.loss, stats.shared_grad_norm)
         if norm_stats:
             self._keep_norm_stats(task, norm_stats)
         if self.sync[task] == 1:
-            self._apply(g, factor)
+            self._apply(g, grad_scale, step_factor)
             return PushResult(APPLIED, self.version, staleness)
-        return self._queue(task, g, factor, staleness)
+        return self._queue(task, g, grad_scale, step_factor, base_version, staleness)
 
     def _receive(self, task: str, grads: Mapping) -> dict[str, torch.Tensor]:
         if task not in self.task_keys:
@@ -108,24 +113,38 @@ class ParameterStore:
         clip = self.optimizer_cfg.clip_grad_norm
         return min(1.0, clip / (norm + 1e-12)) if clip > 0 else 1.0
 
-    def _queue(self, task: str, g: dict[str, torch.Tensor], factor: float,
-               staleness: int) -> PushResult:
+    def _queue(self, task: str, g: dict[str, torch.Tensor], grad_scale: float, step_factor: float,
+               base_version: int, staleness: int) -> PushResult:
+        """Add a push to its task's group; apply the group's mean when it is full. The group's
+        step factor is the mean of its pushes' factors."""
+        if self._acc_count[task] and self.version - self._acc_base[task] > self.server_cfg.max_staleness:
+            self._reset_group(task)              # its oldest push would now be applied too stale
+            self.dropped_in_groups += 1
         acc = self._acc[task]
         for key, t in g.items():
-            acc[key].add_(t, alpha=factor)
+            acc[key].add_(t, alpha=grad_scale)
+        if self._acc_count[task] == 0:
+            self._acc_base[task] = base_version
+        self._acc_base[task] = min(self._acc_base[task], base_version)
+        self._acc_factor[task] += step_factor
         self._acc_count[task] += 1
-        if self._acc_count[task] < self.sync[task]:
+        count = self._acc_count[task]
+        if count < self.sync[task]:
             return PushResult(QUEUED, self.version, staleness)
-        self._apply(acc, 1.0 / self._acc_count[task])
-        for t in acc.values():
-            t.zero_()
-        self._acc_count[task] = 0
+        self._apply(acc, 1.0 / count, self._acc_factor[task] / count)
+        self._reset_group(task)
         return PushResult(APPLIED, self.version, staleness)
 
-    def _apply(self, g: Mapping[str, torch.Tensor], scale: float) -> None:
-        lr = learning_rate(self.optimizer_cfg, self.version, self.total_updates)
+    def _reset_group(self, task: str) -> None:
+        for t in self._acc[task].values():
+            t.zero_()
+        self._acc_count[task] = 0
+        self._acc_factor[task] = 0.0
+
+    def _apply(self, g: Mapping[str, torch.Tensor], grad_scale: float, step_factor: float) -> None:
+        lr = learning_rate(self.optimizer_cfg, self.version, self.total_updates) * step_factor
         for key, t in g.items():
-            self.optimizer.step(key, self.weights[key], t, lr, scale)
+            self.optimizer.step(key, self.weights[key], t, lr, grad_scale)
         self.version += 1
 
     def _keep_norm_stats(self, task: str, norm_stats: Mapping[str, np.ndarray]) -> None:
@@ -166,6 +185,4 @@ class ParameterStore:
                            for t, shards in state.get("norm_stats", {}).items()}
         self.version = int(state["version"])
         for task in self._acc:                # a partly filled sync group is not resumed
-            for t in self._acc[task].values():
-                t.zero_()
-            self._acc_count[task] = 0
+            self._reset_group(task)

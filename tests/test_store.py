@@ -163,3 +163,49 @@ def test_state_restores_from_read_only_arrays_without_warning():
         fresh.load_state(state)
     for key in store.weights:
         assert torch.equal(fresh.weights[key], store.weights[key])
+
+
+ADAM = OptimizerConfig(name="adam", lr=0.01, weight_decay=0.0, schedule="constant")
+
+
+def _head_a_travel(weight: float, pushes: int = 50) -> float:
+    """How far head/a moves under Adam after `pushes` identical pushes at a static weight."""
+    store = make_store(balancing="static", options={"weights": {"a": weight}}, optimizer=ADAM)
+    rng = np.random.default_rng(0)
+    for _ in range(pushes):
+        g = grads("a")
+        g["head/a"] = rng.normal(size=2).astype(np.float32) + 1.0
+        store.push("a", store.version, g, STATS)
+    return float(np.abs(store.weights["head/a"].numpy()).sum())
+
+
+def test_balancing_weight_scales_the_step_under_adam():
+    """Adam normalises a constant gradient scale away; the weight must act on the step."""
+    ratio = _head_a_travel(1.0) / _head_a_travel(0.01)
+    assert ratio == pytest.approx(100.0, rel=0.02)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "rmsprop", "sgd"])
+def test_scale_policy_halves_the_step_at_staleness_one(optimizer):
+    cfg = OptimizerConfig(name=optimizer, lr=0.01, momentum=0.0, weight_decay=0.0,
+                          schedule="constant")
+    moved = []
+    for base in (1, 0):                                  # staleness 0, then 1
+        store = make_store(policy="scale", optimizer=cfg)
+        store.push("b", 0, grads("b"), STATS)            # version 1; head/a untouched
+        result = store.push("a", base, grads("a", 2.0), STATS)
+        assert result.staleness == 1 - base
+        moved.append(float(np.abs(store.weights["head/a"].numpy()).sum()))
+    assert moved[1] / moved[0] == pytest.approx(0.5, rel=1e-5)
+
+
+def test_sync_group_whose_oldest_push_went_stale_is_dropped():
+    store = make_store(policy="drop", max_staleness=8, sync={"a": 2})
+    assert store.push("a", 0, grads("a"), STATS).reason == QUEUED          # made at version 0
+    for _ in range(50):
+        store.push("b", store.version, grads("b", 0.0), STATS)
+    result = store.push("a", store.version, grads("a"), STATS)
+    assert result.reason == QUEUED and store.dropped_in_groups == 1       # the old one is gone
+    np.testing.assert_allclose(store.weights["head/a"].numpy(), 0.0)
+    assert store.push("a", store.version, grads("a"), STATS).reason == APPLIED
+    np.testing.assert_allclose(store.weights["head/a"].numpy(), -1.0)    # mean of the fresh two
