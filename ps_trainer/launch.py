@@ -29,7 +29,7 @@ from ps_trainer.progress import Progress
 from ps_trainer.runlog import RunFolder
 from ps_trainer.runtime import on_this_node, pick_device, set_threads
 from ps_trainer.server import ParameterServer
-from workers.assembly import build_model, build_task, build_tasks, check_tasks
+from workers.assembly import build_model, build_task, build_tasks, check_tasks, task_shards
 from workers.worker import TaskLoop, TaskWorker, task_inputs
 
 log = logging.getLogger(__name__)
@@ -143,8 +143,8 @@ def _runtime_spec(cfg: Config, resume: Optional[dict]) -> RuntimeSpec:
     params = flat.param_arrays()
     initial = [ray.put({p.key: np.ascontiguousarray(params[p.shard][p.start: p.stop])
                         for p in plan if p.server == i}) for i in range(cfg.server.shards)]
-    task_keys = {t: tuple(p.key for p in plan if p.shard in ("trunk", f"head/{t}"))
-                 for t in cfg.task_names}
+    task_keys = {t: tuple(p.key for p in plan if p.shard in shards)
+                 for t, shards in task_shards(cfg).items()}
     return RuntimeSpec(
         plan=plan, task_keys=task_keys, initial_weights=initial,
         server_cls=ray.remote(ParameterServer), worker_cls=ray.remote(TaskWorker),

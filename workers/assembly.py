@@ -7,7 +7,7 @@ import torch
 
 from ps_trainer.config import Config, ConfigError
 from ps_trainer.data.splits import num_classes_of
-from ps_trainer.model import MultiTaskModel
+from ps_trainer.model import MultiTaskModel, shards_of_head
 from workers.tasks import TASKS, Task, TaskContext
 
 
@@ -35,19 +35,33 @@ def build_tasks(cfg: Config, names: Optional[Iterable[str]] = None) -> dict[str,
 
 
 def check_tasks(cfg: Config) -> None:
-    """Fail at start, with the key path, on unknown tasks or bad task options."""
-    build_tasks(cfg)
+    """Fail at start, with the key path, on unknown tasks, bad task options, or a task that
+    trains another task's head when that task is not in the run."""
+    for name, task in build_tasks(cfg).items():
+        if task.head_of is not None and task.head_of not in cfg.tasks:
+            raise ConfigError(f"tasks.{name}", f"{name!r} trains the {task.head_of!r} head: "
+                                               f"add tasks.{task.head_of} to the run")
+
+
+def task_shards(cfg: Config) -> dict[str, tuple[str, str]]:
+    """Task name -> the shards its pushes carry (the trunk and the head it trains)."""
+    return {name: shards_of_head(task.head_name) for name, task in build_tasks(cfg).items()}
 
 
 def build_model(cfg: Config, tasks: dict[str, Task], seed: Optional[int] = None) -> MultiTaskModel:
-    """Trunk + the heads of `tasks`. With `seed`, initialisation is reproducible; a head's
-    initial weights depend only on (seed, task name), so models with different task sets agree."""
+    """Trunk + the heads `tasks` train (a borrowed head is built by the task that owns it).
+    With `seed`, initialisation is reproducible; a head's initial weights depend only on
+    (seed, head name), so models with different task sets agree."""
     trunk_channels = cfg.model.widths[-1]
     heads = {}
-    for name, task in tasks.items():
+    for task in tasks.values():
+        name = task.head_name
+        if name in heads:
+            continue
+        owner = tasks.get(name) or build_task(cfg, name)
         if seed is not None:
             torch.manual_seed(_head_seed(seed, name))
-        heads[name] = task.head(trunk_channels)
+        heads[name] = owner.head(trunk_channels)
     if seed is not None:
         torch.manual_seed(seed)
     return MultiTaskModel(cfg.model, heads)

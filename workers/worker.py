@@ -23,13 +23,14 @@ from ps_trainer.config import Config
 from ps_trainer.data.sampler import ImageSampler
 from ps_trainer.data.splits import build_splits
 from ps_trainer.metrics import Reporter, WorkerMetrics
-from ps_trainer.model import MultiTaskModel, shard_of
+from ps_trainer.model import MultiTaskModel, shard_of, shards_of_head
 from ps_trainer.client import ParameterClient
 from ps_trainer.params import FlatModel, Piece, ShardLayout
 from ps_trainer.protocol import NONFINITE, STALE, PushResult, PushStats
 from ps_trainer.runtime import set_threads
 from workers.assembly import build_model, build_task
 from workers.tasks import Task
+from workers.tasks.base import TaskModel
 
 log = logging.getLogger(__name__)
 # A dead server shows as a failed call, or as lost weights it had published (it owned them).
@@ -47,19 +48,18 @@ class TaskLoop:
         self.sampler = sampler
         self.rng = rng
         self.device = device
-        self.shards = ("trunk", f"head/{task.name}")
+        self.shards = shards_of_head(task.head_name)
+        self._view = TaskModel(self.model, task.head_name)
         self._shared = [p.grad for p in self.model.trunk.last_shared_parameters()]
 
     def step(self) -> PushStats:
         """Compute the task's gradients into ``flat.grads``; returns what is reported."""
         start = time.perf_counter()
         images, masks = self.sampler.sample()
-        inputs, targets = self.task.make_batch(images, self.rng, masks)
-        inputs, targets = inputs.to(self.device), targets.to(self.device)
         self.flat.zero_grad()
         self.model.train()
-        loss = self.task.loss(self.model(self.task.name, inputs), targets)
-        (loss + self.model.regularization(self.task.name)).backward()
+        loss = self.task.training_loss(self._view, images, self.rng, masks)
+        (loss + self.model.regularization(self.task.head_name)).backward()
         # The .grad tensors are views into the flat buffer, so they stay valid across steps.
         shared_norm = float(torch.linalg.vector_norm(torch.stack(
             [torch.linalg.vector_norm(g) for g in self._shared])))

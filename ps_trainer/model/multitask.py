@@ -4,7 +4,8 @@
     logits = model("rotation", images)        # images: (B, 3, H, W) RGB in [0, 1]
 
 Parameter names decide the parameter-server shard: ``trunk.*`` -> "trunk";
-``heads.<task>.*`` and ``lasso.<task>.*`` -> "head/<task>" (see :func:`shard_of`).
+``heads.<head>.*`` and ``lasso.<head>.*`` -> "head/<head>" (see :func:`shard_of`). A head is
+named after the task that owns it; other tasks may train it too (see Task.head_of).
 """
 from __future__ import annotations
 
@@ -53,11 +54,24 @@ class MultiTaskModel(nn.Module):
         return 0.0
 
 
+TRUNK_SHARD = "trunk"
+
+
+def head_shard(head: str) -> str:
+    """The shard of a head's parameters (and of its lasso)."""
+    return "head/" + head
+
+
+def shards_of_head(head: str) -> tuple[str, str]:
+    """The shards a task that trains `head` pushes gradients for."""
+    return (TRUNK_SHARD, head_shard(head))
+
+
 def shard_of(param_name: str) -> str:
     """Parameter-server shard that owns a parameter or buffer of MultiTaskModel."""
     head, _, rest = param_name.partition(".")
     if head == "trunk":
-        return "trunk"
+        return TRUNK_SHARD
     if head in ("heads", "lasso"):
-        return "head/" + rest.partition(".")[0]
+        return head_shard(rest.partition(".")[0])
     raise ValueError(f"parameter {param_name!r} belongs to no shard")

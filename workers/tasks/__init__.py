@@ -1,4 +1,4 @@
-"""Self-supervised pretext tasks and segmentation: each registers itself in ``TASKS``.
+"""Self-supervised pretext tasks, segmentation and self-training: each registers itself in ``TASKS``.
 
     task = make_task("rotation", context, {"all_rotations": False})
     inputs, targets = task.make_batch(images, rng)
@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Optional
 
 from workers.tasks import (colorization, denoising, exemplar, inpainting, jigsaw,  # noqa: F401
-                           relative_position, rotation, segmentation)
+                           relative_position, rotation, segmentation, self_training)
 from workers.tasks.base import Task, TaskContext
 from workers.tasks.registry import TASKS
 

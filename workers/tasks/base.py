@@ -7,6 +7,11 @@ with ``uses_labels = True`` (segmentation) are given masks.
 Shapes: ``images`` are float32 (B, 3, H, W) RGB in [0, 1]; ``masks`` are int64 (B, H, W) with
 255 = ignore. ``inputs`` go through the model (which normalises, and harmonizes if asked);
 the trunk turns (N, 3, h, w) inputs into (N, C, h/s, w/s) features that the head receives.
+
+A task trains the trunk and one head: its own (``head/<name>``), or, when it sets
+``head_of``, another task's (self-training trains the segmentation head on unlabelled
+images). :meth:`Task.training_loss` is one step's loss; the default is make_batch ->
+forward -> loss, and a task whose targets come from the model itself overrides it.
 """
 from __future__ import annotations
 
@@ -34,18 +39,55 @@ class TaskContext:
     trunk_stride: int        # input pixels per feature pixel
 
 
+class TaskModel:
+    """The shared model as one task sees it: the trunk and the head the task trains."""
+
+    def __init__(self, model: nn.Module, head: str):
+        self.model = model
+        self.head = head
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(self.head, inputs)
+
+    def features(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Trunk features (N, C, h, w) as this head reads them."""
+        return self.model.features(self.head, inputs)
+
+    def decode(self, features: torch.Tensor) -> torch.Tensor:
+        """The head alone, on features from :meth:`features`."""
+        return self.model.heads[self.head](features)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
 class Task(abc.ABC):
     name: ClassVar[str]
     uses_labels: ClassVar[bool] = False          # batches come from the labelled split
+    head_of: ClassVar[Optional[str]] = None      # train this task's head instead of an own one
     Options: ClassVar[type] = NoOptions
 
     def __init__(self, context: TaskContext, options: Any = None):
         self.context = context
         self.options = options if options is not None else self.Options()
 
-    @abc.abstractmethod
+    @property
+    def head_name(self) -> str:
+        """The head this task trains (its parameter group is ``head/<head_name>``)."""
+        return self.head_of or self.name
+
     def head(self, trunk_channels: int) -> nn.Module:
         """Task-specific layers on top of the trunk's (N, C, h, w) features."""
+        raise TypeError(f"task {self.name!r} has no head of its own: it trains the "
+                        f"{self.head_of!r} head")
+
+    def training_loss(self, model: TaskModel, images: torch.Tensor, rng: np.random.Generator,
+                      masks: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """One step's loss on a batch of (CPU) images: make_batch -> forward -> loss."""
+        inputs, targets = self.make_batch(images, rng, masks)
+        device = model.device
+        return self.loss(model(inputs.to(device)), targets.to(device))
 
     @abc.abstractmethod
     def make_batch(self, images: torch.Tensor, rng: np.random.Generator,

@@ -1,0 +1,157 @@
+"""Self-training on unlabelled images: the segmentation head learns from its own confident
+predictions, made on a weak view and imposed on strongly perturbed views.
+
+FixMatch (Sohn et al., NeurIPS 2020) for images, carried to segmentation by UniMatch (Yang et
+al., CVPR 2023, "Revisiting Weak-to-Strong Consistency in Semi-Supervised Semantic
+Segmentation"): per-pixel pseudo-labels from the weak view, kept where the confidence is at
+least ``threshold`` (UniMatch: 0.95); the student predicts them on a strong view (colour
+jitter, grayscale, blur, CutMix) and, with ``feature_dropout`` > 0, from the weak view's
+features perturbed by channel dropout (UniMatch's "FP" stream, Dropout2d(0.5)). S4L (Zhai et
+al., ICCV 2019) trains such a semi-supervised objective beside self-supervised pretext tasks;
+here it is one more task, with its own workers, pushing to the shared trunk and to the
+*segmentation* head (``head_of``).
+
+Teacher (``teacher``): ``pulled`` uses the weights the worker computes with — the current
+model, as in FixMatch and UniMatch; in the asynchronous runtime that is the last pulled
+version, already a step or more behind the server. ``ema`` keeps an exponential moving
+average of the weights the task has seen (Mean Teacher, Tarvainen & Valpola, NeurIPS 2017),
+in the worker, updated once per step.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ps_trainer.options import Options, check, check_choice
+from workers.tasks.base import Task, TaskModel
+from workers.tasks.heads import resize_like
+from workers.tasks.registry import TASKS
+from workers.tasks.views import (colour_jitter, cutmix_sources, flip_and_zoom, gather_pixels,
+                                 gaussian_blur, random_grayscale)
+
+TEACHERS = ("pulled", "ema")
+
+
+@dataclass(frozen=True)
+class SelfTrainingOptions(Options):
+    threshold: float = 0.95              # confidence a pseudo-label needs (UniMatch, VOC)
+    feature_dropout: float = 0.5         # FP stream's Dropout2d rate; 0 = no feature perturbation
+    fp_weight: float = 0.5               # share of the FP stream in the loss (UniMatch: 0.5)
+    flip_probability: float = 0.5        # weak view
+    scale_range: tuple[float, float] = (1.0, 1.0)   # weak view zoom-in factors
+    jitter_probability: float = 0.8      # strong view: colour jitter (UniMatch: p = 0.8, 0.5)
+    jitter_strength: float = 0.5
+    grayscale_probability: float = 0.2
+    blur_probability: float = 0.5
+    cutmix_probability: float = 0.5
+    teacher: str = "pulled"              # pulled | ema
+    ema_decay: float = 0.99
+
+    def __post_init__(self):
+        check(0.0 <= self.threshold < 1.0, "threshold", self.threshold, "must be in [0, 1)")
+        check(0.0 <= self.feature_dropout < 1.0, "feature_dropout", self.feature_dropout,
+              "must be in [0, 1)")
+        check(0.0 <= self.fp_weight <= 1.0, "fp_weight", self.fp_weight, "must be in [0, 1]")
+        for name in ("flip_probability", "jitter_probability", "grayscale_probability",
+                     "blur_probability", "cutmix_probability"):
+            value = getattr(self, name)
+            check(0.0 <= value <= 1.0, name, value, "must be in [0, 1]")
+        check(0.0 <= self.jitter_strength < 1.0, "jitter_strength", self.jitter_strength,
+              "must be in [0, 1)")
+        low, high = self.scale_range
+        check(1.0 <= low <= high, "scale_range", self.scale_range, "1 <= low <= high (zoom in)")
+        check_choice("teacher", self.teacher, TEACHERS)
+        check(0.0 < self.ema_decay < 1.0, "ema_decay", self.ema_decay, "must be in (0, 1)")
+
+
+@TASKS.register("self_training")
+class SelfTraining(Task):
+    """Weak-to-strong consistency on unlabelled images, training the segmentation head.
+
+    Batches: ``inputs`` are the weak views followed by the strong views (2B, 3, H, W); the
+    strong view of image i is its weak view perturbed, with a CutMix box pasted from another
+    image's strong view; ``targets`` (B, H, W) say which image each strong pixel came from,
+    so its pseudo-label is taken from that image's weak prediction.
+    Loss: cross-entropy to the pseudo-labels, counted where the teacher's confidence reaches
+    the threshold, averaged over all pixels (so the loss shrinks while few are confident).
+    """
+
+    head_of = "segmentation"
+    Options = SelfTrainingOptions
+
+    def __init__(self, context, options=None):
+        super().__init__(context, options)
+        self._ema: Optional[nn.Module] = None
+
+    def make_batch(self, images: torch.Tensor, rng: np.random.Generator,
+                   masks: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        o = self.options
+        weak = flip_and_zoom(images, rng, o.flip_probability, o.scale_range)
+        strong = colour_jitter(weak, rng, o.jitter_probability, o.jitter_strength)
+        strong = random_grayscale(strong, rng, o.grayscale_probability)
+        strong = gaussian_blur(strong, rng, o.blur_probability)
+        source = cutmix_sources(images.shape[0], tuple(images.shape[-2:]), rng,
+                                o.cutmix_probability)
+        strong = gather_pixels(strong, source).clamp(0.0, 1.0)
+        return torch.cat([weak, strong]).contiguous(), source
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The strong stream alone, with the teacher read from the weak half of `output`."""
+        weak, strong = output.chunk(2)
+        return self.consistency(weak.detach(), strong, target)
+
+    def consistency(self, teacher: torch.Tensor, student: torch.Tensor, source: torch.Tensor
+                    ) -> torch.Tensor:
+        """Mean over pixels of CE(student, pseudo-label) where the teacher is confident;
+        `source` (B, H, W) maps each student pixel to the image its label comes from."""
+        confidence, labels = self.pseudo_labels(teacher, source.shape[-2:])
+        confidence, labels = gather_pixels(confidence, source), gather_pixels(labels, source)
+        ce = F.cross_entropy(resize_like(student, source.shape[-2:]), labels, reduction="none")
+        return (ce * (confidence >= self.options.threshold)).mean()
+
+    @staticmethod
+    def pseudo_labels(logits: torch.Tensor, size) -> tuple[torch.Tensor, torch.Tensor]:
+        """(confidence, label), each (B, H, W), from (B, K, h, w) logits upsampled to `size`."""
+        with torch.no_grad():
+            probs = resize_like(logits.float(), tuple(size)).softmax(dim=1)
+            return probs.max(dim=1)
+
+    def training_loss(self, model: TaskModel, images: torch.Tensor, rng: np.random.Generator,
+                      masks: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """One trunk pass over weak and strong views; the FP stream decodes the weak
+        features again through channel dropout."""
+        o = self.options
+        inputs, source = self.make_batch(images, rng)
+        device = model.device
+        inputs, source = inputs.to(device), source.to(device)
+        b = source.shape[0]
+        features = model.features(inputs)                                # (2B, C, h, w)
+        streams = [features]
+        if o.feature_dropout > 0 and o.fp_weight > 0:
+            streams.append(F.dropout2d(features[:b], o.feature_dropout, training=True))
+        outputs = model.decode(torch.cat(streams))
+        weak, strong, perturbed = outputs[:b], outputs[b: 2 * b], outputs[2 * b:]
+        teacher = self._teacher(model, inputs[:b]) if o.teacher == "ema" else weak.detach()
+        loss = self.consistency(teacher, strong, source)
+        if len(perturbed):
+            identity = torch.arange(b, device=device).view(b, 1, 1).expand_as(source)
+            loss = (1 - o.fp_weight) * loss + o.fp_weight * self.consistency(
+                teacher, perturbed, identity)
+        return loss
+
+    def _teacher(self, model: TaskModel, weak: torch.Tensor) -> torch.Tensor:
+        """Weak-view logits of the moving average of the weights this task has trained with."""
+        with torch.no_grad():
+            if self._ema is None:
+                self._ema = copy.deepcopy(model.model).requires_grad_(False)
+            else:
+                for avg, now in zip(self._ema.parameters(), model.model.parameters()):
+                    avg.lerp_(now, 1.0 - self.options.ema_decay)
+            self._ema.train(model.model.training)
+            return self._ema(model.head, weak)

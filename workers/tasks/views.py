@@ -1,0 +1,114 @@
+"""Batched image views for consistency training: a weak view (flip, zoom) and strong
+photometric perturbations (colour jitter, grayscale, Gaussian blur) plus CutMix boxes.
+
+Every random choice is drawn from the caller's numpy generator, so a view depends only on
+it (not on torch's global seed). Images are float32 (B, 3, H, W) RGB in [0, 1].
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+_LUMA = (0.299, 0.587, 0.114)   # ITU-R BT.601 weights, as torchvision's rgb_to_grayscale
+
+
+def _per_image(values: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(values.astype(np.float32)).to(like.device).view(-1, 1, 1, 1)
+
+
+def gray(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, 1, H, W) luma."""
+    weights = torch.tensor(_LUMA, device=images.device).view(1, 3, 1, 1)
+    return (images * weights).sum(dim=1, keepdim=True)
+
+
+def flip_and_zoom(images: torch.Tensor, rng: np.random.Generator, flip_probability: float,
+                  scale_range: tuple[float, float]) -> torch.Tensor:
+    """The weak view: a random horizontal flip and a zoom-in by a factor from `scale_range`
+    around a random centre that keeps the image covered (no padding, so every pixel can
+    carry a pseudo-label)."""
+    b = images.shape[0]
+    flip = torch.from_numpy(rng.random(b) < flip_probability).to(images.device)
+    images = torch.where(flip.view(b, 1, 1, 1), images.flip(-1), images)
+    low, high = scale_range
+    if (low, high) == (1.0, 1.0):
+        return images.contiguous()
+    zoom = rng.uniform(max(low, 1.0), max(high, 1.0), size=b)
+    shift = rng.uniform(-1.0, 1.0, size=(b, 2)) * (1.0 - 1.0 / zoom)[:, None]
+    theta = np.zeros((b, 2, 3))
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0 / zoom
+    theta[:, :, 2] = shift
+    grid = F.affine_grid(torch.from_numpy(theta).float().to(images.device), list(images.shape),
+                         align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border",
+                         align_corners=False).clamp(0.0, 1.0)
+
+
+def colour_jitter(images: torch.Tensor, rng: np.random.Generator, probability: float,
+                  strength: float) -> torch.Tensor:
+    """Brightness, contrast and saturation each scaled by a factor in [1 - s, 1 + s], for a
+    `probability` share of the images (the others pass unchanged)."""
+    b = images.shape[0]
+    on = rng.random(b) < probability
+    factors = rng.uniform(1 - strength, 1 + strength, size=(b, 3))
+    out = images * _per_image(factors[:, 0], images)
+    mean = out.mean(dim=(1, 2, 3), keepdim=True)
+    out = (out - mean) * _per_image(factors[:, 1], images) + mean
+    luma = gray(out)
+    out = (out - luma) * _per_image(factors[:, 2], images) + luma
+    keep = torch.from_numpy(~on).to(images.device).view(-1, 1, 1, 1)
+    return torch.where(keep, images, out.clamp(0.0, 1.0))
+
+
+def random_grayscale(images: torch.Tensor, rng: np.random.Generator,
+                     probability: float) -> torch.Tensor:
+    on = torch.from_numpy(rng.random(images.shape[0]) < probability).to(images.device)
+    return torch.where(on.view(-1, 1, 1, 1), gray(images).expand_as(images), images)
+
+
+def gaussian_blur(images: torch.Tensor, rng: np.random.Generator, probability: float,
+                  sigma_range: tuple[float, float] = (0.1, 2.0)) -> torch.Tensor:
+    """A Gaussian blur of random sigma for a `probability` share of the images: one separable
+    depthwise convolution over the whole batch (sigma ~0 leaves an image as it is)."""
+    b, c, h, w = images.shape
+    sigma = np.where(rng.random(b) < probability, rng.uniform(*sigma_range, size=b), 1e-3)
+    radius = int(np.ceil(2 * sigma_range[1]))
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    kernel = np.exp(-0.5 * (x[None, :] / sigma[:, None]) ** 2)
+    kernel /= kernel.sum(axis=1, keepdims=True)                          # (B, k)
+    k = torch.from_numpy(np.repeat(kernel, c, axis=0).astype(np.float32)).to(images.device)
+    flat = F.pad(images.reshape(1, b * c, h, w), (radius,) * 4, mode="reflect")
+    flat = F.conv2d(flat, k.view(b * c, 1, 1, -1), groups=b * c)
+    flat = F.conv2d(flat, k.view(b * c, 1, -1, 1), groups=b * c)
+    return flat.view(b, c, h, w)
+
+
+def cutmix_sources(batch: int, size: tuple[int, int], rng: np.random.Generator,
+                   probability: float, area_range: tuple[float, float] = (0.02, 0.4)
+                   ) -> torch.Tensor:
+    """(B, H, W) int64: for each pixel of image i, the batch index it is taken from — i
+    outside a random box, another image j inside it (CutMix, Yun et al., ICCV 2019), for a
+    `probability` share of the images."""
+    h, w = size
+    source = np.broadcast_to(np.arange(batch)[:, None, None], (batch, h, w)).copy()
+    if batch < 2:
+        return torch.from_numpy(source)
+    for i in np.flatnonzero(rng.random(batch) < probability):
+        other = (i + rng.integers(1, batch)) % batch
+        area = rng.uniform(*area_range) * h * w
+        ratio = np.exp(rng.uniform(np.log(0.3), np.log(1 / 0.3)))
+        bh = int(min(h, max(1, round(np.sqrt(area * ratio)))))
+        bw = int(min(w, max(1, round(np.sqrt(area / ratio)))))
+        top, left = rng.integers(0, h - bh + 1), rng.integers(0, w - bw + 1)
+        source[i, top: top + bh, left: left + bw] = other
+    return torch.from_numpy(source)
+
+
+def gather_pixels(values: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """values[source[b, y, x], ..., y, x] for (B, ..., H, W) values and a (B, H, W) index map."""
+    b, h, w = source.shape
+    rows = torch.arange(h, device=values.device).view(1, h, 1)
+    cols = torch.arange(w, device=values.device).view(1, 1, w)
+    picked = values.movedim((-2, -1), (1, 2))[source, rows, cols]       # (B, H, W, ...)
+    return picked.movedim((1, 2), (-2, -1))
