@@ -11,6 +11,13 @@ al., ICCV 2019) trains such a semi-supervised objective beside self-supervised p
 here it is one more task, with its own workers, pushing to the shared trunk and to the
 *segmentation* head (``head_of``).
 
+Which pixels count: those whose confidence reaches ``threshold``; with ``class_quantile`` = q
+> 0 also, for each class, the q most confident share of the pixels predicted as that class
+(class-balanced self-training, CBST: Zou et al., ECCV 2018). A fixed threshold mostly keeps
+the classes the model is already sure of — here the background — and self-training then
+grows them at the others' expense; per-class quantiles keep every class represented.
+``rampup_steps`` ramps the loss in over the task's first steps, while the teacher is poor.
+
 Teacher (``teacher``): ``pulled`` uses the weights the worker computes with — the current
 model, as in FixMatch and UniMatch; in the asynchronous runtime that is the last pulled
 version, already a step or more behind the server. ``ema`` keeps an exponential moving
@@ -50,6 +57,8 @@ class SelfTrainingOptions(Options):
     grayscale_probability: float = 0.2
     blur_probability: float = 0.5
     cutmix_probability: float = 0.5
+    class_quantile: float = 0.0          # > 0: also keep each class's most confident share
+    rampup_steps: int = 0                # loss ramps linearly from 0 over the task's first steps
     teacher: str = "pulled"              # pulled | ema
     ema_decay: float = 0.99
 
@@ -66,6 +75,9 @@ class SelfTrainingOptions(Options):
               "must be in [0, 1)")
         low, high = self.scale_range
         check(1.0 <= low <= high, "scale_range", self.scale_range, "1 <= low <= high (zoom in)")
+        check(0.0 <= self.class_quantile <= 1.0, "class_quantile", self.class_quantile,
+              "must be in [0, 1]")
+        check(self.rampup_steps >= 0, "rampup_steps", self.rampup_steps, "must be >= 0")
         check_choice("teacher", self.teacher, TEACHERS)
         check(0.0 < self.ema_decay < 1.0, "ema_decay", self.ema_decay, "must be in (0, 1)")
 
@@ -88,6 +100,7 @@ class SelfTraining(Task):
     def __init__(self, context, options=None):
         super().__init__(context, options)
         self._ema: Optional[nn.Module] = None
+        self._steps = 0
 
     def make_batch(self, images: torch.Tensor, rng: np.random.Generator,
                    masks: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,9 +124,23 @@ class SelfTraining(Task):
         """Mean over pixels of CE(student, pseudo-label) where the teacher is confident;
         `source` (B, H, W) maps each student pixel to the image its label comes from."""
         confidence, labels = self.pseudo_labels(teacher, source.shape[-2:])
-        confidence, labels = gather_pixels(confidence, source), gather_pixels(labels, source)
+        keep = self.selected(confidence, labels, teacher.shape[1])
+        keep, labels = gather_pixels(keep, source), gather_pixels(labels, source)
         ce = F.cross_entropy(resize_like(student, source.shape[-2:]), labels, reduction="none")
-        return (ce * (confidence >= self.options.threshold)).mean()
+        return (ce * keep).mean()
+
+    def selected(self, confidence: torch.Tensor, labels: torch.Tensor, classes: int
+                 ) -> torch.Tensor:
+        """(B, H, W) bool: the pixels whose pseudo-labels count."""
+        keep = confidence >= self.options.threshold
+        q = self.options.class_quantile
+        if q > 0:
+            for c in range(classes):
+                mine = labels == c
+                if mine.any():
+                    cut = torch.quantile(confidence[mine], 1.0 - q)
+                    keep |= mine & (confidence >= cut)
+        return keep
 
     @staticmethod
     def pseudo_labels(logits: torch.Tensor, size) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,6 +170,9 @@ class SelfTraining(Task):
             identity = torch.arange(b, device=device).view(b, 1, 1).expand_as(source)
             loss = (1 - o.fp_weight) * loss + o.fp_weight * self.consistency(
                 teacher, perturbed, identity)
+        self._steps += 1
+        if self._steps <= o.rampup_steps:
+            loss = loss * (self._steps / o.rampup_steps)
         return loss
 
     def _teacher(self, model: TaskModel, weak: torch.Tensor) -> torch.Tensor:

@@ -157,3 +157,28 @@ def test_self_training_alone_sharpens_predictions(context, images):
         loss.backward()
         optimizer.step()
     assert confidence() > before + 0.2
+
+
+def test_class_quantile_keeps_the_unsure_classes_too():
+    """Threshold 0.9 keeps only the sure class 0; class_quantile 0.5 also keeps the more
+    confident half of the class-1 pixels."""
+    confidence = torch.tensor([[[0.99, 0.98, 0.60, 0.50, 0.40, 0.30]]])
+    labels = torch.tensor([[[0, 0, 1, 1, 1, 1]]])
+    plain = make_task("self_training", None, {"threshold": 0.9})
+    assert plain.selected(confidence, labels, 2).tolist() == [[[True, True, False, False,
+                                                                False, False]]]
+    balanced = make_task("self_training", None, {"threshold": 0.9, "class_quantile": 0.5})
+    assert balanced.selected(confidence, labels, 2).tolist() == [[[True, True, True, True,
+                                                                   False, False]]]
+
+
+def test_rampup_scales_the_first_steps(context, images):
+    model = model_for(context)
+    view = TaskModel(model, "segmentation")
+    plain = {"threshold": 0.0, "feature_dropout": 0.0}         # dropout draws from torch's RNG
+    full = make_task("self_training", context, plain)
+    ramped = make_task("self_training", context, {**plain, "rampup_steps": 4})
+    for step in range(1, 6):
+        a = full.training_loss(view, images, np.random.default_rng(step))
+        b = ramped.training_loss(view, images, np.random.default_rng(step))
+        torch.testing.assert_close(b, a * min(step / 4, 1.0))
