@@ -62,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     ft.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
     ft.add_argument("--out", help="run folder (default: <run>/finetune-N<labels>)")
     ft.add_argument("--seed", type=int, help="seed (default: run.seed of the config)")
+    ft.add_argument("--unlabelled-task", dest="unlabelled_tasks", action="append", default=[],
+                    metavar="TASK", help="also train TASK on the unlabelled pool (e.g. "
+                                         "self_training: semi-supervised fine-tuning); repeatable")
 
     ex = sub.add_parser("experiment", help="run a grid of pretraining x balancing x labels x seeds")
     ex.add_argument("file", help="experiment YAML (configs/experiments/*.yaml)")
@@ -158,7 +161,10 @@ def _finetune(args) -> int:
     checkpoint = None if args.checkpoint.lower() == "none" else load_checkpoint(args.checkpoint)
     if checkpoint is None and not args.config:
         raise ValueError("--checkpoint none needs --config (the data and model to use)")
-    cfg = checkpoint_config(checkpoint, args.config, args.overrides)
+    overrides = list(args.overrides)
+    if args.unlabelled_tasks:
+        overrides.append(f"finetune.unlabelled_tasks=[{','.join(args.unlabelled_tasks)}]")
+    cfg = checkpoint_config(checkpoint, args.config, overrides)
     if args.out:
         out = args.out
     elif checkpoint is not None:

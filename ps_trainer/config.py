@@ -260,17 +260,21 @@ class EvalConfig:
 @dataclass(frozen=True)
 class FinetuneConfig:
     """The few-label transfer protocol: train a segmentation head (and, by default, the
-    trunk) on N labelled images from a pretrained or a random trunk."""
-    steps: int = 600
+    trunk) on N labelled images from a pretrained or a random trunk, optionally beside tasks
+    that learn from the unlabelled pool (e.g. self_training: semi-supervised fine-tuning)."""
+    steps: int = 600                     # segmentation steps; each unlabelled task gets as many
     batch_size: int = 16
     optimizer: str = "adam"
     lr: float = 0.002
     weight_decay: float = 1e-4
     warmup_updates: int = 30
     train_trunk: bool = True             # false: the pretrained trunk stays frozen
+    unlabelled_tasks: tuple[str, ...] = ()  # trained beside segmentation, on the unlabelled pool
 
     def __post_init__(self):
         check(self.steps >= 1, "steps", self.steps, "must be >= 1")
+        check("segmentation" not in self.unlabelled_tasks, "unlabelled_tasks",
+              self.unlabelled_tasks, "tasks besides segmentation (which fine-tuning trains)")
         check(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check(self.lr > 0, "lr", self.lr, "must be > 0")

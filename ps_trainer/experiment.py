@@ -3,7 +3,9 @@
 A grid is named runs x seeds x label counts. A run picks pretext tasks from the base
 config (none = the supervised-only baseline from a random trunk), a balancing method and
 any overrides; each (run, seed) pretrains once, then fine-tunes on every label count
-(see :mod:`ps_trainer.finetune`). Results are appended to ``results.csv`` as they come, so an
+(see :mod:`ps_trainer.finetune`; ``finetune_set: ["finetune.unlabelled_tasks=[self_training]"]``
+makes that semi-supervised). A ``joint`` run has no separate stages: its tasks train together
+with segmentation on the N labelled images from the start, and its final mIoU is the row's. Results are appended to ``results.csv`` as they come, so an
 interrupted grid resumes where it stopped; ``results.md`` (mean ± std over seeds) and
 ``results.png`` summarise them.
 """
@@ -20,7 +22,7 @@ from pathlib import Path
 from ps_trainer.checkpoint import CheckpointManager
 from ps_trainer.config import Config, ConfigError, FrozenDict, read_yaml_mapping
 from ps_trainer.finetune import finetune
-from ps_trainer.launch import load_run_config, run_distributed, run_local
+from ps_trainer.launch import check_tasks, load_run_config, run_distributed, run_local
 from ps_trainer.options import Options, build_dataclass, check, check_choice
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,7 @@ class RunSpec(Options):
     set: tuple[str, ...] = ()                # overrides for pretraining and fine-tuning
     finetune_set: tuple[str, ...] = ()       # overrides for fine-tuning only
     labels: tuple[int, ...] = ()             # replaces the grid's label counts for this run
+    joint: bool = False                      # train tasks + segmentation together on N labels
 
     def __post_init__(self):
         check(bool(self.name) and "/" not in self.name, "name", self.name,
@@ -56,6 +59,8 @@ class ExperimentConfig(Options):
     labels: tuple[int, ...] = (16,)
     set: tuple[str, ...] = ()                # overrides for every run
     baseline: str = ""                       # run whose mIoU the table reports gains against
+    ceiling: str = ""                        # run (e.g. all labels) that bounds the gain: the table
+                                             # reports the share of the baseline-ceiling gap closed
     runs: tuple[RunSpec, ...] = field(default_factory=tuple)
 
     def __post_init__(self):
@@ -68,6 +73,8 @@ class ExperimentConfig(Options):
         check(len(set(names)) == len(names), "runs", names, "unique run names")
         check(not self.baseline or self.baseline in names, "baseline", self.baseline,
               f"one of the run names ({', '.join(names)})")
+        check(not self.ceiling or (self.ceiling in names and self.baseline), "ceiling",
+              self.ceiling, f"one of the run names ({', '.join(names)}), with a baseline")
 
 
 def load_experiment(path: str | Path) -> tuple[ExperimentConfig, Path]:
@@ -94,7 +101,10 @@ class Experiment:
             if unknown:
                 raise ConfigError(f"runs.{run.name}.tasks", f"{unknown} are not in the base "
                                                             f"config {self.base_path}")
-            self.pretrain_config(run, self.exp.seeds[0])
+            if run.joint:
+                check_tasks(self.joint_config(run, self.exp.seeds[0], self.exp.labels[0]))
+            else:
+                check_tasks(self.pretrain_config(run, self.exp.seeds[0]))
             self._base((*run.set, *run.finetune_set))
 
     def _base(self, overrides=()) -> Config:
@@ -112,12 +122,26 @@ class Experiment:
             run=dataclasses.replace(base.run, seed=seed, out_dir=str(out / "pretrain"),
                                     name=f"{self.exp.name}-{run.name}-{seed}"))
 
+    def joint_config(self, run: RunSpec, seed: int, labels: int) -> Config:
+        """The run's tasks and segmentation, trained together on `labels` labelled images."""
+        cfg = self.pretrain_config(run, seed)
+        base = self._base(run.set)
+        tasks = FrozenDict({**cfg.tasks, "segmentation": base.tasks["segmentation"]})
+        out = self.out / run.name / f"seed-{seed}" / f"joint-N{labels}"
+        return cfg.replace(tasks=tasks, data=dataclasses.replace(cfg.data, labelled=labels),
+                           run=dataclasses.replace(cfg.run, out_dir=str(out)))
+
     def run(self) -> Path:
         done = self._done()
         for run in self.exp.runs:
             for seed in self.exp.seeds:
                 labels = run.labels or self.exp.labels
                 if all((run.name, seed, n) in done for n in labels):
+                    continue
+                if run.joint:
+                    for n in labels:
+                        if (run.name, seed, n) not in done:
+                            self._joint(run, seed, n)
                     continue
                 checkpoint, pre_updates, pre_s = self._pretrain(run, seed)
                 for n in labels:
@@ -150,12 +174,27 @@ class Experiment:
         out = self.out / run.name / f"seed-{seed}" / f"finetune-N{labels}"
         start = time.monotonic()
         summary = finetune(base, checkpoint, labels, str(out), seed)
-        row = {"run": run.name, "tasks": "+".join(run.tasks) or "-", "balancing": run.balancing,
-               "seed": seed, "labels": labels, "miou": f"{summary['miou']:.4f}",
-               "pretrain_updates": pre_updates, "pretrain_s": f"{pre_s:.0f}",
-               "finetune_s": f"{time.monotonic() - start:.0f}"}
+        self._record(run, seed, labels, summary["miou"], pre_updates, pre_s,
+                     time.monotonic() - start)
+
+    def _joint(self, run: RunSpec, seed: int, labels: int) -> None:
+        cfg = self.joint_config(run, seed, labels)
+        log.info("%s seed %d, %d labels: training %s jointly", run.name, seed, labels,
+                 ", ".join(cfg.task_names))
+        start = time.monotonic()
+        summary = run_local(cfg)
+        self._record(run, seed, labels, summary["miou"], summary["updates"],
+                     time.monotonic() - start, 0.0)
+
+    def _record(self, run: RunSpec, seed: int, labels: int, miou: float, pre_updates: int,
+                pre_s: float, finetune_s: float) -> None:
+        tasks = "+".join(run.tasks) or "-"
+        row = {"run": run.name, "tasks": f"{tasks} (joint)" if run.joint else tasks,
+               "balancing": run.balancing, "seed": seed, "labels": labels,
+               "miou": f"{miou:.4f}", "pretrain_updates": pre_updates,
+               "pretrain_s": f"{pre_s:.0f}", "finetune_s": f"{finetune_s:.0f}"}
         self._append(row)
-        log.info("%s seed %d, %d labels: mIoU %.4f", run.name, seed, labels, summary["miou"])
+        log.info("%s seed %d, %d labels: mIoU %.4f", run.name, seed, labels, miou)
 
     def _append(self, row: dict) -> None:
         new = not self.results.exists()
@@ -170,7 +209,8 @@ class Experiment:
 
     def summarise(self) -> Path:
         rows = read_results(self.results)
-        table = summary_table(rows, [r.name for r in self.exp.runs], self.exp.baseline)
+        table = summary_table(rows, [r.name for r in self.exp.runs], self.exp.baseline,
+                              self.exp.ceiling)
         header = (f"# {self.exp.name}\n\nmIoU on the validation split, mean ± std over seeds "
                   f"{list(self.exp.seeds)}; base config `{self.exp.base}`.\n\n")
         (self.out / "results.md").write_text(header + table + "\n")
@@ -200,12 +240,22 @@ def aggregate(rows: list[dict]) -> dict[tuple[str, int], tuple[float, float, int
     return out
 
 
-def summary_table(rows: list[dict], order: list[str], baseline: str = "") -> str:
-    """A Markdown table: one row per run, one column per label count (plus gains)."""
+def ceiling_miou(stats: dict, ceiling: str) -> float | None:
+    """The ceiling run's mean mIoU (at its largest label count), or None."""
+    counts = [n for run, n in stats if run == ceiling]
+    return stats[(ceiling, max(counts))][0] if counts else None
+
+
+def summary_table(rows: list[dict], order: list[str], baseline: str = "", ceiling: str = "") -> str:
+    """A Markdown table: one row per run, one column per label count, plus gains over the
+    baseline and, with a ceiling run, the share of the baseline-to-ceiling gap each gain closes."""
     stats = aggregate(rows)
     labels = sorted({n for _, n in stats})
     gains = [n for n in labels if (baseline, n) in stats] if baseline else []
-    head = ["run", "tasks", "balancing"] + [f"N={n}" for n in labels] + [f"Δ N={n}" for n in gains]
+    top = ceiling_miou(stats, ceiling) if ceiling else None
+    shares = [n for n in gains if top is not None and top > stats[(baseline, n)][0]]
+    head = (["run", "tasks", "balancing"] + [f"N={n}" for n in labels]
+            + [f"Δ N={n}" for n in gains] + [f"gap closed N={n}" for n in shares])
     meta = {r["run"]: (r["tasks"], r["balancing"]) for r in rows}
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for run in order:
@@ -218,6 +268,10 @@ def summary_table(rows: list[dict], order: list[str], baseline: str = "") -> str
         for n in gains:
             m, b = stats.get((run, n)), stats[(baseline, n)]
             cells.append(f"{m[0] - b[0]:+.3f}" if m and run != baseline else "")
+        for n in shares:
+            m, b = stats.get((run, n)), stats[(baseline, n)][0]
+            cells.append(f"{(m[0] - b) / (top - b):.0%}" if m and run not in (baseline, ceiling)
+                         else "")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

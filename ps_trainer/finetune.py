@@ -7,6 +7,10 @@ the trunk — on the first N labelled images, and score mIoU on the validation s
     ps-trainer finetune --checkpoint runs/pretrain/checkpoints/best.pt --labels 16
     ps-trainer finetune --checkpoint none --labels 16 --config configs/quickstart.yaml
 
+With ``finetune.unlabelled_tasks`` (``--unlabelled-task self_training``) those tasks train
+beside segmentation on the unlabelled pool, round-robin, each for ``finetune.steps`` steps:
+semi-supervised fine-tuning, the second stage of S4L's recipe.
+
 It runs the single-process trainer on a derived config with only the segmentation task, so
 the optimizer, schedule, augmentation and evaluation are exactly those of training.
 """
@@ -19,7 +23,7 @@ from typing import Optional
 import numpy as np
 
 from ps_trainer.config import (Config, FrozenDict, OptimizerConfig, TaskConfig, config_from_dict)
-from ps_trainer.launch import run_local
+from ps_trainer.launch import check_tasks, run_local
 from ps_trainer.params import Piece
 
 log = logging.getLogger(__name__)
@@ -29,16 +33,17 @@ SEGMENTATION = "segmentation"
 def finetune_config(base: Config, labels: int, out_dir: str, seed: Optional[int] = None) -> Config:
     """`base` reduced to the segmentation task on `labels` images, trained per `base.finetune`."""
     ft = base.finetune
-    seg = base.tasks.get(SEGMENTATION, TaskConfig())
-    task = dataclasses.replace(seg, workers=1, batch_size=ft.batch_size, sync=1)
+    tasks = {name: dataclasses.replace(base.tasks.get(name, TaskConfig()), workers=1,
+                                       batch_size=ft.batch_size, sync=1)
+             for name in (SEGMENTATION, *ft.unlabelled_tasks)}
     optimizer = OptimizerConfig(name=ft.optimizer, lr=ft.lr, weight_decay=ft.weight_decay,
                                 schedule="cosine", warmup_updates=ft.warmup_updates)
-    run = dataclasses.replace(base.run, out_dir=out_dir, max_updates=ft.steps,
+    run = dataclasses.replace(base.run, out_dir=out_dir, max_updates=ft.steps * len(tasks),
                               max_minutes=max(base.run.max_minutes, 60.0),
                               seed=base.run.seed if seed is None else seed)
     return base.replace(
         run=run, data=dataclasses.replace(base.data, labelled=labels), optimizer=optimizer,
-        tasks=FrozenDict({SEGMENTATION: task}), balancing=dataclasses.replace(
+        tasks=FrozenDict(tasks), balancing=dataclasses.replace(
             base.balancing, method="equal", options=FrozenDict()),
         eval=dataclasses.replace(base.eval, every_s=1e9, every_updates=0, keep_last=1))
 
@@ -69,9 +74,12 @@ def finetune(base: Config, checkpoint: Optional[dict], labels: int, out_dir: str
     if checkpoint is not None:
         base = model_config_of(checkpoint, base)
     cfg = finetune_config(base, labels, out_dir, seed)
+    check_tasks(cfg)
     initial = {"trunk": trunk_of(checkpoint)} if checkpoint is not None else None
     frozen = ("trunk",) if (checkpoint is not None and not cfg.finetune.train_trunk) else ()
     summary = run_local(cfg, initial=initial, frozen=frozen)
     source = "pretrained" if checkpoint is not None else "random"
-    log.info("fine-tuned a %s trunk on %d labels: mIoU %.4f", source, labels, summary["miou"])
+    extra = f" with {', '.join(cfg.finetune.unlabelled_tasks)}" if cfg.finetune.unlabelled_tasks else ""
+    log.info("fine-tuned a %s trunk on %d labels%s: mIoU %.4f", source, labels, extra,
+             summary["miou"])
     return summary

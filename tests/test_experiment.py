@@ -70,6 +70,17 @@ def test_aggregate_and_table_by_hand():
     assert "Δ N=64" not in summary_table(rows, ["a", "b"], baseline="a")
 
 
+def test_gap_closed_is_the_gain_over_the_baseline_to_ceiling_gap():
+    rows = [{"run": r, "tasks": "-", "balancing": "equal", "labels": n, "miou": m}
+            for r, n, m in (("sup", "16", "0.30"), ("sup", "16", "0.34"), ("semi", "16", "0.47"),
+                            ("top", "1024", "0.62"))]
+    table = summary_table(rows, ["sup", "semi", "top"], baseline="sup", ceiling="top")
+    assert "gap closed N=16" in table and "gap closed N=1024" not in table
+    # (0.47 - 0.32) / (0.62 - 0.32) = 50 %
+    assert "| semi | - | equal | 0.470 ± 0.000 |  | +0.150 | 50% |" in table
+    assert "| top | - | equal |  | 0.620 ± 0.000 |  |  |" in table
+
+
 
 def test_pretraining_that_leaves_no_checkpoint_fails_by_name(grid, monkeypatch):
     exp, base_dir = load_experiment(grid([{"name": "rot", "tasks": ["rotation"]}], baseline=""))
