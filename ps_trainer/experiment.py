@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ps_trainer.checkpoint import CheckpointManager
-from ps_trainer.config import Config, ConfigError, FrozenDict, read_yaml_mapping
+from ps_trainer.config import Config, ConfigError, FrozenDict, TaskConfig, read_yaml_mapping
 from ps_trainer.finetune import finetune
 from ps_trainer.launch import check_tasks, load_run_config, run_distributed, run_local
 from ps_trainer.options import Options, build_dataclass, check, check_choice
@@ -41,6 +41,7 @@ class RunSpec(Options):
     finetune_set: tuple[str, ...] = ()       # overrides for fine-tuning only
     labels: tuple[int, ...] = ()             # replaces the grid's label counts for this run
     joint: bool = False                      # train tasks + segmentation together on N labels
+    pretrain_from: str = ""                  # share this earlier run's pretraining (same tasks)
 
     def __post_init__(self):
         check(bool(self.name) and "/" not in self.name, "name", self.name,
@@ -71,6 +72,14 @@ class ExperimentConfig(Options):
         check(len(self.runs) > 0, "runs", self.runs, "at least one run")
         names = [r.name for r in self.runs]
         check(len(set(names)) == len(names), "runs", names, "unique run names")
+        for i, run in enumerate(self.runs):
+            if run.pretrain_from:
+                donor = next((r for r in self.runs[:i] if r.name == run.pretrain_from), None)
+                check(donor is not None and not run.joint and not donor.joint
+                      and (donor.tasks, donor.balancing, donor.balancing_options, donor.set)
+                      == (run.tasks, run.balancing, run.balancing_options, run.set),
+                      f"runs[{i}].pretrain_from", run.pretrain_from,
+                      "an earlier run with the same tasks, balancing and set (not joint)")
         check(not self.baseline or self.baseline in names, "baseline", self.baseline,
               f"one of the run names ({', '.join(names)})")
         check(not self.ceiling or (self.ceiling in names and self.baseline), "ceiling",
@@ -116,17 +125,19 @@ class Experiment:
         kept = FrozenDict({t: base.tasks[t] for t in tasks if t in base.tasks})
         balancing = dataclasses.replace(base.balancing, method=run.balancing,
                                         options=run.balancing_options)
-        out = self.out / run.name / f"seed-{seed}"
+        owner = run.pretrain_from or run.name
+        out = self.out / owner / f"seed-{seed}"
         return base.replace(
             tasks=kept, balancing=balancing,
             run=dataclasses.replace(base.run, seed=seed, out_dir=str(out / "pretrain"),
-                                    name=f"{self.exp.name}-{run.name}-{seed}"))
+                                    name=f"{self.exp.name}-{owner}-{seed}"))
 
     def joint_config(self, run: RunSpec, seed: int, labels: int) -> Config:
         """The run's tasks and segmentation, trained together on `labels` labelled images."""
         cfg = self.pretrain_config(run, seed)
         base = self._base(run.set)
-        tasks = FrozenDict({**cfg.tasks, "segmentation": base.tasks["segmentation"]})
+        tasks = FrozenDict({**cfg.tasks,
+                            "segmentation": base.tasks.get("segmentation", TaskConfig())})
         out = self.out / run.name / f"seed-{seed}" / f"joint-N{labels}"
         return cfg.replace(tasks=tasks, data=dataclasses.replace(cfg.data, labelled=labels),
                            run=dataclasses.replace(cfg.run, out_dir=str(out)))

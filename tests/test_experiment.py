@@ -54,6 +54,32 @@ def test_bad_runs_fail_before_any_training(grid, tmp_path):
     assert not (tmp_path / "out" / "results.csv").exists()
 
 
+def test_joint_row_trains_tasks_and_segmentation_together_per_label_count(grid):
+    exp, base_dir = load_experiment(grid([{"name": "joint", "tasks": ["rotation"], "joint": True,
+                                           "set": ["run.max_updates=10"]}], baseline="",
+                                         seeds=[0]))
+    out = Experiment(exp, base_dir).run()
+    rows = read_results(out / "results.csv")
+    assert [(r["labels"], r["tasks"], r["pretrain_updates"]) for r in rows] == [
+        ("2", "rotation (joint)", "10"), ("4", "rotation (joint)", "10")]
+    steps = [(out / "joint" / "seed-0" / f"joint-N{n}" / "config.yaml").exists() for n in (2, 4)]
+    assert all(steps)
+    assert not (out / "joint" / "seed-0" / "pretrain").exists()
+
+
+def test_pretrain_from_shares_an_earlier_runs_pretraining(grid):
+    exp, base_dir = load_experiment(grid([
+        {"name": "rot", "tasks": ["rotation"]},
+        {"name": "rot-semi", "tasks": ["rotation"], "pretrain_from": "rot",
+         "finetune_set": ["finetune.unlabelled_tasks=[self_training]"]}], baseline=""))
+    e = Experiment(exp, base_dir)
+    assert e.pretrain_config(exp.runs[1], 0).run.out_dir == e.pretrain_config(exp.runs[0], 0).run.out_dir
+    with pytest.raises(ConfigError, match="pretrain_from"):
+        load_experiment(grid([{"name": "rot", "tasks": ["rotation"]},
+                              {"name": "jig", "tasks": ["jigsaw"], "pretrain_from": "rot"}],
+                             baseline=""))
+
+
 def test_aggregate_and_table_by_hand():
     rows = [{"run": "a", "tasks": "-", "balancing": "equal", "labels": "8", "miou": m}
             for m in ("0.30", "0.34")] + \
