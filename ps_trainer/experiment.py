@@ -18,6 +18,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from ps_trainer.checkpoint import CheckpointManager
 from ps_trainer.config import Config, ConfigError, FrozenDict, TaskConfig, read_yaml_mapping
@@ -142,9 +143,16 @@ class Experiment:
         return cfg.replace(tasks=tasks, data=dataclasses.replace(cfg.data, labelled=labels),
                            run=dataclasses.replace(cfg.run, out_dir=str(out)))
 
-    def run(self) -> Path:
+    def run(self, only: Optional[tuple[str, ...]] = None) -> Path:
+        """Train the missing rows (of the runs named in `only`, or all), then summarise."""
+        names = [r.name for r in self.exp.runs]
+        unknown = sorted(set(only or ()) - set(names))
+        if unknown:
+            raise ConfigError("runs", f"{unknown} are not runs of this grid ({', '.join(names)})")
         done = self._done()
         for run in self.exp.runs:
+            if only is not None and run.name not in only:
+                continue
             for seed in self.exp.seeds:
                 labels = run.labels or self.exp.labels
                 if all((run.name, seed, n) in done for n in labels):

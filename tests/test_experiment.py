@@ -67,6 +67,15 @@ def test_joint_row_trains_tasks_and_segmentation_together_per_label_count(grid):
     assert not (out / "joint" / "seed-0" / "pretrain").exists()
 
 
+def test_only_the_named_rows_train(grid, tmp_path):
+    exp, base_dir = load_experiment(grid([{"name": "supervised"}, {"name": "rot", "tasks": ["rotation"]}],
+                                         seeds=[0], labels=[2]))
+    out = Experiment(exp, base_dir).run(only=("supervised",))
+    assert [r["run"] for r in read_results(out / "results.csv")] == ["supervised"]
+    with pytest.raises(ConfigError, match="'nope'"):
+        Experiment(exp, base_dir).run(only=("nope",))
+
+
 def test_pretrain_from_shares_an_earlier_runs_pretraining(grid):
     exp, base_dir = load_experiment(grid([
         {"name": "rot", "tasks": ["rotation"]},
