@@ -72,10 +72,13 @@ def test_cli_finetune(tmp_path, pretrained):
     cfg, _ = pretrained
     path = CheckpointManager(f"{cfg.run.out_dir}/checkpoints", 3).steps()[-1]
     out = subprocess.run([sys.executable, "-m", "ps_trainer.cli", "finetune", "--checkpoint",
-                          str(path), "--labels", "4", "--out", str(tmp_path / "cli")],
+                          str(path), "--labels", "4", "--out", str(tmp_path / "cli"),
+                          "--unlabelled-task", "self_training"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("mIoU: ") and "pretrained trunk" in out.stdout
+    saved = (tmp_path / "cli" / "config.yaml").read_text()
+    assert "unlabelled_tasks:\n  - self_training" in saved and "self_training:" in saved
     config = tmp_path / "c.yaml"
     config.write_text(dump_config(cfg))
     scratch = subprocess.run([sys.executable, "-m", "ps_trainer.cli", "finetune", "--checkpoint",
