@@ -73,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--summarise", action="store_true", help="only rewrite the table and plot")
     ex.add_argument("--runs", help="comma-separated run names: train only these rows (e.g. to "
                                    "split a grid over two processes; the table covers all rows)")
+    ex.add_argument("--seeds", help="comma-separated seeds: train only these of the grid's seeds")
 
     bench = sub.add_parser("bench", help="measure the parameter server (see ps_trainer/bench.py)")
     bench.add_argument("--quick", action="store_true", help="a reduced run, under a minute")
@@ -186,7 +187,8 @@ def _experiment(args) -> int:
     exp, base_dir = load_experiment(args.file)
     runner = Experiment(exp, base_dir, tuple(args.overrides))
     only = tuple(args.runs.split(",")) if args.runs else None
-    out = runner.summarise() if args.summarise else runner.run(only)
+    seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else None
+    out = runner.summarise() if args.summarise else runner.run(only, seeds)
     print((out / "results.md").read_text())
     print(f"results: {out / 'results.csv'}, {out / 'results.md'}, {out / 'results.png'}")
     return 0

@@ -143,17 +143,22 @@ class Experiment:
         return cfg.replace(tasks=tasks, data=dataclasses.replace(cfg.data, labelled=labels),
                            run=dataclasses.replace(cfg.run, out_dir=str(out)))
 
-    def run(self, only: Optional[tuple[str, ...]] = None) -> Path:
-        """Train the missing rows (of the runs named in `only`, or all), then summarise."""
+    def run(self, only: Optional[tuple[str, ...]] = None,
+            seeds: Optional[tuple[int, ...]] = None) -> Path:
+        """Train the missing rows (of the runs named in `only` and the `seeds` given, or all),
+        then summarise."""
         names = [r.name for r in self.exp.runs]
         unknown = sorted(set(only or ()) - set(names))
         if unknown:
             raise ConfigError("runs", f"{unknown} are not runs of this grid ({', '.join(names)})")
+        if seeds is not None and not set(seeds) <= set(self.exp.seeds):
+            raise ConfigError("seeds", f"{sorted(set(seeds) - set(self.exp.seeds))} are not seeds "
+                                       f"of this grid {list(self.exp.seeds)}")
         done = self._done()
         for run in self.exp.runs:
             if only is not None and run.name not in only:
                 continue
-            for seed in self.exp.seeds:
+            for seed in (s for s in self.exp.seeds if seeds is None or s in seeds):
                 labels = run.labels or self.exp.labels
                 if all((run.name, seed, n) in done for n in labels):
                     continue

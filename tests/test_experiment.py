@@ -69,11 +69,16 @@ def test_joint_row_trains_tasks_and_segmentation_together_per_label_count(grid):
 
 def test_only_the_named_rows_train(grid, tmp_path):
     exp, base_dir = load_experiment(grid([{"name": "supervised"}, {"name": "rot", "tasks": ["rotation"]}],
-                                         seeds=[0], labels=[2]))
-    out = Experiment(exp, base_dir).run(only=("supervised",))
-    assert [r["run"] for r in read_results(out / "results.csv")] == ["supervised"]
+                                         seeds=[0, 1], labels=[2]))
+    out = Experiment(exp, base_dir).run(only=("supervised",), seeds=(1,))
+    assert [(r["run"], r["seed"]) for r in read_results(out / "results.csv")] == [("supervised", "1")]
     with pytest.raises(ConfigError, match="'nope'"):
         Experiment(exp, base_dir).run(only=("nope",))
+    Experiment(exp, base_dir).run(only=("rot",), seeds=(0,))
+    assert [(r["run"], r["seed"]) for r in read_results(out / "results.csv")] == [
+        ("supervised", "1"), ("rot", "0")]
+    with pytest.raises(ConfigError, match="seeds"):
+        Experiment(exp, base_dir).run(seeds=(5,))
 
 
 def test_pretrain_from_shares_an_earlier_runs_pretraining(grid):
