@@ -136,3 +136,14 @@ def test_missing_and_malformed_files(tmp_path, load, what):
 def test_shipped_configs_load(name):
     cfg = load_run_config(f"configs/{name}.yaml")
     assert isinstance(cfg, Config) and "segmentation" in cfg.tasks
+
+
+def test_publish_interval_longer_than_the_staleness_bound_is_refused():
+    """Pushes are computed on the last published version: with publish_every above
+    max_staleness + 1 every push is stale before the first publish and nothing is applied."""
+    err = error_of(["server.max_staleness=2", "server.publish_every=4"])
+    assert err.key == "server.publish_every"
+    assert "server.max_staleness + 1 (3)" in str(err) and "\n" not in str(err)
+    cfg = load_config(None, BASE + ["server.max_staleness=2", "server.publish_every=3"])
+    assert cfg.server.publish_every == 3                      # the bound itself is fine
+
