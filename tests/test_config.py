@@ -147,3 +147,16 @@ def test_publish_interval_longer_than_the_staleness_bound_is_refused():
     cfg = load_config(None, BASE + ["server.max_staleness=2", "server.publish_every=3"])
     assert cfg.server.publish_every == 3                      # the bound itself is fine
 
+
+@pytest.mark.parametrize("override,key", [
+    ("optimizer.weight_decay=inf", "optimizer.weight_decay"),
+    ("optimizer.weight_decay=.inf", "optimizer.weight_decay"),
+    ("eval.every_s=inf", "eval.every_s"),
+    ("run.max_minutes=.nan", "run.max_minutes"),
+    ("optimizer.betas=[0.9,.inf]", "optimizer.betas[1]"),
+    ("run.target_miou=-.inf", "run.target_miou"),
+    ("tasks.rotation.num_cpus=inf", "tasks.rotation.num_cpus"),
+])
+def test_non_finite_floats_are_refused_everywhere(override, key):
+    err = error_of([override])
+    assert err.key == key and "must be a finite number" in str(err)
