@@ -5,6 +5,7 @@ import dataclasses
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,34 @@ def test_a_checkpoint_copied_without_its_checksum_is_used_with_a_warning(tmp_pat
     bad = cli("eval", "--checkpoint", str(_damaged(tmp_path, good, "truncated")), timeout=120)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().count("\n") == 0 and "checksum mismatch" in bad.stderr
+
+
+@pytest.mark.parametrize("command", [["status"], ["scale", "--task", "rotation", "--workers", "2"]])
+def test_status_and_scale_fail_fast_where_no_cluster_answers(command):
+    start = time.monotonic()
+    result = cli(*command, "--address", "127.0.0.1:1", timeout=60)
+    assert time.monotonic() - start < 20
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "127.0.0.1:1" in lines[0] and "cannot reach a Ray cluster" in lines[0]
+
+
+def test_status_without_any_cluster_says_so_in_one_line(monkeypatch, capsys):
+    import ray._private.services as services
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(services, "find_gcs_addresses", lambda: [])
+    monkeypatch.setattr(services, "find_bootstrap_address", lambda temp_dir=None: None)
+    assert main(["status"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--address auto" in err[0] and "Ray" in err[0]
+
+
+def test_version_comes_from_the_package():
+    import configparser
+
+    setup = configparser.ConfigParser()
+    setup.read(Path(__file__).resolve().parent.parent / "setup.cfg")
+    result = cli("--version", timeout=60)
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"ps-trainer {setup['metadata']['version']}"
