@@ -2,7 +2,7 @@
 
     ps-trainer train --config configs/quickstart.yaml [--mode local] [--set run.max_updates=500]
     ps-trainer train --resume runs/quickstart
-    ps-trainer scale --task rotation --workers 3 [--address auto] [--run NAME]
+    ps-trainer scale --task rotation --workers 3 [--address auto] [--run NAME] [--wait-s 10]
     ps-trainer status [--address auto]
     ps-trainer eval --checkpoint runs/quickstart/checkpoints/best.pt
     ps-trainer finetune --checkpoint runs/pretrain/checkpoints/best.pt --labels 16
@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
         if name == "scale":
             cmd.add_argument("--task", required=True)
             cmd.add_argument("--workers", type=int, required=True)
+            cmd.add_argument("--wait-s", type=float, default=10.0,
+                             help="how long to wait for new workers to start before answering "
+                                  "(those not started by then are reported as pending)")
 
     ev = sub.add_parser("eval", help="score a checkpoint's mIoU on the validation split")
     ev.add_argument("--checkpoint", required=True)
@@ -175,9 +178,18 @@ def _scale(args) -> int:
     from ps_trainer.launch import find_coordinator
 
     _connect(args)
-    count = ray.get(find_coordinator(args.namespace, args.run).scale.remote(args.task, args.workers))
-    print(f"{args.task}: {count} workers")
+    coordinator = find_coordinator(args.namespace, args.run)
+    counts = ray.get(coordinator.scale.remote(args.task, args.workers, max(args.wait_s, 0.0)))
+    print(_scale_answer(args.task, counts["running"], counts["pending"]))
     return 0
+
+
+def _scale_answer(task: str, running: int, pending: int) -> str:
+    answer = f"{task}: {running} worker{'s' if running != 1 else ''} running"
+    if pending:
+        answer += (f", {pending} pending (not placed by Ray yet, or still starting; "
+                   f"see `ps-trainer status`)")
+    return answer
 
 
 def _status(args) -> int:
