@@ -1,10 +1,17 @@
 """Atomic, checksummed checkpoints; keep the last K and the best.
 
 A checkpoint is a ``torch.save`` file of plain containers and tensors (loadable with
-``torch.load(path, weights_only=True)``) next to a ``.sha256`` file. Both are written to a
-temporary name, flushed and renamed, the checksum last: a crash mid-write leaves either the
-previous checkpoint or a file without a checksum, which :meth:`CheckpointManager.latest`
-skips (as it skips any file whose checksum does not match) in favour of the one before.
+``torch.load(path, weights_only=True)``) next to a ``.sha256`` file. Each is written to a
+temporary name, flushed and renamed, and the folder is fsynced so that the renames survive a
+power cut. The checksum file goes first and lists the new checksum and the one it replaces, so a
+file rewritten in place (``best.pt``) verifies at every instant: before the data's rename the old
+bytes match a later line, after it the new bytes match the first. Readers read the data
+first and the checksum file second (it is only ever ahead of the data, never behind).
+
+A crash mid-write leaves the previous checkpoint (or, for a new name, a lone checksum file that
+nothing lists). A ``.pt`` without its ``.sha256`` (copied by hand) loads with a warning when it
+is a valid checkpoint and is refused otherwise; a ``.pt`` whose bytes match no recorded checksum
+is refused, and :meth:`CheckpointManager.latest` falls back to the one before.
 """
 from __future__ import annotations
 
@@ -24,8 +31,9 @@ FORMAT = 1
 _NAME = re.compile(r"^step-(\d+)\.pt$")
 
 
-class CorruptCheckpoint(Exception):
-    """A checkpoint whose bytes do not match its checksum, or that cannot be read."""
+class CorruptCheckpoint(ValueError):
+    """A checkpoint that is missing, cannot be read, or whose bytes match no recorded checksum.
+    (A ValueError: bad input the CLI reports in one line.)"""
 
 
 def _to_torch(obj: Any) -> Any:
@@ -55,6 +63,16 @@ def _atomic_write(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in `directory` durable (the new name lives in the directory's data)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def save_checkpoint(path: str | Path, payload: dict) -> int:
@@ -63,30 +81,59 @@ def save_checkpoint(path: str | Path, payload: dict) -> int:
     buffer = io.BytesIO()
     torch.save(_to_torch({"format": FORMAT, **payload}), buffer)
     data = buffer.getvalue()
+    # Checksum first, keeping the ones it replaces: see the module docstring. Two of them, so
+    # that a write that crashed between its two renames does not hide the bytes still on disk.
+    recorded = [hashlib.sha256(data).hexdigest()] + _recorded_checksums(path)[:2]
+    _atomic_write(_sidecar(path), "".join(f"{c}\n" for c in recorded).encode())
     _atomic_write(path, data)
-    _atomic_write(_sidecar(path), (hashlib.sha256(data).hexdigest() + "\n").encode())
     return len(data)
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """Verify the checksum and load; numpy arrays come back as numpy. Raises CorruptCheckpoint."""
+    """Verify the checksum and load; numpy arrays come back as numpy. Raises CorruptCheckpoint
+    with a one-line message naming the file and the problem."""
     path = Path(path)
+    if not path.is_file():
+        raise CorruptCheckpoint(f"{path}: no such checkpoint file")
     try:
-        data = path.read_bytes()
-        expected = _sidecar(path).read_text().strip()
+        data = path.read_bytes()       # before the checksums: those are never behind the data
     except OSError as err:
-        raise CorruptCheckpoint(f"{path}: cannot read checkpoint or its checksum ({err})") from None
+        raise CorruptCheckpoint(f"{path}: cannot read the checkpoint ({err.strerror})") from None
+    recorded = _recorded_checksums(path)
     actual = hashlib.sha256(data).hexdigest()
-    if actual != expected:
+    if recorded and actual not in recorded:
         raise CorruptCheckpoint(f"{path}: checksum mismatch (file {actual[:12]}…, "
-                                f"recorded {expected[:12]}…)")
+                                f"recorded {recorded[0][:12]}…): truncated or corrupt")
+    payload = _parse(path, data, checked=bool(recorded))
+    if not recorded:
+        log.warning("%s has no checksum file %s beside it; loaded it unverified (it is a valid "
+                    "checkpoint)", path, _sidecar(path).name)
+    return payload
+
+
+def _parse(path: Path, data: bytes, checked: bool) -> dict:
+    missing = "" if checked else f"; it has no checksum file {_sidecar(path).name} either"
     try:
         payload = torch.load(io.BytesIO(data), weights_only=True)
-    except Exception as err:
-        raise CorruptCheckpoint(f"{path}: unreadable ({err})") from None
-    if payload.get("format") != FORMAT:
-        raise CorruptCheckpoint(f"{path}: unknown format {payload.get('format')!r}")
+    except Exception as err:  # torch raises many kinds, with messages over several lines
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CorruptCheckpoint(f"{path}: not a checkpoint, torch.load failed "
+                                f"({reason}){missing}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise CorruptCheckpoint(f"{path}: not a ps_trainer checkpoint (format {found!r}, "
+                                f"expected {FORMAT}){missing}")
     return _to_numpy(payload)
+
+
+def _recorded_checksums(path: Path) -> list[str]:
+    """The checksums in `path`'s checksum file, newest first; [] when there is none."""
+    try:
+        return [line.strip() for line in _sidecar(path).read_text().splitlines() if line.strip()]
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError) as err:
+        raise CorruptCheckpoint(f"{path}: cannot read its checksum file ({err})") from None
 
 
 def _sidecar(path: Path) -> Path:

@@ -2,12 +2,13 @@
 
     ps-trainer train --config configs/quickstart.yaml [--mode local] [--set run.max_updates=500]
     ps-trainer train --resume runs/quickstart
-    ps-trainer scale --task rotation --workers 3 [--address auto] [--run NAME]
+    ps-trainer scale --task rotation --workers 3 [--address auto] [--run NAME] [--wait-s 10]
     ps-trainer status [--address auto]
     ps-trainer eval --checkpoint runs/quickstart/checkpoints/best.pt
     ps-trainer finetune --checkpoint runs/pretrain/checkpoints/best.pt --labels 16
     ps-trainer experiment configs/experiments/labels.yaml
     ps-trainer bench --quick --out bench.json
+    ps-trainer --version
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from typing import Optional, Sequence
 from ps_trainer.config import ConfigError
 
 log = logging.getLogger("ps_trainer")
+_PROBE_TIMEOUT_S = 3.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Distributed, asynchronous, multi-task self-supervised training for vision, "
                     "on Ray.", epilog="examples:\n" + __doc__.split("\n\n", 1)[1])
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train on the embedded data or a configured data set")
@@ -48,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
         if name == "scale":
             cmd.add_argument("--task", required=True)
             cmd.add_argument("--workers", type=int, required=True)
+            cmd.add_argument("--wait-s", type=float, default=10.0,
+                             help="how long to wait for new workers to start before answering "
+                                  "(those not started by then are reported as pending)")
 
     ev = sub.add_parser("eval", help="score a checkpoint's mIoU on the validation split")
     ev.add_argument("--checkpoint", required=True)
@@ -81,6 +87,21 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _version() -> str:
+    """The installed package's version, else the one in setup.cfg (a source checkout)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("ps-trainer")
+    except metadata.PackageNotFoundError:
+        import configparser
+        from pathlib import Path
+
+        setup = configparser.ConfigParser()
+        setup.read(Path(__file__).resolve().parent.parent / "setup.cfg")
+        return setup.get("metadata", "version", fallback="unknown")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -90,7 +111,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as err:
         print(f"ps-trainer: configuration error: {err}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, LookupError, ValueError) as err:
+    except (FileNotFoundError, LookupError, ValueError, ConnectionError) as err:
         print(f"ps-trainer: {err}", file=sys.stderr)
         return 1
 
@@ -115,9 +136,46 @@ def _train(args) -> int:
 
 
 def _connect(args) -> None:
+    """Join the cluster at --address, failing within seconds (not after Ray's minutes of
+    retries) when nothing answers there."""
     import ray
 
+    host, port = _cluster_address(args.address)
+    _probe(host, port, args.address)
     ray.init(address=args.address, namespace=args.namespace, logging_level=logging.WARNING)
+
+
+def _cluster_address(address: str) -> tuple[str, int]:
+    """(host, port) of the GCS that `address` ('auto', host:port or ray://host:port) names."""
+    from ray._private.services import canonicalize_bootstrap_address, parse_address
+
+    if address.startswith("ray://"):      # Ray Client: probe its server port
+        found = parse_address(address[len("ray://"):].split("/", 1)[0])
+    else:
+        try:
+            resolved = canonicalize_bootstrap_address(address)
+        except (ValueError, ConnectionError) as err:
+            raise ConnectionError(f"no usable Ray cluster at --address {address}: {err}") from None
+        if resolved is None:
+            raise ConnectionError(f"no running Ray cluster found (--address {address}); start "
+                                  f"one with `ray start --head` or pass --address HOST:PORT")
+        found = parse_address(resolved)
+    if found is None:
+        raise ConnectionError(f"--address {address} is not HOST:PORT, 'auto' or ray://HOST:PORT")
+    return found[0], int(found[1])
+
+
+def _probe(host: str, port: int, address: str) -> None:
+    """A TCP connect to the cluster's port, bounded by _PROBE_TIMEOUT_S."""
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=_PROBE_TIMEOUT_S):
+            pass
+    except OSError as err:
+        why = err.strerror or type(err).__name__.replace("Error", " error").lower()
+        raise ConnectionError(f"cannot reach a Ray cluster at {host}:{port} (--address {address}): "
+                              f"{why}") from None
 
 
 def _scale(args) -> int:
@@ -126,9 +184,18 @@ def _scale(args) -> int:
     from ps_trainer.launch import find_coordinator
 
     _connect(args)
-    count = ray.get(find_coordinator(args.namespace, args.run).scale.remote(args.task, args.workers))
-    print(f"{args.task}: {count} workers")
+    coordinator = find_coordinator(args.namespace, args.run)
+    counts = ray.get(coordinator.scale.remote(args.task, args.workers, max(args.wait_s, 0.0)))
+    print(_scale_answer(args.task, counts["running"], counts["pending"]))
     return 0
+
+
+def _scale_answer(task: str, running: int, pending: int) -> str:
+    answer = f"{task}: {running} worker{'s' if running != 1 else ''} running"
+    if pending:
+        answer += (f", {pending} pending (not placed by Ray yet, or still starting; "
+                   f"see `ps-trainer status`)")
+    return answer
 
 
 def _status(args) -> int:

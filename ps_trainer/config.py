@@ -196,6 +196,13 @@ class ServerConfig:
         check(self.max_staleness >= 0, "max_staleness", self.max_staleness, "must be >= 0")
         check(self.shards >= 1, "shards", self.shards, "must be >= 1")
         check(self.publish_every >= 1, "publish_every", self.publish_every, "must be >= 1")
+        # Workers compute on the last published version, so the push that completes a
+        # publish interval is publish_every - 1 versions stale; above max_staleness every
+        # push is dropped before the first publish and training never starts.
+        if self.publish_every > self.max_staleness + 1:
+            raise ConfigError("publish_every", f"{self.publish_every} is not allowed: "
+                              f"server.publish_every must be <= server.max_staleness + 1 "
+                              f"({self.max_staleness + 1}), or every push is dropped as stale")
         check_choice("grad_dtype", self.grad_dtype, GRAD_DTYPES)
         check(self.num_cpus > 0, "num_cpus", self.num_cpus, "must be > 0")
 

@@ -6,7 +6,13 @@ adds or stops workers while training runs; :meth:`run` supervises until a stop c
 - a dead worker is replaced (same task and replica id); its task loses its in-flight pushes;
 - a dead server is replaced from the newest valid checkpoint (or the initial weights before the
   first one) and every worker and the evaluator are pointed at it; they re-pull;
-- a dead evaluator is replaced; training is unaffected.
+- a dead evaluator is replaced; training is unaffected. One whose loop failed (e.g. an OSError
+  while checkpointing) is still alive and holds its CPUs, so it is killed first: otherwise its
+  replacement may never be placed.
+
+A worker counts as *running* once its actor has answered a ping, and as *pending* before (Ray
+has not placed it yet, or it is still starting); status, scale's answer and the metrics report
+the two apart, so that asking for more workers than fit never looks like success.
 
 Actor classes and the model factory are injected by ``launch`` (this package never imports
 ``workers``); every actor is created with ``max_restarts=0`` so that recovery is done here, once.
@@ -31,6 +37,9 @@ from ps_trainer.runlog import RunFolder
 log = logging.getLogger(__name__)
 _SUPERVISE_EVERY_S = 0.5
 _STOP_GRACE_S = 10.0
+_CALL_TIMEOUT_S = 10.0          # a control call to a live actor
+_FINAL_EVAL_TIMEOUT_S = 300.0   # the final evaluation: scores the whole split and checkpoints
+_SCALE_WAIT_S = 10.0            # how long scale() waits for new workers to answer
 
 
 @dataclass
@@ -53,6 +62,15 @@ class _WorkerSlot:
     handle: Any
     run_ref: Any
     replica: int
+    ready_ref: Any               # the first ping: it returns once the actor is placed and built
+    running: bool = False
+
+    def refresh(self) -> bool:
+        """Mark the worker running once its first ping has returned (or failed: then its run
+        ref fails too and supervision replaces it)."""
+        if not self.running and ray.wait([self.ready_ref], timeout=0)[0]:
+            self.running = True
+        return self.running
 
 
 @dataclass
@@ -94,7 +112,7 @@ class Coordinator:
         self._server_pings = [s.ping.remote() for s in self._servers]
         self._start_evaluator()
         for task, task_cfg in self._cfg.tasks.items():
-            self.scale(task, task_cfg.workers)
+            self._resize(task, task_cfg.workers)
         return self.status()
 
     def _new_server(self, index: int, state: Optional[dict]):
@@ -123,16 +141,31 @@ class Coordinator:
             num_cpus=t.num_cpus, num_gpus=t.num_gpus, resources=dict(t.resources),
             max_concurrency=2, max_restarts=0).remote(self._cfg, task, replica, self._servers,
                                                       self._spec.plan, self._hub)
-        return _WorkerSlot(handle, handle.run.remote(), replica)
+        return _WorkerSlot(handle, handle.run.remote(), replica, handle.ping.remote())
 
     # ------------------------------------------------------------------ control
 
-    def scale(self, task: str, workers: int) -> int:
-        """Run `workers` workers of `task` (adds new ones or stops the newest); returns the count."""
+    def scale(self, task: str, workers: int, wait_s: float = _SCALE_WAIT_S) -> dict:
+        """Run `workers` workers of `task` (adds new ones or stops the newest); waits up to
+        `wait_s` for new ones to answer. Returns {"running": n, "pending": m}: pending workers
+        are asked for but not answering (not placed by Ray, or still starting)."""
         if task not in self._workers:
             raise ValueError(f"unknown task {task!r}; this run trains {', '.join(self._workers)}")
         if workers < 0:
             raise ValueError(f"workers must be >= 0, got {workers}")
+        slots = self._resize(task, workers)
+        waiting = [s.ready_ref for s in slots if not s.running]
+        if waiting:
+            ray.wait(waiting, num_returns=len(waiting), timeout=wait_s)
+        with self._lock:
+            counts = self._worker_counts()[task]
+        if counts["pending"]:
+            log.warning("task %s: %d of %d workers are not running yet (Ray has not placed them "
+                        "or they are starting)", task, counts["pending"], workers)
+        return counts
+
+    def _resize(self, task: str, workers: int) -> list[_WorkerSlot]:
+        """Add or retire workers of `task` to reach `workers`; returns the slots."""
         with self._lock:
             slots = self._workers[task]
             used = {s.replica for s in slots}
@@ -142,17 +175,29 @@ class Coordinator:
                 slots.append(self._new_worker(task, replica))
             while len(slots) > workers:
                 self._retire(slots.pop())
-            self._metrics.workers.labels(task).set(len(slots))
+            self._worker_counts()
             log.info("task %s now has %d workers", task, len(slots))
-            return len(slots)
+            return list(slots)
 
     def _retire(self, slot: _WorkerSlot) -> None:
-        """Ask a worker to finish its step and drain its pushes, then end it."""
-        slot.handle.stop.remote()
-        ready, _ = ray.wait([slot.run_ref], timeout=_STOP_GRACE_S)
-        if not ready:
-            log.warning("worker did not stop within %.0f s; killing it", _STOP_GRACE_S)
+        """Ask a worker to finish its step and drain its pushes, then end it. One that never
+        started has nothing to drain."""
+        if slot.refresh():
+            slot.handle.stop.remote()
+            ready, _ = ray.wait([slot.run_ref], timeout=_STOP_GRACE_S)
+            if not ready:
+                log.warning("worker did not stop within %.0f s; killing it", _STOP_GRACE_S)
         ray.kill(slot.handle)
+
+    def _worker_counts(self) -> dict[str, dict[str, int]]:
+        """{task: {"running": n, "pending": m}}, refreshed now; also sets the gauges."""
+        counts = {}
+        for task, slots in self._workers.items():
+            running = sum(slot.refresh() for slot in slots)
+            counts[task] = {"running": running, "pending": len(slots) - running}
+            self._metrics.workers.labels(task).set(running)
+            self._metrics.workers_pending.labels(task).set(len(slots) - running)
+        return counts
 
     def stop(self) -> None:
         self._stop.set()
@@ -166,9 +211,11 @@ class Coordinator:
                     latest = ray.get(self._evaluator.latest_record.remote(), timeout=5)
                 except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
                     latest = None
+            counts = self._worker_counts()
             return {"version": servers[0]["version"] if servers else None,
                     "servers": servers,
-                    "workers": {t: len(s) for t, s in self._workers.items()},
+                    "workers": {t: c["running"] for t, c in counts.items()},
+                    "pending_workers": {t: c["pending"] for t, c in counts.items()},
                     "miou": latest.get("miou") if latest else None,
                     "latest_eval": latest,
                     "restarts": dict(self._stats.restarts),
@@ -199,6 +246,7 @@ class Coordinator:
                 self._check_servers()
                 self._check_workers()
                 self._check_evaluator()
+                self._worker_counts()
             version = self._version()
             self._reporter.maybe()
             if (version is not None and version >= self._cfg.run.max_updates) \
@@ -276,32 +324,53 @@ class Coordinator:
             return
         try:
             ray.get(self._evaluator_ref)
+            log.warning("evaluator stopped unexpectedly; starting a replacement")
+        except ray.exceptions.RayActorError as err:
+            log.warning("evaluator died (%s); starting a replacement", type(err).__name__)
         except Exception as err:
-            log.warning("evaluator stopped (%s); starting a replacement", type(err).__name__)
+            log.error("evaluator failed: %s; stopping it and starting a replacement", _cause(err))
+        # A loop that raised leaves the actor alive with its CPUs: end it before replacing it.
+        ray.kill(self._evaluator)
         self._start_evaluator()
         self._stats.restarts["evaluator"] += 1
         self._metrics.restarts.labels("evaluator").inc()
 
     def _finish(self) -> dict:
-        """Stop the workers, run the final evaluation and checkpoint, stop the evaluator."""
+        """Stop the workers, run the final evaluation and checkpoint, stop the evaluator;
+        every wait is bounded, so a broken actor cannot hold the run open."""
         with self._lock:
             for slots in self._workers.values():
                 for slot in slots:
                     slot.handle.stop.remote()
-            refs = [s.run_ref for slots in self._workers.values() for s in slots]
+            refs = [s.run_ref for slots in self._workers.values() for s in slots if s.refresh()]
             if refs:
                 ray.wait(refs, num_returns=len(refs), timeout=_STOP_GRACE_S)
-            final = None
-            try:
-                if self._reached is not None:   # the evaluation that reached the target is final
-                    final = ray.get(self._evaluator.latest_record.remote())
-                else:
-                    final = ray.get(self._evaluator.evaluate_now.remote({"final": True}))
-                self._evaluator.stop.remote()
-            except ray.exceptions.RayActorError as err:
-                log.error("final evaluation failed: %s", err)
+            final = self._final_evaluation()
+            self._evaluator.stop.remote()
             self._done = True
             status = self.status()
             self._reporter.now()
             return {**status, "final": final, "miou": final.get("miou") if final else None,
                     "reached_target_s": self._reached}
+
+    def _final_evaluation(self) -> Optional[dict]:
+        """The evaluation that ends the run (or the one that reached the target); None when the
+        evaluator cannot give it in time."""
+        try:
+            if self._reached is not None:
+                return ray.get(self._evaluator.latest_record.remote(), timeout=_CALL_TIMEOUT_S)
+            return ray.get(self._evaluator.evaluate_now.remote({"final": True}),
+                           timeout=_FINAL_EVAL_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError:
+            log.error("final evaluation did not finish within %.0f s; ending without it",
+                      _FINAL_EVAL_TIMEOUT_S)
+        except ray.exceptions.RayError as err:
+            log.error("final evaluation failed: %s", _cause(err))
+        return None
+
+
+def _cause(err: Exception) -> str:
+    """One line for an actor's error: the exception raised inside it, not Ray's traceback."""
+    cause = getattr(err, "cause", None) or err
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[0]}" if text else type(cause).__name__

@@ -213,7 +213,9 @@ def _log_progress(progress: Progress, status: dict, cfg: Config) -> None:
         log.info("server unreachable; waiting for recovery")
         return
     s0 = servers[0]
-    workers = " ".join(f"{t}x{n}" for t, n in status["workers"].items())
+    pending = status.get("pending_workers", {})
+    workers = " ".join(f"{t}x{n}" + (f"(+{pending[t]} pending)" if pending.get(t) else "")
+                       for t, n in status["workers"].items())
     progress.maybe_log(s0["version"], s0["losses"], s0["weights"], status["miou"], 0.0,
                        per_task=s0["applied"],
                        extra=f"staleness {s0['staleness']:.1f} | workers {workers}")

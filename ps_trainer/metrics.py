@@ -100,7 +100,11 @@ class EvaluatorMetrics:
 class CoordinatorMetrics:
     def __init__(self):
         self.registry = r = CollectorRegistry(auto_describe=True)
-        self.workers = Gauge("ps_workers", "Live workers per task", ["task"], registry=r)
+        self.workers = Gauge("ps_workers", "Workers running per task (their actor has answered)",
+                             ["task"], registry=r)
+        self.workers_pending = Gauge("ps_workers_pending", "Workers asked for but not running yet "
+                                     "(not placed by Ray, or starting), per task", ["task"],
+                                     registry=r)
         self.restarts = Counter("ps_actor_restarts_total", "Actors replaced after dying, by role",
                                 ["role"], registry=r)
         self.updates_per_s = Gauge("ps_updates_per_second", "Updates applied per second (all tasks)",
@@ -115,7 +119,7 @@ METRIC_NAMES = (
     "ps_pull_bytes_total", "ps_push_bytes_total", "ps_worker_steps_total",
     "ps_images_skipped_total", "ps_eval_miou", "ps_eval_best_miou", "ps_evaluations_total",
     "ps_eval_seconds", "ps_checkpoint_seconds", "ps_checkpoint_bytes", "ps_workers",
-    "ps_actor_restarts_total", "ps_updates_per_second",
+    "ps_workers_pending", "ps_actor_restarts_total", "ps_updates_per_second",
 )
 
 

@@ -3,6 +3,7 @@ conversion of plain YAML data into frozen dataclasses (used by every section and
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -105,16 +106,28 @@ def _convert_tuple(value: Any, tp: Any, key: str) -> tuple:
 
 
 def _convert_scalar(value: Any, tp: type, key: str) -> Any:
-    if tp is float and isinstance(value, str):
-        try:  # YAML 1.1 reads '1e-3' as a string
-            return float(value)
-        except ValueError:
-            raise ConfigError(key, f"expected {_type_name(tp)}, got {value!r} (str)") from None
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if tp is float:
+        return _convert_float(value, key)
     if tp is Any or (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
         return value
     raise ConfigError(key, f"expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _convert_float(value: Any, key: str) -> float:
+    """A finite float: every float in a config is a size, rate or time, where inf or nan would
+    pass a `> 0` check and then stall or poison the run (e.g. eval.every_s=inf never evaluates)."""
+    if isinstance(value, str):
+        try:  # YAML 1.1 reads '1e-3' as a string
+            number = float(value)
+        except ValueError:
+            raise ConfigError(key, f"expected float, got {value!r} (str)") from None
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    else:
+        raise ConfigError(key, f"expected float, got {value!r} ({type(value).__name__})")
+    if not math.isfinite(number):
+        raise ConfigError(key, f"{value!r} is not allowed: must be a finite number")
+    return number
 
 
 def _freeze(value: Any) -> Any:

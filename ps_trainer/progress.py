@@ -43,12 +43,14 @@ class Progress:
              extra: str = "", now: Optional[float] = None) -> str:
         now = time.monotonic() if now is None else now
         dt = max(now - self._last_time, 1e-9)
-        rate = (version - self._last_version) / dt
-        parts = [f"updates {version}", f"{rate:.1f} upd/s"]
+        # A count that went back (a server restored from a checkpoint) starts a new baseline:
+        # the difference would be a negative rate. This line shows "-" for it.
+        rate = _rate(version, self._last_version, dt)
+        parts = [f"updates {version}", f"{rate} upd/s"]
         for task in self.tasks:
             item = f"{task} {losses[task]:.3f}" if task in losses else f"{task} -"
             if per_task is not None and task in per_task:
-                item += f" {(per_task[task] - self._last_per_task.get(task, 0)) / dt:.1f}/s"
+                item += f" {_rate(per_task[task], self._last_per_task.get(task, 0), dt)}/s"
             if task in weights and weights[task] != 1.0:
                 item += f" w{weights[task]:.2f}"
             parts.append(item)
@@ -58,3 +60,7 @@ class Progress:
         self._last_time, self._last_version = now, version
         self._last_per_task = dict(per_task or {})
         return " | ".join(parts)
+
+
+def _rate(count: int, last: int, dt: float) -> str:
+    return f"{(count - last) / dt:.1f}" if count >= last else "-"

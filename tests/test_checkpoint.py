@@ -1,6 +1,10 @@
 """Checkpoints: atomic and checksummed; corrupt ones are detected and the previous one is used."""
 from __future__ import annotations
 
+import logging
+import os
+import stat
+
 import numpy as np
 import pytest
 import torch
@@ -35,12 +39,62 @@ def test_corruption_is_detected(tmp_path):
         load_checkpoint(path)
 
 
-def test_missing_checksum_counts_as_incomplete(tmp_path):
+def test_missing_checksum_loads_a_valid_file_with_a_warning(tmp_path, caplog):
+    """A .pt copied without its .sha256 is usable when torch can read it as a checkpoint."""
     path = tmp_path / "c.pt"
     save_checkpoint(path, payload(1.0))
     (tmp_path / "c.pt.sha256").unlink()
-    with pytest.raises(CorruptCheckpoint, match="checksum"):
+    with caplog.at_level(logging.WARNING, logger="ps_trainer.checkpoint"):
+        back = load_checkpoint(path)
+    assert back["servers"][0]["version"] == 1
+    assert "no checksum file c.pt.sha256" in caplog.text
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "not a checkpoint"),
+    (lambda p: p.write_text("hello"), "not a checkpoint"),
+    (lambda p: torch.save({"weights": torch.zeros(2)}, p), "not a ps_trainer checkpoint"),
+    (lambda p: torch.save(torch.zeros(2), p), "not a ps_trainer checkpoint"),
+])
+def test_missing_checksum_refuses_what_is_not_a_checkpoint(tmp_path, damage, message):
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, payload(1.0))
+    (tmp_path / "c.pt.sha256").unlink()
+    damage(path)
+    with pytest.raises(CorruptCheckpoint, match=message) as info:
         load_checkpoint(path)
+    assert "no checksum file c.pt.sha256" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(CorruptCheckpoint, match="nope.pt: no such checkpoint file"):
+        load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_rewriting_best_verifies_at_every_rename_and_syncs_the_folder(tmp_path, monkeypatch):
+    """Between any two steps of a rewrite of best.pt, a reader gets the old or the new
+    checkpoint, never a checksum mismatch; every rename is followed by an fsync of the folder."""
+    manager = CheckpointManager(tmp_path, keep_last=2)
+    manager.save(payload(1), 1, 0.1)
+    seen, events = [], []
+    real_replace, real_fsync = os.replace, os.fsync
+
+    def replace(src, dst):
+        real_replace(src, dst)
+        events.append("rename")
+        seen.append(load_checkpoint(manager.best_path)["step"])   # raises on a bad pair
+
+    def fsync(fd):
+        real_fsync(fd)
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            events.append("sync-dir")
+
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "fsync", fsync)
+    for step in (2, 3, 4):
+        manager.save(payload(step), step, 0.1 * step)             # each one is a new best
+    assert set(seen) == {1, 2, 3, 4} and seen == sorted(seen)
+    assert events == ["rename", "sync-dir"] * (len(events) // 2) and events
 
 
 def test_manager_keeps_last_k_and_best_and_falls_back_past_corrupt(tmp_path):

@@ -1,9 +1,16 @@
 """The ps-trainer command: exit codes and messages, local training, eval of a checkpoint."""
 from __future__ import annotations
 
+import dataclasses
+import shutil
 import subprocess
 import sys
+import time
+from pathlib import Path
 
+import pytest
+
+from ps_trainer.cli import main
 from ps_trainer.runlog import RunFolder
 
 
@@ -43,3 +50,97 @@ def test_local_train_then_eval_the_checkpoint(tmp_path, tiny):
     evaluated = cli("eval", "--checkpoint", recorded["checkpoint"])
     assert evaluated.returncode == 0, evaluated.stderr
     assert f"mIoU: {recorded['miou']:.4f}" in evaluated.stdout
+
+
+def _recorded_checkpoint(cfg, tmp_path):
+    """A real checkpoint of a tiny untrained run (what the evaluator writes)."""
+    import numpy as np
+
+    from ps_trainer.evaluator import RunRecorder
+    from ps_trainer.launch import initial_model
+    from ps_trainer.params import plan_pieces
+
+    _, flat = initial_model(cfg)
+    plan = plan_pieces(flat.layout, 1)
+    params = flat.param_arrays()
+    state = {"version": 3, "weights": {p.key: np.ascontiguousarray(params[p.shard][p.start:p.stop])
+                                       for p in plan}}
+    payload = {"servers": [state], "plan": [dataclasses.asdict(p) for p in plan]}
+    run = RunFolder(cfg.run.out_dir).create(cfg)
+    return RunRecorder(cfg, run).record(3, 1.0, payload, None, None, {})["checkpoint"]
+
+
+def _damaged(tmp_path, good: Path, how: str) -> Path:
+    path = tmp_path / f"{how}.pt"
+    if how == "missing":
+        return path
+    if how == "text":
+        path.write_text("not a checkpoint\n")
+        return path
+    data = good.read_bytes()
+    if how in ("truncated", "truncated-no-checksum"):
+        data = data[: len(data) // 2]
+    path.write_bytes(data)
+    if how == "truncated":             # the checksum of the whole file beside half of it
+        shutil.copy(f"{good}.sha256", f"{path}.sha256")
+    return path
+
+
+@pytest.mark.parametrize("how, message", [
+    ("missing", "no such checkpoint file"),
+    ("text", "not a checkpoint"),
+    ("truncated", "checksum mismatch"),
+    ("truncated-no-checksum", "no checksum file"),
+])
+@pytest.mark.parametrize("command", ["eval", "finetune"])
+def test_a_bad_checkpoint_is_named_in_one_line(tmp_path, tiny_config, capsys, command, how, message):
+    good = Path(_recorded_checkpoint(tiny_config(), tmp_path))
+    path = _damaged(tmp_path, good, how)
+    capsys.readouterr()
+    extra = ["--labels", "2", "--out", str(tmp_path / "ft")] if command == "finetune" else []
+    assert main([command, "--checkpoint", str(path), *extra]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [err[0]] and err[0].startswith(f"ps-trainer: {path}: ") and message in err[0]
+
+
+def test_a_checkpoint_copied_without_its_checksum_is_used_with_a_warning(tmp_path, tiny_config):
+    good = Path(_recorded_checkpoint(tiny_config(), tmp_path))
+    copy = _damaged(tmp_path, good, "copy")
+    result = cli("eval", "--checkpoint", str(copy), timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "mIoU: " in result.stdout
+    assert "no checksum file copy.pt.sha256" in result.stderr and "Traceback" not in result.stderr
+    bad = cli("eval", "--checkpoint", str(_damaged(tmp_path, good, "truncated")), timeout=120)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().count("\n") == 0 and "checksum mismatch" in bad.stderr
+
+
+@pytest.mark.parametrize("command", [["status"], ["scale", "--task", "rotation", "--workers", "2"]])
+def test_status_and_scale_fail_fast_where_no_cluster_answers(command):
+    start = time.monotonic()
+    result = cli(*command, "--address", "127.0.0.1:1", timeout=60)
+    assert time.monotonic() - start < 20
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "127.0.0.1:1" in lines[0] and "cannot reach a Ray cluster" in lines[0]
+
+
+def test_status_without_any_cluster_says_so_in_one_line(monkeypatch, capsys):
+    import ray._private.services as services
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(services, "find_gcs_addresses", lambda: [])
+    monkeypatch.setattr(services, "find_bootstrap_address", lambda temp_dir=None: None)
+    assert main(["status"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--address auto" in err[0] and "Ray" in err[0]
+
+
+def test_version_comes_from_the_package():
+    import configparser
+
+    setup = configparser.ConfigParser()
+    setup.read(Path(__file__).resolve().parent.parent / "setup.cfg")
+    result = cli("--version", timeout=60)
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"ps-trainer {setup['metadata']['version']}"

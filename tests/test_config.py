@@ -136,3 +136,27 @@ def test_missing_and_malformed_files(tmp_path, load, what):
 def test_shipped_configs_load(name):
     cfg = load_run_config(f"configs/{name}.yaml")
     assert isinstance(cfg, Config) and "segmentation" in cfg.tasks
+
+
+def test_publish_interval_longer_than_the_staleness_bound_is_refused():
+    """Pushes are computed on the last published version: with publish_every above
+    max_staleness + 1 every push is stale before the first publish and nothing is applied."""
+    err = error_of(["server.max_staleness=2", "server.publish_every=4"])
+    assert err.key == "server.publish_every"
+    assert "server.max_staleness + 1 (3)" in str(err) and "\n" not in str(err)
+    cfg = load_config(None, BASE + ["server.max_staleness=2", "server.publish_every=3"])
+    assert cfg.server.publish_every == 3                      # the bound itself is fine
+
+
+@pytest.mark.parametrize("override,key", [
+    ("optimizer.weight_decay=inf", "optimizer.weight_decay"),
+    ("optimizer.weight_decay=.inf", "optimizer.weight_decay"),
+    ("eval.every_s=inf", "eval.every_s"),
+    ("run.max_minutes=.nan", "run.max_minutes"),
+    ("optimizer.betas=[0.9,.inf]", "optimizer.betas[1]"),
+    ("run.target_miou=-.inf", "run.target_miou"),
+    ("tasks.rotation.num_cpus=inf", "tasks.rotation.num_cpus"),
+])
+def test_non_finite_floats_are_refused_everywhere(override, key):
+    err = error_of([override])
+    assert err.key == key and "must be a finite number" in str(err)

@@ -132,13 +132,13 @@ def applied(run, task) -> int:
 
 def test_scale_up_and_down_changes_live_workers(run):
     coordinator = run["coordinator"]
-    assert ray.get(coordinator.scale.remote("rotation", 3)) == 3
+    assert sum(ray.get(coordinator.scale.remote("rotation", 3)).values()) == 3
     workers = handles(run)["workers"]["rotation"]
     assert len(workers) == 3
     wait_for(lambda: all(ray.get(w.status.remote())["steps"] > 0 for w in workers), 90,
              what="the new rotation workers to push")
-    assert status(run)["workers"]["rotation"] == 3
-    assert ray.get(coordinator.scale.remote("rotation", 1)) == 1
+    assert status(run)["workers"]["rotation"] == 3 and status(run)["pending_workers"]["rotation"] == 0
+    assert ray.get(coordinator.scale.remote("rotation", 1)) == {"running": 1, "pending": 0}
     assert len(handles(run)["workers"]["rotation"]) == 1
     for gone in workers[1:]:
         with pytest.raises(ray.exceptions.RayActorError):
@@ -155,12 +155,12 @@ def test_cli_status_and_scale_reach_the_running_coordinator(run):
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["workers"]["segmentation"] == 1
     out = subprocess.run(base + ["scale", "--address", address, "--run", "e2e", "--task",
-                                 "segmentation", "--workers", "2"],
+                                 "segmentation", "--workers", "2", "--wait-s", "90"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "segmentation: 2 workers"
+    assert out.stdout.strip() == "segmentation: 2 workers running"
     assert status(run)["workers"]["segmentation"] == 2
-    assert ray.get(run["coordinator"].scale.remote("segmentation", 1)) == 1
+    assert ray.get(run["coordinator"].scale.remote("segmentation", 1)) == {"running": 1, "pending": 0}
 
 
 def test_killed_worker_is_replaced_and_training_continues(run):

@@ -2,7 +2,8 @@
 
 Every image is brought to ``image_size``: the shorter side is resized to it, then a square is
 cropped (random for training, centred for evaluation). Prepared images are cached in memory
-up to ``cache_images`` so that a worker decodes (or renders) each image once.
+up to ``cache_images`` so that a worker decodes (or renders) each image once; an unusable one
+is read, logged and counted once, then never drawn again.
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ class ImageSampler:
         self.batch_size = batch_size
         self.image_size = image_size
         self.rng = rng
-        self.skipped = 0
+        self.skipped = 0               # distinct unusable images met so far
+        self._bad: set[int] = set()    # their indices: never read again (bounded by the dataset)
         self._cache: dict[int, Sample] = {}
         self._cache_limit = cache_images
         s = image_size
@@ -42,6 +44,8 @@ class ImageSampler:
         i = 0
         while i < self.batch_size:
             index = int(self.rng.integers(len(self.dataset)))
+            if index in self._bad:
+                continue
             sample = self._load(index)
             if sample is None:
                 failures += 1
@@ -61,8 +65,11 @@ class ImageSampler:
         try:
             sample = resize_short_side(self.dataset[index], self.image_size)
         except UnreadableImage as err:
-            self.skipped += 1
+            self._bad.add(index)
+            self.skipped = len(self._bad)
             log.warning("skipping unusable image (%d skipped so far): %s", self.skipped, err)
+            if self.skipped == len(self.dataset):
+                raise RuntimeError(f"all {self.skipped} images are unusable; check the data") from None
             return None
         if len(self._cache) < self._cache_limit:
             self._cache[index] = sample

@@ -43,8 +43,22 @@ def test_unreadable_images_are_skipped_and_counted():
     images, _ = sampler.sample()
     assert set((images[:, 0, 0, 0] * 255).round().long().tolist()) <= {0, 3}
     assert sampler.skipped >= 2
-    with pytest.raises(RuntimeError, match="unusable images in a row"):
+    with pytest.raises(RuntimeError, match="all 2 images are unusable"):
         ImageSampler(Stripes(n=2, broken={0, 1}), 2, 8, np.random.default_rng(0)).sample()
+
+
+def test_an_unreadable_image_is_read_and_counted_once():
+    """A bad file is remembered: later batches neither decode it again nor count it again."""
+    class Counting(Stripes):
+        def __getitem__(self, i):
+            self.bad_reads = getattr(self, "bad_reads", 0) + (i in self.broken)
+            return super().__getitem__(i)
+
+    data = Counting(n=4, broken={1, 2})
+    sampler = ImageSampler(data, batch_size=16, image_size=8, rng=np.random.default_rng(0))
+    for _ in range(20):
+        sampler.sample()
+    assert data.bad_reads == 2 and sampler.skipped == 2
 
 
 def test_cache_bounds_memory_and_avoids_reloading():

@@ -1,0 +1,132 @@
+"""Coordinator under faults, on the session's local Ray (2 CPUs): workers that Ray cannot place
+are reported as pending, not running; an evaluator whose loop fails is stopped and replaced."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+import ray
+
+from ps_trainer.checkpoint import CheckpointManager
+from ps_trainer.launch import _log_progress, start_coordinator, start_metrics
+from ps_trainer.progress import Progress
+from ps_trainer.runlog import RunFolder
+
+pytestmark = [pytest.mark.ray]
+
+
+def wait_for(predicate, timeout_s=180.0, every_s=0.25, what="condition"):
+    """Returns as soon as `predicate` holds; the bound is generous for a loaded 2-core machine."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+@pytest.fixture
+def started(ray_session):
+    """start(cfg) -> (coordinator, done ref, metrics port); everything is stopped at the end."""
+    runs = []
+
+    def start(cfg):
+        hub, port = start_metrics(cfg)
+        coordinator = start_coordinator(cfg, None, hub)
+        done = coordinator.run.remote()
+        runs.append((coordinator, done, hub))
+        return coordinator, done, port
+
+    yield start
+    for coordinator, done, hub in runs:
+        coordinator.stop.remote()
+        try:
+            ray.get(done, timeout=60)
+        finally:
+            ray.kill(coordinator)
+            ray.kill(hub)
+
+
+def status(coordinator) -> dict:
+    return ray.get(coordinator.status.remote(), timeout=30)
+
+
+def test_workers_that_do_not_fit_are_pending_not_running(started, tiny_config, caplog):
+    # server 0.25 + evaluator 0.25 + one 1-CPU worker fit in 2 CPUs; a second worker does not.
+    cfg = tiny_config(tasks=("rotation",), extra=[
+        "run.name=pending", "run.max_updates=100000", "eval.every_s=600",
+        "tasks.rotation.num_cpus=1.0"])
+    coordinator, _, port = started(cfg)
+    wait_for(lambda: status(coordinator)["workers"]["rotation"] == 1, what="the first worker")
+
+    assert ray.get(coordinator.scale.remote("rotation", 2, 1.0)) == {"running": 1, "pending": 1}
+    s = status(coordinator)
+    assert s["workers"]["rotation"] == 1 and s["pending_workers"]["rotation"] == 1
+
+    def scraped():
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        return ('ps_workers{task="rotation"} 1.0' in text
+                and 'ps_workers_pending{task="rotation"} 1.0' in text)
+    wait_for(scraped, what="the running and pending gauges")
+
+    with caplog.at_level(logging.INFO, logger="ps_trainer.progress"):
+        _log_progress(Progress(cfg.task_names), s, cfg)
+    assert "workers rotationx1(+1 pending)" in caplog.text
+
+    address = ray.get_runtime_context().gcs_address
+    answer = subprocess.run([sys.executable, "-m", "ps_trainer.cli", "scale", "--address", address,
+                             "--run", "pending", "--task", "rotation", "--workers", "2",
+                             "--wait-s", "1"],
+                            capture_output=True, text=True, timeout=120)
+    assert answer.returncode == 0, answer.stderr
+    assert answer.stdout.startswith("rotation: 1 worker running, 1 pending")
+
+    start = time.monotonic()                 # a pending worker has nothing to drain
+    assert ray.get(coordinator.scale.remote("rotation", 1)) == {"running": 1, "pending": 0}
+    assert time.monotonic() - start < 5
+    assert status(coordinator)["pending_workers"]["rotation"] == 0
+
+
+def test_a_failed_evaluator_is_stopped_and_its_replacement_checkpoints(started, tiny_config):
+    # The evaluator takes 1 of the 2 CPUs: its replacement fits only once the failed one is gone.
+    cfg = tiny_config(tasks=("rotation",), extra=[
+        "run.name=evalfail", "run.max_updates=100000", "eval.every_s=1", "eval.num_cpus=1.0"])
+    coordinator, done, _ = started(cfg)
+    folder = RunFolder(cfg.run.out_dir)
+    manager = CheckpointManager(folder.checkpoints, cfg.eval.keep_last)
+    wait_for(manager.latest, what="a first checkpoint")
+    # A tool holding the evaluator's handle (as handles() allows) keeps a failed actor alive:
+    # the coordinator must stop it, not count on its handle going out of scope.
+    failed = ray.get(coordinator.handles.remote())["evaluator"]
+
+    with checkpoints_broken(folder):        # the next checkpoint raises NotADirectoryError
+        wait_for(lambda: status(coordinator)["restarts"]["evaluator"] >= 1, what="a restart")
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(failed.ping.remote(), timeout=60)
+    broken_at = manager.latest()[1]["step"]
+    wait_for(lambda: (manager.latest() or (None, {"step": -1}))[1]["step"] > broken_at,
+             what="a checkpoint by the replacement evaluator")
+
+    with checkpoints_broken(folder):        # the final evaluation fails: the run still ends
+        coordinator.stop.remote()
+        summary = ray.get(done, timeout=120)
+    assert summary["done"] and summary["final"] is None
+
+
+@contextlib.contextmanager
+def checkpoints_broken(folder: RunFolder):
+    """Checkpointing fails while inside: the folder is a file (root ignores permissions)."""
+    aside = folder.root / "checkpoints.aside"
+    folder.checkpoints.rename(aside)
+    folder.checkpoints.write_text("in the way\n")
+    try:
+        yield
+    finally:
+        folder.checkpoints.unlink()
+        aside.rename(folder.checkpoints)
