@@ -155,10 +155,12 @@ def _runtime_spec(cfg: Config, resume: Optional[dict]) -> RuntimeSpec:
 
 
 def start_metrics(cfg: Config):
-    """The metrics hub actor, serving on metrics.host:metrics.port from this node."""
+    """The metrics hub actor, serving on metrics.host:metrics.port from this node; its series
+    carry the label run=<run.name>."""
     if not cfg.metrics.enabled:
         return None, None
-    hub = ray.remote(MetricsHub).options(num_cpus=0, scheduling_strategy=on_this_node()).remote()
+    hub = ray.remote(MetricsHub).options(num_cpus=0, scheduling_strategy=on_this_node()).remote(
+        cfg.run.name)
     try:
         port = ray.get(hub.serve.remote(cfg.metrics.host, cfg.metrics.port))
     except ray.exceptions.RayTaskError as err:

@@ -332,6 +332,21 @@ def test_dashboard_covers_the_run():
     assert "histogram_quantile" in exprs and "rate(ps_updates_applied_total" in exprs
 
 
+def test_dashboard_selects_by_run():
+    """Every query is filtered by the run variable and keeps runs apart when it aggregates."""
+    dash = _dashboard()
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert "label_values(ps_server_version, run)" in variables["run"]["query"]["query"]
+    for expr in _expressions(dash):
+        if expr.startswith("label_values(ps_server_version, run)"):
+            continue
+        selectors = re.findall(r"(?<![A-Za-z0-9_:])ps_[A-Za-z0-9_:]*(\{[^}]*\})?", expr)
+        assert selectors and all('run=~"$run"' in sel for sel in selectors), expr
+        for by in re.findall(r"\bby \(([^)]*)\)", expr):
+            assert "run" in [x.strip() for x in by.split(",")], expr
+        assert not re.search(r"\b(sum|max|min|avg)\(", expr), f"aggregate by run: {expr}"
+
+
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
 def test_promtool_parses_every_dashboard_expression(tmp_path):
     exprs = [t["expr"] for p in _panels(_dashboard()) for t in p.get("targets", [])]
