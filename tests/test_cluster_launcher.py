@@ -34,7 +34,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
-BUDGET_S = 420          # the whole test, from sshd to ray down
+BUDGET_S = 480          # the whole test, from sshd to ray down
 
 # stdin/stdout <-> 127.0.0.1:PORT: the launcher's ssh reaches the test's sshd on a free port
 RELAY = """\
