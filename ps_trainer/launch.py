@@ -6,8 +6,11 @@
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import signal
+import threading
 from pathlib import Path
 from dataclasses import replace
 from typing import Optional
@@ -155,10 +158,12 @@ def _runtime_spec(cfg: Config, resume: Optional[dict]) -> RuntimeSpec:
 
 
 def start_metrics(cfg: Config):
-    """The metrics hub actor, serving on metrics.host:metrics.port from this node."""
+    """The metrics hub actor, serving on metrics.host:metrics.port from this node; its series
+    carry the label run=<run.name>."""
     if not cfg.metrics.enabled:
         return None, None
-    hub = ray.remote(MetricsHub).options(num_cpus=0, scheduling_strategy=on_this_node()).remote()
+    hub = ray.remote(MetricsHub).options(num_cpus=0, scheduling_strategy=on_this_node()).remote(
+        cfg.run.name)
     try:
         port = ray.get(hub.serve.remote(cfg.metrics.host, cfg.metrics.port))
     except ray.exceptions.RayTaskError as err:
@@ -192,8 +197,9 @@ def run_distributed(cfg: Config, address: Optional[str] = None,
     done = coordinator.run.remote()
     progress = Progress(cfg.task_names)
     try:
-        while not ray.wait([done], timeout=cfg.run.progress_every_s)[0]:
-            _log_progress(progress, ray.get(coordinator.status.remote()), cfg)
+        with _sigterm_as_interrupt():
+            while not ray.wait([done], timeout=cfg.run.progress_every_s)[0]:
+                _log_progress(progress, ray.get(coordinator.status.remote()), cfg)
     except KeyboardInterrupt:
         log.warning("interrupted: stopping workers and writing a final checkpoint")
         coordinator.stop.remote()
@@ -205,6 +211,27 @@ def run_distributed(cfg: Config, address: Optional[str] = None,
         ray.get(hub.close.remote())
         ray.kill(hub)
     return summary
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (`ray job stop`, `kill`, a pod being deleted) stops the run like Ctrl-C does:
+    workers stop and the evaluator writes a final checkpoint. A second SIGTERM is not caught."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        signal.signal(signal.SIGTERM, previous)
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    if previous is None:          # set outside Python: restore the default
+        previous = signal.SIG_DFL
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _log_progress(progress: Progress, status: dict, cfg: Config) -> None:

@@ -3,7 +3,8 @@
 Each actor records into its own private registry (an in-process counter increment, no I/O on
 the hot path) and a :class:`Reporter` ships a snapshot of it to the :class:`MetricsHub` every
 ``metrics.report_every_s``. The hub keeps the latest snapshot per source and serves them merged
-on ``metrics.host:metrics.port``. A replaced actor reports under the same source name, so its
+on ``metrics.host:metrics.port``, every series labelled with the run's name (``run``), so runs
+that share a Prometheus stay apart. A replaced actor reports under the same source name, so its
 series continue (Prometheus treats the counter restart as a reset).
 
 Names follow Prometheus conventions (``_total``, ``_seconds``, ``_bytes``); the list is in
@@ -52,6 +53,9 @@ class ServerMetrics:
         self.version = Gauge("ps_server_version", "Server version (updates applied)",
                              ["shard"], registry=r).labels(s)
         self.lr = Gauge("ps_learning_rate", "Current learning rate", ["shard"], registry=r).labels(s)
+        self.updates_per_s = Gauge("ps_updates_per_second",
+                                   "Updates applied per second (all tasks), over the last report "
+                                   "interval", ["shard"], registry=r).labels(s)
         self.task_weight = _bind(Gauge("ps_task_weight", "Balancing weight per task",
                                        ["shard", "task"], registry=r), s)
         self.task_loss = _bind(Gauge("ps_task_loss", "Latest reported loss per task (EMA)",
@@ -107,8 +111,6 @@ class CoordinatorMetrics:
                                      registry=r)
         self.restarts = Counter("ps_actor_restarts_total", "Actors replaced after dying, by role",
                                 ["role"], registry=r)
-        self.updates_per_s = Gauge("ps_updates_per_second", "Updates applied per second (all tasks)",
-                                   registry=r)
 
 
 METRIC_NAMES = (
@@ -121,6 +123,27 @@ METRIC_NAMES = (
     "ps_eval_seconds", "ps_checkpoint_seconds", "ps_checkpoint_bytes", "ps_workers",
     "ps_workers_pending", "ps_actor_restarts_total", "ps_updates_per_second",
 )
+
+
+class RateMeter:
+    """Sets `gauge` to the growth rate of a count (e.g. the server version), measured over
+    windows of at least `window_s`; call :meth:`update` with the current count as often as you
+    like (one clock read when the window is not over)."""
+
+    def __init__(self, gauge, window_s: float):
+        self._gauge = gauge
+        self._window_s = window_s
+        self._start: Optional[tuple[float, float]] = None   # (time, count) at the window start
+
+    def update(self, count: float, now: Optional[float] = None) -> None:
+        now = time.monotonic() if now is None else now
+        if self._start is None:
+            self._start = (now, count)
+            return
+        then, before = self._start
+        if now - then >= self._window_s:
+            self._gauge.set((count - before) / (now - then))
+            self._start = (now, count)
 
 
 def _bind(metric, shard: str) -> Callable[..., Any]:
@@ -139,9 +162,11 @@ def _bind(metric, shard: str) -> Callable[..., Any]:
 # --------------------------------------------------------------------------- hub
 
 class MetricsHub:
-    """Keeps the latest snapshot per source; a prometheus collector that serves them merged."""
+    """Keeps the latest snapshot per source; a prometheus collector that serves them merged,
+    with the label ``run=<run>`` added to every sample."""
 
-    def __init__(self):
+    def __init__(self, run: str = ""):
+        self._run = run
         self._snapshots: dict[str, list[Metric]] = {}
         self._lock = threading.Lock()
         self._server = None
@@ -165,7 +190,8 @@ class MetricsHub:
                 if target is None:
                     target = merged[family.name] = Metric(family.name, family.documentation,
                                                           family.type, family.unit)
-                target.samples.extend(family.samples)
+                target.samples.extend(s._replace(labels={**s.labels, "run": self._run})
+                                      for s in family.samples)
         return list(merged.values())
 
     def serve(self, host: str, port: int) -> int:

@@ -20,7 +20,7 @@ import torch
 
 from ps_trainer.balancing import make_balancer
 from ps_trainer.config import Config
-from ps_trainer.metrics import Reporter, ServerMetrics
+from ps_trainer.metrics import RateMeter, Reporter, ServerMetrics
 from ps_trainer.protocol import APPLIED, QUEUED, REJECT_REASONS, PushResult, PushStats
 from ps_trainer.runtime import set_threads
 from ps_trainer.store import ParameterStore
@@ -69,6 +69,7 @@ class ParameterServer:
         send = (lambda source, fams: hub.report.remote(source, fams)) if hub else (lambda *a: None)
         self._reporter = Reporter(f"server/{index}", self._metrics.registry, send,
                                   cfg.metrics.report_every_s)
+        self._rate = RateMeter(self._metrics.updates_per_s, cfg.metrics.report_every_s)
         self._index = index
 
     # ------------------------------------------------------------------ hot path
@@ -120,6 +121,7 @@ class ParameterServer:
             m.task_weight(task).set(self._store.balancer.weight(task))
         m.apply_seconds.observe(seconds)
         m.version.set(self._store.version)
+        self._rate.update(self._store.version)
         m.lr.set(self._store.lr)
         self._reporter.maybe()
 
@@ -130,6 +132,7 @@ class ParameterServer:
         return self._store.state()
 
     def status(self) -> dict:
+        self._rate.update(self._store.version)   # falls to 0 when no push comes
         return {"index": self._index, "node": ray.get_runtime_context().get_node_id(),
                 "version": self._store.version, "lr": self._store.lr,
                 "applied": dict(self._applied), "rejected": dict(self._rejected),

@@ -155,6 +155,52 @@ def test_setup_installs_the_project_after_torch(name, role):
 
 
 @pytest.mark.parametrize("name", CLUSTERS)
+@pytest.mark.parametrize("role", ["head", "worker"])
+def test_setup_makes_and_activates_its_own_python_before_installing(name, role):
+    """Stock images: a venv made by setup, activated in ~/.bashrc (every later command, `ray
+    submit`'s `python` included, sources it) before the first pip install."""
+    commands = _setup(_cluster(name), role)
+    make = [i for i, c in enumerate(commands) if re.search(r"python3 -m venv (\S+)", c)]
+    assert make, "no `python3 -m venv` in the setup"
+    venv = _home(re.search(r"python3 -m venv (\S+)", commands[make[0]]).group(1))
+    activate = [i for i, c in enumerate(commands) if "~/.bashrc" in c and "/bin/activate" in c]
+    assert activate, "the venv is not activated in ~/.bashrc"
+    assert _home(re.search(r"\. \"?(\$HOME/[^/\"]+)", commands[activate[0]]).group(1)) == venv
+    pips = [i for i, c in enumerate(commands) if "pip install" in c]
+    assert pips and make[0] < activate[0] < min(pips)
+    assert not any(re.search(r"\bsudo\b[^;|&]*\bpip\b", c) for c in commands)
+
+
+@pytest.mark.parametrize("name", CLUSTERS)
+def test_one_torch_and_one_ray_for_head_and_workers(name):
+    cfg = _cluster(name)
+    versions = {}
+    for role in ("head", "worker"):
+        text = " ".join(_setup(cfg, role))
+        torch = set(re.findall(r"pip install torch==([\w.]+)", text))
+        ray = set(re.findall(r'pip install "ray\[default\]==([\w.]+)"', text))
+        assert len(torch) == 1 and len(ray) == 1, (role, torch, ray)
+        versions[role] = (torch.pop(), ray.pop())
+    assert versions["head"] == versions["worker"]
+    import ray
+    assert versions["head"][1] == ray.__version__, "the cluster files pin another Ray than the tests'"
+    # CPU wheel on the head, the CUDA build (cuXY index) on GPU workers
+    assert "whl/cpu" in " ".join(_setup(cfg, "head"))
+    assert re.search(r"whl/cu\d+", " ".join(cfg["worker_setup_commands"]))
+
+
+def test_aws_nodes_use_a_premade_security_group():
+    """Ray's own group opens SSH to 0.0.0.0/0 and IpPermissions can only add to it."""
+    cfg = _cluster("cluster-aws.yaml")
+    assert "security_group" not in cfg["provider"]
+    for name, node in cfg["available_node_types"].items():
+        assert node["node_config"].get("SecurityGroupIds"), name
+        assert node["node_config"].get("SubnetIds"), name
+    text = (DEPLOY / "cluster-aws.yaml").read_text()
+    assert "authorize-security-group-ingress" in text and "0.0.0.0/0" in text
+
+
+@pytest.mark.parametrize("name", CLUSTERS)
 def test_ray_starts_in_the_checkout_that_train_py_changes_into(name):
     """The driver (deploy/train.py) and the actors must share a working directory, or a
     relative run.out_dir splits the run folder between two places."""
@@ -330,6 +376,21 @@ def test_dashboard_covers_the_run():
     assert any(n.startswith("ps_checkpoint_seconds") for n in used)
     exprs = " ".join(_expressions(_dashboard()))
     assert "histogram_quantile" in exprs and "rate(ps_updates_applied_total" in exprs
+
+
+def test_dashboard_selects_by_run():
+    """Every query is filtered by the run variable and keeps runs apart when it aggregates."""
+    dash = _dashboard()
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert "label_values(ps_server_version, run)" in variables["run"]["query"]["query"]
+    for expr in _expressions(dash):
+        if expr.startswith("label_values(ps_server_version, run)"):
+            continue
+        selectors = re.findall(r"(?<![A-Za-z0-9_:])ps_[A-Za-z0-9_:]*(\{[^}]*\})?", expr)
+        assert selectors and all('run=~"$run"' in sel for sel in selectors), expr
+        for by in re.findall(r"\bby \(([^)]*)\)", expr):
+            assert "run" in [x.strip() for x in by.split(",")], expr
+        assert not re.search(r"\b(sum|max|min|avg)\(", expr), f"aggregate by run: {expr}"
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")

@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from pathlib import Path
 
 import pytest
 import ray
@@ -79,16 +80,63 @@ def scrape(port: int) -> str:
 def test_metrics_endpoint_serves_the_run(run):
     def complete():
         text = scrape(run["port"])
-        names = ['ps_updates_applied_total{shard="0",task="rotation"}', "ps_staleness_updates_bucket",
-                 "ps_apply_seconds_bucket", 'ps_push_bytes_total{task="colorization"',
+        names = ['ps_updates_applied_total{run="e2e",shard="0",task="rotation"}', "ps_staleness_updates_bucket",
+                 "ps_apply_seconds_bucket", 'ps_push_bytes_total{run="e2e",task="colorization"',
                  "ps_pull_bytes_total", "ps_worker_step_seconds_bucket", 'ps_task_loss{',
-                 'ps_task_weight{', 'ps_workers{task="segmentation"} 1.0', "ps_server_version",
-                 "ps_eval_miou ", "ps_checkpoint_seconds_bucket"]
+                 'ps_task_weight{', 'ps_workers{run="e2e",task="segmentation"} 1.0', "ps_server_version",
+                 "ps_eval_miou{run=\"e2e\"} ", "ps_checkpoint_seconds_bucket"]
         # the worker's timing histograms are observed, not only declared
         timed = all(re.search(name + r'_count\{[^}]*task="rotation"[^}]*\} [1-9]', text)
                     for name in ("ps_worker_pull_seconds", "ps_worker_push_wait_seconds"))
         return timed and all(n in text for n in names)
     wait_for(complete, 30, what="every metric on the endpoint")
+
+
+DASHBOARD = Path(__file__).resolve().parents[1] / "deploy" / "grafana-dashboard.json"
+# Series that may stay at zero in a healthy run: nothing rejected, skipped or restarted.
+MAY_BE_ZERO = {"ps_updates_rejected_total", "ps_images_skipped_total", "ps_actor_restarts_total"}
+
+
+def _dashboard_series() -> set[str]:
+    """The ps_* series names the Grafana dashboard's panels and variables query."""
+    dash = json.loads(DASHBOARD.read_text())
+    panels = [p for top in dash["panels"] for p in (top, *top.get("panels", []))]
+    exprs = [t["expr"] for p in panels for t in p.get("targets", [])]
+    exprs += [v["query"]["query"] for v in dash["templating"]["list"]]
+    return {n for e in exprs for n in re.findall(r"(?<![A-Za-z0-9_:])(ps_[A-Za-z0-9_:]*)", e)}
+
+
+def test_every_series_the_dashboard_queries_is_recorded(run):
+    """Not only declared: each series has samples of this run, histograms have observations,
+    and counters and gauges have moved (except the few that stay 0 when all goes well)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    wanted = _dashboard_series()
+    assert len(wanted) >= 20
+
+    def missing() -> list[str]:
+        samples: dict[str, list] = {}
+        for family in text_string_to_metric_families(scrape(run["port"])):
+            for sample in family.samples:
+                samples.setdefault(sample.name, []).append(sample)
+        problems = []
+        for name in sorted(wanted):
+            mine = [s for s in samples.get(name, []) if s.labels.get("run") == "e2e"]
+            if not mine:
+                problems.append(f"{name}: no sample with run=e2e")
+                continue
+            if name.endswith(("_bucket", "_sum", "_count")):
+                count = name.rsplit("_", 1)[0] + "_count"
+                if not any(s.value > 0 for s in samples.get(count, [])):
+                    problems.append(f"{name}: no observation")
+            elif name not in MAY_BE_ZERO and not any(s.value > 0 for s in mine):
+                problems.append(f"{name}: still 0")
+        return problems
+
+    try:
+        wait_for(lambda: not missing(), 60, what="every dashboard series to be recorded")
+    except AssertionError:
+        raise AssertionError("; ".join(missing())) from None
 
 
 @pytest.mark.skipif(shutil.which("prometheus") is None, reason="Debian's prometheus not installed")

@@ -6,7 +6,7 @@ import urllib.request
 from prometheus_client.parser import text_string_to_metric_families
 
 from ps_trainer.metrics import (METRIC_NAMES, CoordinatorMetrics, EvaluatorMetrics, MetricsHub,
-                                Reporter, ServerMetrics, WorkerMetrics)
+                                RateMeter, Reporter, ServerMetrics, WorkerMetrics)
 
 
 def scrape(port: int) -> dict:
@@ -16,7 +16,7 @@ def scrape(port: int) -> dict:
 
 
 def test_hub_serves_merged_snapshots_from_several_sources():
-    hub = MetricsHub()
+    hub = MetricsHub("r1")
     port = hub.serve("127.0.0.1", 0)
     try:
         server, w0, w1 = ServerMetrics(0), WorkerMetrics("rotation", 0), WorkerMetrics("rotation", 1)
@@ -28,20 +28,35 @@ def test_hub_serves_merged_snapshots_from_several_sources():
         for source, m in (("server/0", server), ("worker/rotation/0", w0), ("worker/rotation/1", w1)):
             Reporter(source, m.registry, hub.report, every_s=60).now()
         text = scrape(port)["__text__"]
-        assert 'ps_updates_applied_total{shard="0",task="rotation"} 7.0' in text
-        assert 'ps_updates_rejected_total{reason="stale",shard="0",task="rotation"} 2.0' in text
-        assert 'ps_push_bytes_total{task="rotation",worker="0"} 100.0' in text
-        assert 'ps_push_bytes_total{task="rotation",worker="1"} 50.0' in text
-        assert 'ps_staleness_updates_bucket{le="4.0",shard="0",task="rotation"} 1.0' in text
+        assert 'ps_updates_applied_total{run="r1",shard="0",task="rotation"} 7.0' in text
+        assert 'ps_updates_rejected_total{reason="stale",run="r1",shard="0",task="rotation"} 2.0' in text
+        assert 'ps_push_bytes_total{run="r1",task="rotation",worker="0"} 100.0' in text
+        assert 'ps_push_bytes_total{run="r1",task="rotation",worker="1"} 50.0' in text
+        assert 'ps_staleness_updates_bucket{le="4.0",run="r1",shard="0",task="rotation"} 1.0' in text
         # a replaced actor reports under the same source: its series are replaced, not duplicated
         w0b = WorkerMetrics("rotation", 0)
         w0b.push_bytes.inc(5)
         Reporter("worker/rotation/0", w0b.registry, hub.report, every_s=60).now()
         text = scrape(port)["__text__"]
-        assert 'ps_push_bytes_total{task="rotation",worker="0"} 5.0' in text
-        assert text.count('ps_push_bytes_total{task="rotation",worker="0"}') == 1
+        assert 'ps_push_bytes_total{run="r1",task="rotation",worker="0"} 5.0' in text
+        assert text.count('ps_push_bytes_total{run="r1",task="rotation",worker="0"}') == 1
+        # every series carries the run's name, unlabelled ones included
+        samples = [line for line in text.splitlines() if line.startswith("ps_")]
+        assert samples and all('run="r1"' in line for line in samples)
     finally:
         hub.close()
+
+
+def test_rate_meter_sets_the_rate_over_each_window():
+    gauge = ServerMetrics(0).updates_per_s
+    meter = RateMeter(gauge, window_s=2.0)
+    meter.update(100, now=10.0)
+    meter.update(110, now=11.0)            # inside the window: unchanged
+    assert gauge._value.get() == 0.0
+    meter.update(130, now=12.5)            # 30 updates in 2.5 s
+    assert gauge._value.get() == 12.0
+    meter.update(130, now=15.0)            # no updates: falls to 0
+    assert gauge._value.get() == 0.0
 
 
 def test_every_declared_name_is_defined_once_and_follows_conventions():
