@@ -93,8 +93,9 @@ def test_metrics_endpoint_serves_the_run(run):
 
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "deploy" / "grafana-dashboard.json"
-# Series that may stay at zero in a healthy run: nothing rejected, skipped or restarted.
-MAY_BE_ZERO = {"ps_updates_rejected_total", "ps_images_skipped_total", "ps_actor_restarts_total"}
+# Series that may stay at zero in a healthy run: nothing rejected, skipped, restarted or pending.
+MAY_BE_ZERO = {"ps_updates_rejected_total", "ps_images_skipped_total", "ps_actor_restarts_total",
+               "ps_workers_pending"}
 
 
 def _dashboard_series() -> set[str]:
