@@ -133,6 +133,7 @@ class ParameterServer:
 
     def status(self) -> dict:
         self._rate.update(self._store.version)   # falls to 0 when no push comes
+        self._reporter.maybe()                     # ... and the endpoint hears of it
         return {"index": self._index, "node": ray.get_runtime_context().get_node_id(),
                 "version": self._store.version, "lr": self._store.lr,
                 "applied": dict(self._applied), "rejected": dict(self._rejected),

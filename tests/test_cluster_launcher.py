@@ -270,7 +270,8 @@ def test_ray_up_submit_exec_and_down_on_a_local_provider(launcher, tiny):
     metrics_port = free_ports(1)[0]
     overrides = tiny(Path("runs"), ("rotation", "segmentation"), extra=[
         "run.name=launcher", "run.max_minutes=1.5", "run.max_updates=1000000",
-        "eval.every_s=5", f"metrics.port={metrics_port}", "tasks.colorization.workers=0"])
+        "eval.every_s=5", f"metrics.port={metrics_port}", "tasks.colorization.workers=0",
+        "tasks.self_training.workers=0"])
     args = ["--config", "configs/quickstart.yaml"]
     for item in overrides:
         args += ["--set", item]

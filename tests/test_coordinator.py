@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import subprocess
 import sys
 import time
@@ -71,8 +72,9 @@ def test_workers_that_do_not_fit_are_pending_not_running(started, tiny_config, c
 
     def scraped():
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-        return ('ps_workers{task="rotation"} 1.0' in text
-                and 'ps_workers_pending{task="rotation"} 1.0' in text)
+        # every series also carries the run's name: match the task label among the others
+        return all(re.search(name + r'\{[^}]*task="rotation"[^}]*\} 1\.0', text)
+                   for name in ("ps_workers", "ps_workers_pending"))
     wait_for(scraped, what="the running and pending gauges")
 
     with caplog.at_level(logging.INFO, logger="ps_trainer.progress"):
