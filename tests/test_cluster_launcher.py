@@ -288,7 +288,7 @@ def test_ray_up_submit_exec_and_down_on_a_local_provider(launcher, tiny):
             return json.loads(match.group(0)) if out.returncode == 0 and match else None
         first = wait_for(lambda: (s := status()) and (s["version"] or 0) > 0 and s, 120,
                          "`ray exec ps-trainer status` to show a training run")
-        assert first["workers"] == {"rotation": 1, "segmentation": 1}
+        assert {t: n for t, n in first["workers"].items() if n} == {"rotation": 1, "segmentation": 1}
         scaled = ray(env, "exec", config, "ps-trainer scale --task rotation --workers 2",
                      timeout_s=60)
         assert "rotation: 2 workers" in scaled.stdout, scaled.stdout + scaled.stderr
