@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from waiting import wait_for
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -239,16 +240,6 @@ def ray(env, *args, timeout_s=120) -> subprocess.CompletedProcess:
     except subprocess.TimeoutExpired as err:
         out = err.stdout.decode(errors="replace") if isinstance(err.stdout, bytes) else ""
         return subprocess.CompletedProcess(err.cmd, 124, out or "", f"timed out: {err}")
-
-
-def wait_for(predicate, timeout_s: float, what: str, every_s: float = 2.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
 def test_ray_up_submit_exec_and_down_on_a_local_provider(launcher, tiny):

@@ -17,19 +17,9 @@ from ps_trainer.checkpoint import CheckpointManager
 from ps_trainer.launch import _log_progress, start_coordinator, start_metrics
 from ps_trainer.progress import Progress
 from ps_trainer.runlog import RunFolder
+from waiting import wait_for
 
 pytestmark = [pytest.mark.ray]
-
-
-def wait_for(predicate, timeout_s=180.0, every_s=0.25, what="condition"):
-    """Returns as soon as `predicate` holds; the bound is generous for a loaded 2-core machine."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
 @pytest.fixture

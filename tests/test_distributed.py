@@ -7,7 +7,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -18,19 +17,10 @@ import ray
 from ps_trainer.checkpoint import CheckpointManager
 from ps_trainer.launch import load_run_config, resume_from, start_coordinator, start_metrics
 from ps_trainer.runlog import RunFolder
+from waiting import wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 TASKS = ("rotation", "colorization", "segmentation")
-
-
-def wait_for(predicate, timeout_s=90.0, every_s=0.5, what="condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
