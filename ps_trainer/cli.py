@@ -254,7 +254,10 @@ def _experiment(args) -> int:
     exp, base_dir = load_experiment(args.file)
     runner = Experiment(exp, base_dir, tuple(args.overrides))
     only = tuple(args.runs.split(",")) if args.runs else None
-    seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else None
+    try:
+        seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else None
+    except ValueError:
+        raise ValueError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from None
     out = runner.summarise() if args.summarise else runner.run(only, seeds)
     print((out / "results.md").read_text())
     print(f"results: {out / 'results.csv'}, {out / 'results.md'}, {out / 'results.png'}")

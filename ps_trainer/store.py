@@ -123,9 +123,8 @@ class ParameterStore:
         acc = self._acc[task]
         for key, t in g.items():
             acc[key].add_(t, alpha=grad_scale)
-        if self._acc_count[task] == 0:
-            self._acc_base[task] = base_version
-        self._acc_base[task] = min(self._acc_base[task], base_version)
+        first = self._acc_count[task] == 0
+        self._acc_base[task] = base_version if first else min(self._acc_base[task], base_version)
         self._acc_factor[task] += step_factor
         self._acc_count[task] += 1
         count = self._acc_count[task]

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from waiting import wait_for
+from support import free_ports, wait_for
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,17 +55,6 @@ while True:
         break
     os.write(1, data)
 """
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _missing() -> str:

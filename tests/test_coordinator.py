@@ -17,7 +17,7 @@ from ps_trainer.checkpoint import CheckpointManager
 from ps_trainer.launch import _log_progress, start_coordinator, start_metrics
 from ps_trainer.progress import Progress
 from ps_trainer.runlog import RunFolder
-from waiting import wait_for
+from support import stop_run, wait_for
 
 pytestmark = [pytest.mark.ray]
 
@@ -36,12 +36,7 @@ def started(ray_session):
 
     yield start
     for coordinator, done, hub in runs:
-        coordinator.stop.remote()
-        try:
-            ray.get(done, timeout=60)
-        finally:
-            ray.kill(coordinator)
-            ray.kill(hub)
+        stop_run(coordinator, done, hub)
 
 
 def status(coordinator) -> dict:

@@ -17,7 +17,7 @@ import ray
 from ps_trainer.checkpoint import CheckpointManager
 from ps_trainer.launch import load_run_config, resume_from, start_coordinator, start_metrics
 from ps_trainer.runlog import RunFolder
-from waiting import wait_for
+from support import stop_run, wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 TASKS = ("rotation", "colorization", "segmentation")
@@ -33,12 +33,7 @@ def run(ray_session, tmp_path_factory, tiny):
     done = coordinator.run.remote()
     state = {"cfg": cfg, "coordinator": coordinator, "done": done, "port": port, "hub": hub}
     yield state
-    coordinator.stop.remote()
-    try:
-        ray.get(done, timeout=60)
-    finally:
-        ray.kill(coordinator)
-        ray.kill(hub)
+    stop_run(coordinator, done, hub)
 
 
 def status(run) -> dict:

@@ -18,6 +18,7 @@ from ps_trainer.options import Options, check
 from workers.tasks.base import Task
 from workers.tasks.heads import DenseDecoder, resize_like
 from workers.tasks.registry import TASKS
+from workers.tasks.views import zoom_grid
 
 IGNORE_INDEX = 255
 
@@ -73,16 +74,7 @@ class Segmentation(Task):
     def _scale_jitter(self, images: torch.Tensor, masks: torch.Tensor,
                       rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Zoom each image by a random factor around a random centre that keeps it covered."""
-        b = images.shape[0]
-        zoom = rng.uniform(*self.options.scale_range, size=b)
-        # Zooming in by z shows 1/z of the image; the centre may move by the slack 1 - 1/z.
-        slack = np.clip(1.0 - 1.0 / zoom, 0.0, None)
-        shift = rng.uniform(-1.0, 1.0, size=(b, 2)) * slack[:, None]
-        theta = np.zeros((b, 2, 3))
-        theta[:, 0, 0] = theta[:, 1, 1] = 1.0 / zoom
-        theta[:, :, 2] = shift
-        grid = F.affine_grid(torch.from_numpy(theta).float().to(images.device), list(images.shape),
-                             align_corners=False)
+        grid = zoom_grid(images.shape, self.options.scale_range, rng, images.device)
         images = F.grid_sample(images, grid, mode="bilinear", padding_mode="border",
                                align_corners=False)
         # Nearest sampling keeps labels exact; shifting by 255 makes the padding 255 (ignore).

@@ -31,18 +31,27 @@ def flip_and_zoom(images: torch.Tensor, rng: np.random.Generator, flip_probabili
     b = images.shape[0]
     flip = torch.from_numpy(rng.random(b) < flip_probability).to(images.device)
     images = torch.where(flip.view(b, 1, 1, 1), images.flip(-1), images)
-    low, high = scale_range
-    if (low, high) == (1.0, 1.0):
+    if tuple(scale_range) == (1.0, 1.0):
         return images.contiguous()
-    zoom = rng.uniform(max(low, 1.0), max(high, 1.0), size=b)
-    shift = rng.uniform(-1.0, 1.0, size=(b, 2)) * (1.0 - 1.0 / zoom)[:, None]
+    grid = zoom_grid(images.shape, scale_range, rng, images.device)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border",
+                         align_corners=False).clamp(0.0, 1.0)
+
+
+def zoom_grid(shape, scale_range: tuple[float, float], rng: np.random.Generator,
+              device: torch.device) -> torch.Tensor:
+    """A sampling grid (B, H, W, 2) that zooms each image by a factor from `scale_range`
+    around a random centre; zooming in by z shows 1/z of the image, so the centre may move by
+    the slack 1 - 1/z (none when zooming out: the border is padded instead)."""
+    b = shape[0]
+    zoom = rng.uniform(*scale_range, size=b)
+    slack = np.clip(1.0 - 1.0 / zoom, 0.0, None)
+    shift = rng.uniform(-1.0, 1.0, size=(b, 2)) * slack[:, None]
     theta = np.zeros((b, 2, 3))
     theta[:, 0, 0] = theta[:, 1, 1] = 1.0 / zoom
     theta[:, :, 2] = shift
-    grid = F.affine_grid(torch.from_numpy(theta).float().to(images.device), list(images.shape),
+    return F.affine_grid(torch.from_numpy(theta).float().to(device), list(shape),
                          align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border",
-                         align_corners=False).clamp(0.0, 1.0)
 
 
 def colour_jitter(images: torch.Tensor, rng: np.random.Generator, probability: float,
