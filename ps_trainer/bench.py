@@ -163,9 +163,13 @@ def _start(cfg: Config, params: int, workers: int):
     plan = plan_pieces(flat.layout, cfg.server.shards)
     arrays = flat.param_arrays()
     keys = {TASK: tuple(p.key for p in plan)}
-    servers = [ray.remote(BenchServer).options(num_cpus=0.5 / cfg.server.shards).remote(
-        cfg, i, {p.key: arrays[p.shard][p.start:p.stop] for p in plan if p.server == i}, keys)
-        for i in range(cfg.server.shards)]
+    def server(i, peers=()):
+        return ray.remote(BenchServer).options(num_cpus=0.5 / cfg.server.shards).remote(
+            cfg, i, {p.key: arrays[p.shard][p.start:p.stop] for p in plan if p.server == i}, keys,
+            peers=list(peers))
+
+    others = [server(i) for i in range(1, cfg.server.shards)]
+    servers = [server(0, others), *others]       # actor 0 sends its decisions to the others
     stubs = [ray.remote(StubWorker).options(num_cpus=0.01).remote(cfg, servers, plan, params)
              for _ in range(workers)]
     ray.get([s.ping.remote() for s in servers])

@@ -11,12 +11,15 @@ Pulls are prefetched: the next one is requested as soon as the previous one is a
 the round trip overlaps the step. A shard that arrives whole is adopted, not copied: the
 model's parameters become views of the object-store buffer (workers only read weights).
 Pushes are fire-and-forget with at most `inflight` outstanding; the oldest is waited for
-only when the limit is reached.
+only when the limit is reached. A model split over several server actors is pushed
+all-or-nothing (see ``server.py``): each part but actor 0's is staged, and actor 0 decides for
+the whole push once every part is staged.
 """
 from __future__ import annotations
 
 import collections
 import math
+import random
 import time
 from typing import Callable, Optional
 
@@ -71,10 +74,12 @@ class ParameterClient:
         self.push_seconds = 0.0              # encoding and handing the push to Ray
 
     def _links(self, servers: list) -> list[_ServerLink]:
+        """One link per actor holding some of the pieces; actor 0 always (it decides every
+        push of a split model), first."""
         links = []
         for index, handle in enumerate(servers):
             pieces = [p for p in self.pieces if p.server == index]
-            if pieces:
+            if pieces or index == 0:
                 links.append(_ServerLink(handle, pieces))
         return links
 
@@ -134,21 +139,32 @@ class ParameterClient:
         to every server that owns some of them, without waiting for the answer."""
         if len(self._pending) >= self.inflight:
             start = time.perf_counter()
-            self._record(ray.get(self._pending.popleft()))
+            self.on_result(ray.get(self._pending.popleft()))
             self._timed("wait", start)
         start = time.perf_counter()
         wanted = shards or tuple({p.shard for p in self.pieces})
         grads = {s: encode_grad(self.flat.grads[s], self.grad_dtype) for s in wanted}
         if self.report_norm:
             stats = with_grad_norm(stats, wire_norm(grads.values()))
-        refs = []
-        for i, link in enumerate(self.links):
+        chunks = []
+        for link in self.links:
             chunk = {p.key: grads[p.shard][p.start: p.stop] for p in link.pieces
                      if p.shard in grads}
             self.pushed_bytes += sum(a.nbytes for a in chunk.values())
-            refs.append(link.handle.push.remote(task, worker_id, link.version, chunk, stats,
-                                                norm_stats if i == 0 else None))
-        self._pending.append(refs)
+            chunks.append(chunk)
+        first = self.links[0]
+        if len(self.links) == 1:
+            ref = first.handle.push.remote(task, worker_id, first.version, chunks[0], stats,
+                                           norm_stats)
+        else:
+            # The oldest weights this step used: the push's staleness counts from them.
+            base = min(link.version for link in self.links)
+            push_id = random.getrandbits(63)
+            staged = [link.handle.stage.remote(push_id, task, base, chunk, stats)
+                      for link, chunk in zip(self.links[1:], chunks[1:])]
+            ref = first.handle.push_first.remote(push_id, task, worker_id, base, chunks[0],
+                                                 stats, norm_stats, *staged)
+        self._pending.append(ref)
         self.push_seconds += time.perf_counter() - start
 
     def _timed(self, what: str, start: float) -> None:
@@ -159,14 +175,10 @@ class ParameterClient:
             self.wait_seconds += seconds
         self.on_timing(what, seconds)
 
-    def _record(self, results: list[PushResult]) -> None:
-        for result in results:
-            self.on_result(result)
-
     def drain(self) -> None:
         """Wait for every outstanding push (abandoning them if a server is gone)."""
         try:
             while self._pending:
-                self._record(ray.get(self._pending.popleft()))
+                self.on_result(ray.get(self._pending.popleft()))
         except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError):
             self._pending.clear()

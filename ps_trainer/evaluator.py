@@ -8,6 +8,7 @@ writes what an evaluation produces (checkpoint, a ``metrics.jsonl`` line, previe
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -180,6 +181,10 @@ class Evaluator:
     def ping(self) -> bool:
         return True
 
+    def process(self) -> dict:
+        """Where this actor's process runs: {"node", "pid"} (for ``ps-trainer chaos``)."""
+        return {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+
     def run(self) -> None:
         """Evaluate every eval.every_s seconds, or every eval.every_updates versions."""
         every_s, every_updates = self._cfg.eval.every_s, self._cfg.eval.every_updates
@@ -204,7 +209,7 @@ class Evaluator:
         """Pull the full server state, score it, checkpoint it; None if a server is down."""
         with self._lock:
             try:
-                states = ray.get([s.state.remote() for s in self._servers])
+                states = ray.get(self._servers[0].snapshot.remote())   # one point in time
                 statuses = ray.get([s.status.remote() for s in self._servers])
             except ray.exceptions.RayActorError as err:
                 log.warning("evaluation skipped: a server is unreachable (%s)", type(err).__name__)

@@ -166,10 +166,11 @@ class FlatOptimizer:
         else:
             w.addcdiv_(g, avg, value=-lr * scale)
 
-    def state_dict(self) -> dict:
-        """Numpy copies of the state (safe to keep while updates continue)."""
+    def state_dict(self, copy: bool = True) -> dict:
+        """The state as numpy arrays: copies (safe to keep while updates continue), or views
+        when the caller serialises them before the next update (a Ray actor's return value)."""
         return {"name": self.cfg.name, "steps": dict(self.steps),
-                "state": {k: {n: t.detach().cpu().numpy().copy() for n, t in v.items()}
+                "state": {k: {n: _numpy(t, copy) for n, t in v.items()}
                           for k, v in self.state.items()}}
 
     def load_state_dict(self, state: dict) -> None:
@@ -182,3 +183,8 @@ class FlatOptimizer:
             for name, array in arrays.items():
                 self.state[key][name].copy_(torch.as_tensor(np.asarray(array, np.float32)))
             self.steps[key] = int(state["steps"][key])
+
+
+def _numpy(t: torch.Tensor, copy: bool) -> np.ndarray:
+    array = t.detach().cpu().numpy()
+    return array.copy() if copy else array

@@ -35,3 +35,23 @@ class PushResult:
     @property
     def accepted(self) -> bool:
         return self.reason in (APPLIED, QUEUED)
+
+
+@dataclass(frozen=True)
+class PushDecision:
+    """What happens to one push, decided once for the whole model (by the server actor that
+    holds part 0 when the model is split) and carried out by every actor holding a part."""
+    reason: str                       # one of APPLIED, QUEUED, STALE, NONFINITE
+    version: int                      # the version the push was decided at
+    staleness: int
+    grad_scale: float = 1.0           # clipping (the whole push's norm): scales the gradient
+    step_factor: float = 1.0          # balancing weight x staleness factor: scales the step
+    reset_group: bool = False         # the task's sync group went stale: empty it first
+
+    @property
+    def accepted(self) -> bool:
+        return self.reason in (APPLIED, QUEUED)
+
+    @property
+    def result(self) -> PushResult:
+        return PushResult(self.reason, self.version + (self.reason == APPLIED), self.staleness)

@@ -1,4 +1,4 @@
-"""ParameterServer: the Ray actor around :class:`ParameterStore` (see DESIGN.md).
+"""ParameterServer: the Ray actor around :class:`ParameterStore` (see ARCHITECTURE.md).
 
 - ``pull(keys, have_version) -> (version, {key: ObjectRef})``: weights are published with one
   ``ray.put`` per piece per published version (lazily, when someone pulls, and at most every
@@ -6,13 +6,25 @@
   workers on the node read the object store without copies. A caller that is current gets
   ``(version, {})``; otherwise only the pieces changed since ``have_version``.
 - ``push(task, worker_id, base_version, grads, stats, norm_stats)`` hands the push to the store
-  and returns a :class:`PushResult`.
+  and returns a :class:`PushResult` (a model held by one actor).
+
+A model split over several actors (``server.shards > 1``) is pushed all-or-nothing: the worker
+sends each actor but the first its part with ``stage`` (checked, its squared norm returned,
+held until decided) and the first actor its own part with ``push_first``, whose arguments
+include the staged norms, so Ray runs it only once every part is staged. Actor 0 makes the one
+decision for the whole push (finite, norm, clip factor, staleness, weight, sync group), sends it
+to every other actor with ``commit`` and applies its own part. Actor 0 is the only one that
+calls ``commit``, and Ray runs one caller's calls to an actor in order, so every actor carries
+out the same decisions in the same order: versions, optimizer steps and sync groups move
+together. ``snapshot()`` on actor 0 uses the same ordered channel to collect one consistent
+state of every actor.
 """
 from __future__ import annotations
 
 import logging
+import os
 import time
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import ray
@@ -21,12 +33,14 @@ import torch
 from ps_trainer.balancing import make_balancer
 from ps_trainer.config import Config
 from ps_trainer.metrics import RateMeter, Reporter, ServerMetrics
-from ps_trainer.protocol import APPLIED, QUEUED, REJECT_REASONS, PushResult, PushStats
+from ps_trainer.protocol import (APPLIED, QUEUED, REJECT_REASONS, PushDecision, PushResult,
+                                 PushStats)
 from ps_trainer.runtime import set_threads
 from ps_trainer.store import ParameterStore
 
 log = logging.getLogger(__name__)
 _EMA_DECAY = 0.9   # for the loss and staleness averages in status() and the metrics
+_PEER_TIMEOUT_S = 60.0   # a snapshot waits this long for the other server actors
 
 
 def _ema(old: Optional[float], new: float) -> float:
@@ -46,7 +60,8 @@ class ParameterServer:
     """Ray actor holding some pieces of the model (all of them when ``server.shards`` is 1)."""
 
     def __init__(self, cfg: Config, index: int, weights: Mapping[str, np.ndarray],
-                 task_keys: Mapping[str, tuple[str, ...]], state: Optional[dict] = None, hub=None):
+                 task_keys: Mapping[str, tuple[str, ...]], state: Optional[dict] = None, hub=None,
+                 peers: Sequence = ()):
         set_threads(cfg.server.num_cpus)
         # Own writable copies: arguments arrive as read-only views of the object store.
         own = {k: torch.from_numpy(np.array(a, dtype=np.float32)) for k, a in weights.items()}
@@ -71,6 +86,9 @@ class ParameterServer:
                                   cfg.metrics.report_every_s)
         self._rate = RateMeter(self._metrics.updates_per_s, cfg.metrics.report_every_s)
         self._index = index
+        self._peers = list(peers)                     # actor 0 of a split model: the others
+        self._staged: dict[int, tuple[int, dict, int]] = {}   # push id -> (base, grads, bytes)
+        self.lost_parts = 0                           # decided parts never staged here (a bug)
 
     # ------------------------------------------------------------------ hot path
 
@@ -85,12 +103,76 @@ class ParameterServer:
     def push(self, task: str, worker_id: int, base_version: int, grads: Mapping[str, np.ndarray],
              stats: PushStats, norm_stats: Optional[Mapping[str, np.ndarray]] = None) -> PushResult:
         start = time.perf_counter()
-        result = self._store.push(task, base_version, grads, stats, norm_stats)
-        if result.reason == APPLIED:
+        g = self._store.receive(task, grads)
+        decision = self._store.decide(task, base_version, self._store.part_norm2(g, stats),
+                                      stats, norm_stats)
+        self._carry_out(task, g, decision, stats, sum(a.nbytes for a in grads.values()), start)
+        return decision.result
+
+    # ------------------------------------------------------------------ split model
+
+    def stage(self, push_id: int, task: str, base_version: int,
+              grads: Mapping[str, np.ndarray], stats: PushStats) -> float:
+        """Hold this actor's part of a push until actor 0 decides it; returns the part's
+        squared norm (NaN or Inf when the part is not finite)."""
+        g = self._store.receive(task, grads)
+        self._drop_undecided()
+        self._staged[push_id] = (base_version, g, sum(a.nbytes for a in grads.values()))
+        return self._store.part_norm2(g, stats)
+
+    def push_first(self, push_id: int, task: str, worker_id: int, base_version: int,
+                   grads: Mapping[str, np.ndarray], stats: PushStats,
+                   norm_stats: Optional[Mapping[str, np.ndarray]], *staged_norm2: float
+                   ) -> PushResult:
+        """Actor 0's part of a split push: decide for the whole push, send the decision to
+        the other actors, apply its own part."""
+        start = time.perf_counter()
+        g = self._store.receive(task, grads)
+        own = self._store.part_norm2(g, stats)
+        # Without verification every part reports the worker's whole-push norm: count it once.
+        norm2 = own + sum(staged_norm2) if self._store.server_cfg.verify_gradients or \
+            stats.grad_norm is None else own
+        decision = self._store.decide(task, base_version, norm2, stats, norm_stats)
+        for peer in self._peers:
+            peer.commit.remote(push_id, task, decision)
+        self._carry_out(task, g, decision, stats, sum(a.nbytes for a in grads.values()), start)
+        return decision.result
+
+    def commit(self, push_id: int, task: str, decision: PushDecision) -> None:
+        """Carry out actor 0's decision on the part staged here."""
+        start = time.perf_counter()
+        staged = self._staged.pop(push_id, None)
+        if staged is None:
+            if decision.accepted:   # stage() always runs first: this would be a protocol bug
+                self.lost_parts += 1
+                log.error("server %d: no staged part for accepted push %d of %s",
+                          self._index, push_id, task)
+            return
+        _, g, nbytes = staged
+        self._carry_out(task, g, decision, None, nbytes, start)
+
+    def _carry_out(self, task: str, g, decision: PushDecision, stats: Optional[PushStats],
+                   nbytes: int, start: float) -> None:
+        self._store.execute(task, g, decision)
+        if decision.reason == APPLIED:
             for key in self._store.task_keys[task]:
                 self._modified_at[key] = self._store.version
-        self._record(task, result, stats, grads, time.perf_counter() - start)
-        return result
+        self._record(task, decision.result, stats, nbytes, time.perf_counter() - start)
+
+    def _drop_undecided(self) -> None:
+        """Parts whose push can no longer be applied (too stale already: its worker died
+        before asking actor 0) are let go, so that the staging area stays bounded."""
+        limit = self._store.version - self._store.server_cfg.max_staleness
+        for push_id in [p for p, (base, _, _) in self._staged.items() if base < limit]:
+            del self._staged[push_id]
+
+    def snapshot(self) -> list[dict]:
+        """One consistent state of every actor (on actor 0): the others' states are asked
+        through the ordered decision channel, so they are taken after exactly the decisions
+        this actor has made. Views, not copies: Ray serialises the reply before the next push."""
+        others = [peer.state.remote() for peer in self._peers]
+        own = self._store.state(copy=False)
+        return [own, *ray.get(others, timeout=_PEER_TIMEOUT_S)]
 
     def _publish(self) -> None:
         start = time.perf_counter()
@@ -102,10 +184,12 @@ class ParameterServer:
         self._published_version = version
         self._metrics.publish_seconds.observe(time.perf_counter() - start)
 
-    def _record(self, task: str, result: PushResult, stats: PushStats, grads, seconds: float):
+    def _record(self, task: str, result: PushResult, stats: Optional[PushStats], nbytes: int,
+                seconds: float):
+        """Metrics for one push; `stats` (the loss) only where the push was decided."""
         m = self._metrics
         m.received(task).inc()
-        m.push_bytes(task).inc(sum(a.nbytes for a in grads.values()))
+        m.push_bytes(task).inc(nbytes)
         m.staleness(task).observe(max(result.staleness, 0))
         self._staleness_ema = _ema(self._staleness_ema, result.staleness)
         if result.reason == APPLIED:
@@ -115,7 +199,7 @@ class ParameterServer:
             m.rejected(task, result.reason).inc()
             key = f"{task}/{result.reason}"
             self._rejected[key] = self._rejected.get(key, 0) + 1
-        if result.accepted:
+        if result.accepted and stats is not None:
             self._loss_ema[task] = _ema(self._loss_ema.get(task), stats.loss)
             m.task_loss(task).set(self._loss_ema[task])
             m.task_weight(task).set(self._store.balancer.weight(task))
@@ -128,8 +212,8 @@ class ParameterServer:
     # ------------------------------------------------------------------ control
 
     def state(self) -> dict:
-        """The full server state for a checkpoint (copies)."""
-        return self._store.state()
+        """This actor's state for a checkpoint (views: Ray serialises the reply at once)."""
+        return self._store.state(copy=False)
 
     def status(self) -> dict:
         self._rate.update(self._store.version)   # falls to 0 when no push comes
@@ -139,7 +223,12 @@ class ParameterServer:
                 "applied": dict(self._applied), "rejected": dict(self._rejected),
                 "staleness": self._staleness_ema,
                 "losses": dict(self._loss_ema),
-                "weights": self._store.balancer.weights()}
+                "weights": self._store.balancer.weights(), "lost_parts": self.lost_parts,
+                "staged": len(self._staged)}
 
     def ping(self) -> int:
         return self._store.version
+
+    def process(self) -> dict:
+        """Where this actor's process runs: {"node", "pid"} (for ``ps-trainer chaos``)."""
+        return {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}

@@ -28,7 +28,8 @@ from ps_trainer.balancing import Balancer
 from ps_trainer.config import OptimizerConfig, ServerConfig
 from ps_trainer.optim import FlatOptimizer, learning_rate
 from ps_trainer.params import readonly_tensor
-from ps_trainer.protocol import APPLIED, NONFINITE, QUEUED, STALE, PushResult, PushStats
+from ps_trainer.protocol import (APPLIED, NONFINITE, QUEUED, STALE, PushDecision, PushResult,
+                                 PushStats)
 
 
 class ParameterStore:
@@ -62,25 +63,15 @@ class ParameterStore:
 
     def push(self, task: str, base_version: int, grads: Mapping[str, np.ndarray | torch.Tensor],
              stats: PushStats, norm_stats: Optional[Mapping[str, np.ndarray]] = None) -> PushResult:
-        """Receive -> check -> weight -> apply (or queue in the task's sync group)."""
-        g = self._receive(task, grads)
-        staleness = self.version - base_version
-        if staleness < 0 or staleness > self.server_cfg.max_staleness:
-            return PushResult(STALE, self.version, staleness)
-        norm = self._finite_norm(g, stats)
-        if norm is None:
-            return PushResult(NONFINITE, self.version, staleness)
-        step_factor = self.balancer.weight(task) * self._staleness_factor(staleness)
-        grad_scale = self._clip_factor(norm)
-        self.balancer.observe(task, stats.loss, stats.shared_grad_norm)
-        if norm_stats:
-            self._keep_norm_stats(task, norm_stats)
-        if self.sync[task] == 1:
-            self._apply(g, grad_scale, step_factor)
-            return PushResult(APPLIED, self.version, staleness)
-        return self._queue(task, g, grad_scale, step_factor, base_version, staleness)
+        """Receive -> check -> weight -> apply (or queue in the task's sync group): a store
+        that holds every piece the push carries decides and applies in one call."""
+        g = self.receive(task, grads)
+        decision = self.decide(task, base_version, self.part_norm2(g, stats), stats, norm_stats)
+        self.execute(task, g, decision)
+        return decision.result
 
-    def _receive(self, task: str, grads: Mapping) -> dict[str, torch.Tensor]:
+    def receive(self, task: str, grads: Mapping) -> dict[str, torch.Tensor]:
+        """The push's pieces held here, as tensors (views, no copies), with shapes checked."""
         if task not in self.task_keys:
             raise KeyError(f"push from unknown task {task!r}; known: {', '.join(self.task_keys)}")
         out = {}
@@ -93,18 +84,61 @@ class ParameterStore:
             out[key] = grad if isinstance(grad, torch.Tensor) else readonly_tensor(grad)
         return out
 
-    def _finite_norm(self, g: dict[str, torch.Tensor], stats: PushStats) -> Optional[float]:
-        """The push's gradient L2 norm, or None if it (or the loss) is not finite.
-        One reduction per piece (an Inf or NaN anywhere makes the norm non-finite), unless
-        server.verify_gradients is off and the worker reported the norm of what it sent."""
-        if not math.isfinite(stats.loss):
-            return None
-        if self.server_cfg.verify_gradients or stats.grad_norm is None:
-            norm = math.sqrt(sum(float(torch.linalg.vector_norm(t, dtype=torch.float32)) ** 2
-                                 for t in g.values()))
-        else:
-            norm = stats.grad_norm
-        return norm if math.isfinite(norm) else None
+    def part_norm2(self, g: Mapping[str, torch.Tensor], stats: PushStats) -> float:
+        """Squared L2 norm of the pieces held here (NaN or Inf if any value is), or of the whole
+        push as the worker reported it when server.verify_gradients is off."""
+        if not self.server_cfg.verify_gradients and stats.grad_norm is not None:
+            return stats.grad_norm ** 2
+        return sum(float(torch.linalg.vector_norm(t, dtype=torch.float32)) ** 2
+                   for t in g.values())
+
+    def decide(self, task: str, base_version: int, norm2: float, stats: PushStats,
+               norm_stats: Optional[Mapping[str, np.ndarray]] = None) -> PushDecision:
+        """The one decision for a whole push: staleness, finiteness, clip factor and step
+        factor, from `norm2`, the squared norm of the whole push (the sum of its parts when the
+        model is split over several stores). Observes the balancer for accepted pushes."""
+        staleness = self.version - base_version
+        if staleness < 0 or staleness > self.server_cfg.max_staleness:
+            return PushDecision(STALE, self.version, staleness)
+        if not (math.isfinite(stats.loss) and math.isfinite(norm2)):
+            return PushDecision(NONFINITE, self.version, staleness)
+        step_factor = self.balancer.weight(task) * self._staleness_factor(staleness)
+        grad_scale = self._clip_factor(math.sqrt(norm2))
+        self.balancer.observe(task, stats.loss, stats.shared_grad_norm)
+        if norm_stats:
+            self._keep_norm_stats(task, norm_stats)
+        if self.sync[task] == 1:
+            return PushDecision(APPLIED, self.version, staleness, grad_scale, step_factor)
+        # The group's oldest push would be applied too stale: drop what the group holds.
+        reset = bool(self._acc_count[task]) and \
+            self.version - self._acc_base[task] > self.server_cfg.max_staleness
+        count = (0 if reset else self._acc_count[task]) + 1
+        reason = APPLIED if count >= self.sync[task] else QUEUED
+        return PushDecision(reason, self.version, staleness, grad_scale, step_factor, reset)
+
+    def execute(self, task: str, g: Mapping[str, torch.Tensor], decision: PushDecision) -> None:
+        """Carry out a decision on the pieces held here. Every store of a split model gets the
+        same decisions in the same order, so their versions and sync groups move together."""
+        if not decision.accepted:
+            return
+        if decision.reset_group:
+            self._reset_group(task)
+            self.dropped_in_groups += 1
+        if self.sync[task] == 1:
+            self._apply(g, decision.grad_scale, decision.step_factor)
+            return
+        acc = self._acc[task]
+        for key, t in g.items():
+            acc[key].add_(t, alpha=decision.grad_scale)
+        base = decision.version - decision.staleness
+        first = self._acc_count[task] == 0
+        self._acc_base[task] = base if first else min(self._acc_base[task], base)
+        self._acc_factor[task] += decision.step_factor
+        self._acc_count[task] += 1
+        if decision.reason == APPLIED:     # the group is full: apply its mean, mean step factor
+            count = self._acc_count[task]
+            self._apply(acc, 1.0 / count, self._acc_factor[task] / count)
+            self._reset_group(task)
 
     def _staleness_factor(self, staleness: int) -> float:
         return 1.0 / (1 + staleness) if self.server_cfg.staleness_policy == "scale" else 1.0
@@ -112,27 +146,6 @@ class ParameterStore:
     def _clip_factor(self, norm: float) -> float:
         clip = self.optimizer_cfg.clip_grad_norm
         return min(1.0, clip / (norm + 1e-12)) if clip > 0 else 1.0
-
-    def _queue(self, task: str, g: dict[str, torch.Tensor], grad_scale: float, step_factor: float,
-               base_version: int, staleness: int) -> PushResult:
-        """Add a push to its task's group; apply the group's mean when it is full. The group's
-        step factor is the mean of its pushes' factors."""
-        if self._acc_count[task] and self.version - self._acc_base[task] > self.server_cfg.max_staleness:
-            self._reset_group(task)              # its oldest push would now be applied too stale
-            self.dropped_in_groups += 1
-        acc = self._acc[task]
-        for key, t in g.items():
-            acc[key].add_(t, alpha=grad_scale)
-        first = self._acc_count[task] == 0
-        self._acc_base[task] = base_version if first else min(self._acc_base[task], base_version)
-        self._acc_factor[task] += step_factor
-        self._acc_count[task] += 1
-        count = self._acc_count[task]
-        if count < self.sync[task]:
-            return PushResult(QUEUED, self.version, staleness)
-        self._apply(acc, 1.0 / count, self._acc_factor[task] / count)
-        self._reset_group(task)
-        return PushResult(APPLIED, self.version, staleness)
 
     def _reset_group(self, task: str) -> None:
         for t in self._acc[task].values():
@@ -160,11 +173,13 @@ class ParameterStore:
     def lr(self) -> float:
         return learning_rate(self.optimizer_cfg, self.version, self.total_updates)
 
-    def state(self) -> dict:
-        """Everything a checkpoint needs, as numpy copies (safe to keep while pushes continue)."""
+    def state(self, copy: bool = True) -> dict:
+        """Everything a checkpoint needs, as numpy copies (safe to keep while pushes continue),
+        or views when the caller serialises them before the next push (an actor's reply)."""
         return {"version": self.version,
-                "weights": {k: t.detach().cpu().numpy().copy() for k, t in self.weights.items()},
-                "optimizer": self.optimizer.state_dict(), "balancer": self.balancer.state_dict(),
+                "weights": {k: t.detach().cpu().numpy().copy() if copy else t.detach().numpy()
+                            for k, t in self.weights.items()},
+                "optimizer": self.optimizer.state_dict(copy), "balancer": self.balancer.state_dict(),
                 "norm_stats": {t: {s: a.copy() for s, a in shards.items()}
                                for t, shards in self.norm_stats.items()}}
 

@@ -94,3 +94,118 @@ def test_sync_group_turns_k_pushes_into_one_update(server):
                                           STATS)).reason for i in range(3)]
     assert reasons == [QUEUED, QUEUED, APPLIED]
     assert ray.get(handle.status.remote())["version"] == 1
+
+
+# --------------------------------------------------------------------------- a split model
+
+@pytest.fixture
+def split(ray_session, tiny_config):
+    """A model split over two server actors, and a real ParameterClient pushing to it."""
+    from ps_trainer.client import ParameterClient
+    from ps_trainer.launch import _runtime_spec, initial_model
+
+    def make(extra=()):
+        cfg = tiny_config(tasks=("rotation", "segmentation"),
+                          extra=["server.shards=2", "optimizer.name=sgd", "optimizer.lr=1.0",
+                                 "optimizer.momentum=0", "optimizer.weight_decay=0", *extra])
+        spec = _runtime_spec(cfg, None)
+        make_server = lambda i, peers=(): spec.server_cls.options(num_cpus=0.25).remote(  # noqa: E731
+            cfg, i, spec.initial_weights[i], spec.task_keys, None, None, list(peers))
+        second = make_server(1)
+        servers = [make_server(0, [second]), second]
+        made.extend(servers)
+        _, flat = initial_model(cfg)
+        pieces = tuple(p for p in spec.plan if p.shard in ("trunk", "head/rotation"))
+        client = ParameterClient(servers, pieces, flat, inflight=1)
+        client.connect()
+        return cfg, spec, servers, client, flat
+
+    made = []
+    yield make
+    for handle in made:
+        ray.kill(handle)
+
+
+def weights_of(servers) -> list[dict]:
+    return [ray.get(s.state.remote())["weights"] for s in servers]
+
+
+def push_and_wait(client, flat, value, stats=STATS):
+    for shard in ("trunk", "head/rotation"):
+        flat.grads[shard].fill_(value)
+    client.push("rotation", 0, stats, shards=("trunk", "head/rotation"))
+    results = []
+    client.on_result = results.append
+    client.drain()
+    return results[0]
+
+
+def test_a_split_push_with_nan_in_one_actors_part_is_applied_by_none(split):
+    cfg, spec, servers, client, flat = split()
+    before = weights_of(servers)
+    for shard in ("trunk", "head/rotation"):
+        flat.grads[shard].fill_(1.0)
+    second = next(p for p in spec.plan if p.server == 1 and p.shard == "trunk")
+    flat.grads["trunk"][second.start] = float("nan")          # only actor 1's part is bad
+    client.push("rotation", 0, STATS, shards=("trunk", "head/rotation"))
+    results = []
+    client.on_result = results.append
+    client.drain()
+    assert [r.reason for r in results] == [NONFINITE]
+    for old, new in zip(before, weights_of(servers)):
+        for key in old:
+            np.testing.assert_array_equal(new[key], old[key])
+    assert [ray.get(s.ping.remote()) for s in servers] == [0, 0]
+
+
+def test_a_split_push_is_clipped_by_the_norm_of_the_whole_push(split):
+    cfg, spec, servers, client, flat = split(extra=["optimizer.clip_grad_norm=1.0"])
+    before = weights_of(servers)
+    total = sum(flat.grads[s].numel() for s in ("trunk", "head/rotation"))
+    result = push_and_wait(client, flat, 0.5)
+    assert result.reason == APPLIED
+    expected_step = 0.5 / (0.5 * np.sqrt(total))        # lr 1 x g x clip / ||g||: the same everywhere
+    for old, new in zip(before, weights_of(servers)):
+        for key in old:
+            moved = old[key] - new[key]
+            if key in spec.task_keys["rotation"]:
+                np.testing.assert_allclose(moved, expected_step, rtol=1e-4)
+            else:
+                np.testing.assert_array_equal(moved, 0)
+
+
+def test_split_actors_take_one_staleness_decision_and_snapshot_one_point(split):
+    cfg, spec, servers, client, flat = split(extra=["server.staleness_policy=drop",
+                                                    "server.max_staleness=1"])
+    for _ in range(3):
+        client.refresh()
+        assert push_and_wait(client, flat, 0.01).reason == APPLIED
+    for link in client.links:                 # the worker's weights are from version 0 again
+        link.version = 0
+    assert push_and_wait(client, flat, 1.0).reason == STALE
+    assert [ray.get(s.ping.remote()) for s in servers] == [3, 3]
+    states = ray.get(servers[0].snapshot.remote())
+    assert [s["version"] for s in states] == [3, 3]
+    for state, now in zip(states, weights_of(servers)):
+        for key in now:
+            np.testing.assert_array_equal(state["weights"][key], now[key])
+
+
+def test_split_sync_groups_close_together(split):
+    cfg, spec, servers, client, flat = split(extra=["tasks.rotation.sync=2"])
+    assert [push_and_wait(client, flat, 0.01).reason for _ in range(4)] == \
+        [QUEUED, APPLIED, QUEUED, APPLIED]
+    assert [ray.get(s.ping.remote()) for s in servers] == [2, 2]
+
+
+def test_parts_never_decided_are_let_go(split):
+    cfg, spec, servers, client, flat = split(extra=["server.max_staleness=2"])
+    second = [p for p in spec.plan if p.server == 1 and p.shard == "trunk"]
+    orphan = {p.key: np.zeros(p.stop - p.start, np.float32) for p in second}
+    ray.get(servers[1].stage.remote(12345, "rotation", 0, orphan, STATS))   # its worker died
+    assert ray.get(servers[1].status.remote())["staged"] == 1
+    for _ in range(4):
+        client.refresh()
+        push_and_wait(client, flat, 0.01)
+    assert ray.get(servers[1].status.remote())["staged"] == 0
+    assert ray.get(servers[1].status.remote())["lost_parts"] == 0
