@@ -8,6 +8,7 @@
     ps-trainer finetune --checkpoint runs/pretrain/checkpoints/best.pt --labels 16
     ps-trainer experiment configs/experiments/labels.yaml
     ps-trainer bench --quick --out bench.json
+    ps-trainer chaos --config configs/quickstart.yaml --kill-every-s 15 --out chaos.json
     ps-trainer --version
 """
 from __future__ import annotations
@@ -84,6 +85,13 @@ def _parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="measure the parameter server (see ps_trainer/bench.py)")
     bench.add_argument("--quick", action="store_true", help="a reduced run, under a minute")
     bench.add_argument("--out", help="write the results as JSON to this file")
+
+    ch = sub.add_parser("chaos", help="train twice on a local Ray, undisturbed and with an actor "
+                                      "process SIGKILLed every few seconds; compare")
+    ch.add_argument("--config", required=True)
+    ch.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    ch.add_argument("--kill-every-s", type=float, default=15.0)
+    ch.add_argument("--out", help="write the report as JSON to this file")
     return p
 
 
@@ -274,8 +282,25 @@ def _bench(args) -> int:
     return 0
 
 
+def _chaos(args) -> int:
+    from ps_trainer import launch
+    from ps_trainer.chaos import chaos
+
+    if args.kill_every_s <= 0:
+        raise ValueError(f"--kill-every-s must be > 0, got {args.kill_every_s}")
+    cfg = launch.load_run_config(args.config, args.overrides)
+    launch.connect(cfg, None)
+    report = chaos(cfg, args.kill_every_s)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    return 0
+
+
 _COMMANDS = {"train": _train, "scale": _scale, "status": _status, "eval": _eval,
-             "finetune": _finetune, "experiment": _experiment, "bench": _bench}
+             "finetune": _finetune, "experiment": _experiment, "bench": _bench, "chaos": _chaos}
 
 if __name__ == "__main__":
     sys.exit(main())

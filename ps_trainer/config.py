@@ -187,6 +187,10 @@ class ServerConfig:
     # true: the server reads every push once to reject NaN/Inf; false: it trusts the norm the
     # worker computed from the bytes it sent (that pass moves from the server to the workers).
     verify_gradients: bool = True
+    # A consistent copy of the server state is kept in the object store (owned by the
+    # coordinator, outside the server processes) this often; a dead server is restored from
+    # it, losing seconds of updates rather than a checkpoint interval. 0: checkpoints only.
+    snapshot_every_s: float = 5.0
     num_cpus: float = 1.0
     resources: FrozenDict = FrozenDict()  # custom Ray resources, e.g. {ps_server: 1} to pin nodes
 
@@ -204,6 +208,7 @@ class ServerConfig:
                               f"server.publish_every must be <= server.max_staleness + 1 "
                               f"({self.max_staleness + 1}), or every push is dropped as stale")
         check_choice("grad_dtype", self.grad_dtype, GRAD_DTYPES)
+        check(self.snapshot_every_s >= 0, "snapshot_every_s", self.snapshot_every_s, "must be >= 0")
         check(self.num_cpus > 0, "num_cpus", self.num_cpus, "must be > 0")
 
 

@@ -4,8 +4,13 @@ It starts the parameter-server shard(s), the evaluator and N workers per task; `
 adds or stops workers while training runs; :meth:`run` supervises until a stop condition:
 
 - a dead worker is replaced (same task and replica id); its task loses its in-flight pushes;
-- a dead server is replaced from the newest valid checkpoint (or the initial weights before the
-  first one) and every worker and the evaluator are pointed at it; they re-pull;
+- every ``server.snapshot_every_s`` it asks server actor 0 for a consistent snapshot of every
+  server actor's state; the reply lives in the object store, owned by the coordinator, so it
+  outlives the servers;
+- when any server actor dies, *every* server actor is replaced from one point in time: the
+  newest snapshot, else the newest valid checkpoint, else the initial weights (so a split model
+  never mixes two points); every worker and the evaluator are pointed at the new actors and
+  re-pull;
 - a dead evaluator is replaced; training is unaffected. One whose loop failed (e.g. an OSError
   while checkpointing) is still alive and holds its CPUs, so it is killed first: otherwise its
   replacement may never be placed.
@@ -40,6 +45,7 @@ _STOP_GRACE_S = 10.0
 _CALL_TIMEOUT_S = 10.0          # a control call to a live actor
 _FINAL_EVAL_TIMEOUT_S = 300.0   # the final evaluation: scores the whole split and checkpoints
 _SCALE_WAIT_S = 10.0            # how long scale() waits for new workers to answer
+_SERVER_START_S = 120.0         # how long (re)starting the server actors is waited for
 
 
 @dataclass
@@ -77,6 +83,34 @@ class _WorkerSlot:
 class _Stats:
     restarts: dict = field(default_factory=lambda: {"worker": 0, "server": 0, "evaluator": 0})
     recovery_s: list = field(default_factory=list)   # last few server recoveries (bounded)
+    restores: list = field(default_factory=list)      # last few: {from, to, source, seconds}
+
+
+class _Snapshots:
+    """The newest consistent server snapshot (an ObjectRef owned by the coordinator) and the
+    one being taken; at most two are held."""
+
+    def __init__(self, every_s: float):
+        self.every_s = every_s
+        self.ready = None            # (version, ref)
+        self._taking = None
+        self._asked_at = -float("inf")
+
+    def tick(self, first_server) -> None:
+        if self._taking is not None and ray.wait([self._taking], timeout=0)[0]:
+            try:
+                states = ray.get(self._taking)
+                self.ready = (int(states[0]["version"]), self._taking)
+            except ray.exceptions.RayError:
+                pass                 # a server died meanwhile: keep the previous snapshot
+            self._taking = None
+        now = time.monotonic()
+        if self.every_s and self._taking is None and now - self._asked_at >= self.every_s:
+            self._taking = first_server.snapshot.remote()
+            self._asked_at = now
+
+    def forget_pending(self) -> None:
+        self._taking = None
 
 
 class Coordinator:
@@ -89,6 +123,7 @@ class Coordinator:
         self._stop = threading.Event()
         self._servers: list = []
         self._server_pings: list = []
+        self._snapshots = _Snapshots(cfg.server.snapshot_every_s)
         self._workers: dict[str, list[_WorkerSlot]] = {t: [] for t in cfg.task_names}
         self._evaluator = None
         self._evaluator_ref = None
@@ -102,25 +137,39 @@ class Coordinator:
         self._start_time = time.monotonic()
         self._done = False
         self._reached: Optional[float] = None
+        self._last_version: Optional[int] = None     # the newest version seen (supervision)
 
     # ------------------------------------------------------------------ starting actors
 
     def start(self) -> dict:
-        states = self._spec.resume_states or [None] * len(self._spec.initial_weights)
-        self._servers = [self._new_server(i, states[i]) for i in range(len(states))]
-        ray.get([s.ping.remote() for s in self._servers])
-        self._server_pings = [s.ping.remote() for s in self._servers]
+        self._start_servers(self._spec.resume_states)
         self._start_evaluator()
         for task, task_cfg in self._cfg.tasks.items():
             self._resize(task, task_cfg.workers)
         return self.status()
 
-    def _new_server(self, index: int, state: Optional[dict]):
+    def _start_servers(self, states: Optional[list]) -> None:
+        """Every server actor, from one point in time (`states`, or the initial weights)."""
+        states = states or [None] * len(self._spec.initial_weights)
+        # Actor 0 is made last: it is given the others, to send its decisions to.
+        others = [self._new_server(i, states[i]) for i in range(1, len(states))]
+        self._servers = [self._new_server(0, states[0], others), *others]
+        self._server_pings = [s.ping.remote() for s in self._servers]
+        ready, _ = ray.wait(list(self._server_pings), num_returns=len(self._servers),
+                            timeout=_SERVER_START_S)
+        if len(ready) < len(self._servers):
+            log.warning("%d server actor(s) not running after %.0f s (Ray cannot place them "
+                        "yet?); workers wait for them", len(self._servers) - len(ready),
+                        _SERVER_START_S)
+        self._snapshots.forget_pending()
+
+    def _new_server(self, index: int, state: Optional[dict], peers: list = ()):
         cfg = self._cfg
         options = {"num_cpus": cfg.server.num_cpus, "resources": dict(cfg.server.resources),
                    "max_restarts": 0}
         return self._spec.server_cls.options(**options).remote(
-            cfg, index, self._spec.initial_weights[index], self._spec.task_keys, state, self._hub)
+            cfg, index, self._spec.initial_weights[index], self._spec.task_keys, state, self._hub,
+            list(peers))
 
     def _start_evaluator(self) -> None:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -220,6 +269,8 @@ class Coordinator:
                     "latest_eval": latest,
                     "restarts": dict(self._stats.restarts),
                     "recovery_s": list(self._stats.recovery_s),
+                    "restores": list(self._stats.restores),
+                    "snapshot_version": self._snapshots.ready[0] if self._snapshots.ready else None,
                     "elapsed_s": time.monotonic() - self._start_time + self._spec.time_offset_s,
                     "done": self._done}
 
@@ -244,6 +295,7 @@ class Coordinator:
         while not self._stop.wait(_SUPERVISE_EVERY_S):
             with self._lock:
                 self._check_servers()
+                self._snapshots.tick(self._servers[0])
                 self._check_workers()
                 self._check_evaluator()
                 self._worker_counts()
@@ -266,7 +318,8 @@ class Coordinator:
 
     def _version(self) -> Optional[int]:
         try:
-            return ray.get(self._servers[0].ping.remote(), timeout=10)
+            self._last_version = ray.get(self._servers[0].ping.remote(), timeout=10)
+            return self._last_version
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
             return None
 
@@ -298,25 +351,51 @@ class Coordinator:
                 ray.get(ping)
                 self._server_pings[i] = self._servers[i].ping.remote()
             except ray.exceptions.RayActorError:
-                self._replace_server(i)
+                self._restore_servers(i)
+                return
 
-    def _replace_server(self, index: int) -> None:
+    def _restore_servers(self, dead: int) -> None:
+        """Replace every server actor from one point in time (see the module docstring)."""
         start = time.monotonic()
-        latest = CheckpointManager(self._run.checkpoints, self._cfg.eval.keep_last).latest()
-        state = latest[1]["servers"][index] if latest else None
-        source = f"checkpoint {latest[0].name}" if latest else "the initial weights"
-        log.warning("server %d died; restoring it from %s", index, source)
-        self._servers[index] = self._new_server(index, state)
-        ray.get(self._servers[index].ping.remote())
-        self._server_pings[index] = self._servers[index].ping.remote()
+        before = self._last_version
+        for server in self._servers:          # the survivors hold newer, unmatched state
+            ray.kill(server)
+        states, source, kind = self._restore_point()
+        log.warning("server %d died; restoring the %d server actor(s) from %s", dead,
+                    len(self._servers), source)
+        self._start_servers(states)
         for slots in self._workers.values():
             for slot in slots:
                 slot.handle.set_servers.remote(self._servers)
         if self._evaluator is not None:
             self._evaluator.set_servers.remote(self._servers)
-        self._stats.restarts["server"] += 1
-        self._stats.recovery_s = (self._stats.recovery_s + [time.monotonic() - start])[-10:]
+        restored = int(states[0]["version"]) if states else 0
+        stats = self._stats
+        stats.restarts["server"] += 1
+        seconds = time.monotonic() - start
+        stats.recovery_s = (stats.recovery_s + [seconds])[-10:]
+        stats.restores = (stats.restores + [{"from": before, "to": restored, "source": kind,
+                                             "seconds": seconds}])[-100:]
         self._metrics.restarts.labels("server").inc()
+
+    def _restore_point(self) -> tuple[Optional[list], str, str]:
+        """The newest consistent state: the snapshot, or the newest valid checkpoint if it is
+        newer (or the snapshot is lost with its node), else the initial weights."""
+        latest = CheckpointManager(self._run.checkpoints, self._cfg.eval.keep_last).latest()
+        saved = (int(latest[1]["servers"][0]["version"]), latest[1]["servers"]) if latest else None
+        if self._snapshots.ready is not None:
+            version, ref = self._snapshots.ready
+            if saved is None or version >= saved[0]:
+                try:
+                    return (ray.get(ref, timeout=_CALL_TIMEOUT_S),
+                            f"the snapshot at version {version}", "snapshot")
+                except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as err:
+                    log.warning("the server snapshot is lost (%s); using the checkpoint",
+                                type(err).__name__)
+                    self._snapshots.ready = None
+        if saved is not None:
+            return saved[1], f"checkpoint {latest[0].name} (version {saved[0]})", "checkpoint"
+        return None, "the initial weights", "initial"
 
     def _check_evaluator(self) -> None:
         ready, _ = ray.wait([self._evaluator_ref], timeout=0)
@@ -346,6 +425,12 @@ class Coordinator:
             if refs:
                 ray.wait(refs, num_returns=len(refs), timeout=_STOP_GRACE_S)
             final = self._final_evaluation()
+            if final is None:        # a server actor died just now: restore it, try once more
+                ray.wait(self._server_pings, num_returns=len(self._server_pings),
+                         timeout=_CALL_TIMEOUT_S)
+                self._check_servers()
+                self._check_evaluator()
+                final = self._final_evaluation()
             self._evaluator.stop.remote()
             self._done = True
             status = self.status()

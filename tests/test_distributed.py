@@ -1,5 +1,6 @@
 """End to end on the session's local Ray: a run of rotation + colorization + segmentation that
-the tests watch, scrape, scale and break in order (module-scoped), then stop and resume."""
+the tests watch, scrape and scale (module-scoped), then stop and resume. Faults each get a run
+of their own: tests/test_faults.py."""
 from __future__ import annotations
 
 import json
@@ -195,44 +196,6 @@ def test_cli_status_and_scale_reach_the_running_coordinator(run):
     assert out.stdout.strip() == "segmentation: 2 workers running"
     assert status(run)["workers"]["segmentation"] == 2
     assert ray.get(run["coordinator"].scale.remote("segmentation", 1)) == {"running": 1, "pending": 0}
-
-
-def test_killed_worker_is_replaced_and_training_continues(run):
-    before = status(run)["restarts"]["worker"]
-    victim = handles(run)["workers"]["colorization"][0]
-    ray.kill(victim, no_restart=True)
-    wait_for(lambda: status(run)["restarts"]["worker"] > before, what="a replacement worker")
-    replacement = handles(run)["workers"]["colorization"][0]
-    assert replacement != victim
-    count = applied(run, "colorization")
-    wait_for(lambda: applied(run, "colorization") > count + 5, 90, what="colorization updates")
-
-
-def test_killed_evaluator_is_replaced(run):
-    before = status(run)["restarts"]["evaluator"]
-    folder = RunFolder(run["cfg"].run.out_dir)
-    ray.kill(handles(run)["evaluator"], no_restart=True)
-    wait_for(lambda: status(run)["restarts"]["evaluator"] > before, what="a new evaluator")
-    lines = len(folder.records())
-    wait_for(lambda: len(folder.records()) > lines, 60, what="an evaluation by the new evaluator")
-
-
-def test_killed_server_is_restored_from_the_last_checkpoint(run):
-    folder = RunFolder(run["cfg"].run.out_dir)
-    manager = CheckpointManager(folder.checkpoints, 3)
-    wait_for(lambda: manager.latest() is not None, what="a checkpoint")
-    server = handles(run)["servers"][0]
-    workers_before = status(run)["restarts"]["worker"]
-    ray.kill(server, no_restart=True)
-    checkpointed = manager.latest()[1]["servers"][0]["version"]
-    wait_for(lambda: status(run)["restarts"]["server"] == 1, 60, what="the server to be replaced")
-    s = status(run)
-    assert s["version"] >= checkpointed          # never behind the checkpoint it came from
-    assert s["recovery_s"] and s["recovery_s"][-1] < 60
-    restored = s["version"]
-    wait_for(lambda: (status(run)["version"] or 0) > restored + 20, 90, what="training to resume")
-    # the workers waited for the new server and re-pulled: none had to be replaced
-    assert status(run)["restarts"]["worker"] == workers_before
 
 
 def test_stop_writes_a_final_evaluation_then_resume_continues(run, tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import threading
 import time
 from typing import Optional
@@ -134,6 +135,10 @@ class TaskWorker:
 
     def ping(self) -> bool:
         return True
+
+    def process(self) -> dict:
+        """Where this actor's process runs: {"node", "pid"} (for ``ps-trainer chaos``)."""
+        return {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
 
     # ------------------------------------------------------------------ loop thread
 

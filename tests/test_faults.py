@@ -1,0 +1,133 @@
+"""Faults on the session's local Ray, each test on a run of its own: actors killed with
+ray.kill and with SIGKILL, every server actor restored from one snapshot, and a chaos run
+finishing like an undisturbed run of the same seed. Tests wait on versions and restart
+counts, not on seconds."""
+from __future__ import annotations
+
+import pytest
+import ray
+
+from ps_trainer.chaos import checkpoints_valid, run_with_kills
+from ps_trainer.launch import load_run_config, start_coordinator
+from support import wait_for
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+TASKS = ("rotation", "colorization", "segmentation")
+
+
+@pytest.fixture
+def started(ray_session, tmp_path, tiny):
+    """started(extra) -> (coordinator, its run() ref); stopped and freed after the test."""
+    runs = []
+
+    def start(extra=()):
+        cfg = load_run_config(None, tiny(tmp_path, TASKS, extra=[
+            "run.max_updates=100000", "run.max_minutes=10", "metrics.enabled=false", *extra]))
+        coordinator = start_coordinator(cfg)
+        runs.append(coordinator)
+        return coordinator, coordinator.run.remote()
+
+    yield start
+    for coordinator in runs:
+        coordinator.stop.remote()
+        ray.kill(coordinator)
+
+
+def status(coordinator) -> dict:
+    return ray.get(coordinator.status.remote())
+
+
+def handles(coordinator) -> dict:
+    return ray.get(coordinator.handles.remote())
+
+
+def version(coordinator) -> int:
+    return status(coordinator)["version"] or 0
+
+
+def applied(coordinator, task) -> int:
+    servers = status(coordinator)["servers"]
+    return servers[0]["applied"][task] if servers else 0
+
+
+def test_ray_killed_worker_and_evaluator_are_replaced(started):
+    coordinator, _ = started()
+    wait_for(lambda: version(coordinator) >= 20, 120, what="training to start")
+    victim = handles(coordinator)["workers"]["colorization"][0]
+    ray.kill(victim, no_restart=True)
+    wait_for(lambda: status(coordinator)["restarts"]["worker"] == 1, what="a replacement worker")
+    assert handles(coordinator)["workers"]["colorization"][0] != victim
+    count = applied(coordinator, "colorization")
+    wait_for(lambda: applied(coordinator, "colorization") > count + 5, 90,
+             what="colorization updates from the new worker")
+
+    ray.kill(handles(coordinator)["evaluator"], no_restart=True)
+    wait_for(lambda: status(coordinator)["restarts"]["evaluator"] == 1, what="a new evaluator")
+    evaluated = status(coordinator)["latest_eval"]
+    wait_for(lambda: (status(coordinator)["latest_eval"] or {}).get("step", -1) >
+             (evaluated or {}).get("step", -1), 60, what="an evaluation by the new evaluator")
+
+
+def test_a_dead_server_actor_brings_every_server_actor_back_from_one_snapshot(started):
+    # No checkpoint is ever written: the only way back to a version > 0 is the snapshot.
+    coordinator, _ = started(["server.shards=2", "server.snapshot_every_s=0.5",
+                              "eval.every_s=1e9"])
+    wait_for(lambda: (status(coordinator)["snapshot_version"] or 0) >= 30, 120,
+             what="a snapshot at version >= 30")
+    before = status(coordinator)
+    old = handles(coordinator)["servers"]
+    ray.kill(old[1], no_restart=True)                     # the actor that does not decide
+    wait_for(lambda: status(coordinator)["restarts"]["server"] == 1, 60,
+             what="the server actors to be replaced")
+    after = status(coordinator)
+    restore = after["restores"][-1]
+    assert restore["source"] == "snapshot" and restore["to"] >= before["snapshot_version"]
+    new = handles(coordinator)["servers"]
+    assert new[0] != old[0] and new[1] != old[1]          # the survivor was replaced too
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(old[0].ping.remote(), timeout=30)
+    assert {s["version"] for s in after["servers"]} == {after["version"]}   # one point in time
+    wait_for(lambda: version(coordinator) > restore["to"] + 20, 90, what="training to resume")
+    assert status(coordinator)["restarts"]["worker"] == 0  # workers re-pulled, none replaced
+
+
+def every_updates(n: int):
+    """A kill schedule: one kill whenever the run has gained `n` versions since the last
+    (versions, not seconds: the same schedule on a fast or a loaded machine)."""
+    last = [0]
+
+    def due(status: dict) -> bool:
+        v = status["version"]
+        if v is None or not status["servers"] or v < last[0] + n:
+            return False
+        last[0] = v
+        return True
+    return due
+
+
+def test_sigkill_chaos_run_finishes_like_an_undisturbed_run(ray_session, tmp_path, tiny):
+    """Processes of every role die by SIGKILL; the run still finishes its updates, keeps
+    valid checkpoints, never falls back further than its newest snapshot, and scores like
+    the same seed undisturbed."""
+    def config(name):
+        return load_run_config(None, tiny(tmp_path / name, TASKS, extra=[
+            f"run.name={name}", "run.max_updates=450", "server.shards=2",
+            "server.snapshot_every_s=1", "metrics.enabled=false"]))
+
+    calm = run_with_kills(config("calm"))
+    cfg = config("chaos")
+    stormy = run_with_kills(cfg, every_updates(60), roles=("server", "worker", "evaluator"))
+
+    kills = stormy["kills"]
+    assert {k.role for k in kills} == {"server", "worker", "evaluator"}
+    assert stormy["version"] >= 450 and stormy["final"] is not None
+    for role in ("server", "worker", "evaluator"):
+        assert stormy["restarts"][role] >= sum(k.role == role for k in kills) >= 1
+    server_kills = [k for k in kills if k.role == "server"]
+    restores = stormy["restores"]
+    assert len(restores) == len(server_kills)
+    for kill, restore in zip(server_kills, restores):
+        assert restore["to"] >= (kill.snapshot_version or 0)   # no further back than the snapshot
+    valid, total = checkpoints_valid(cfg.run.out_dir, cfg.eval.keep_last)
+    assert total > 0 and valid == total
+    assert abs(stormy["miou"] - calm["miou"]) < 0.1, (stormy["miou"], calm["miou"])
