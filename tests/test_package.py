@@ -1,4 +1,4 @@
-"""The package's shape: the public surface, and DESIGN.md's import rule."""
+"""The package's shape: the public surface, and the import rule of ps_trainer/ARCHITECTURE.md."""
 from __future__ import annotations
 
 import ast

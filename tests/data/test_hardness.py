@@ -1,4 +1,4 @@
-"""DESIGN.md: the synthetic scenes must be hard in the ways real images are. A CNN trained on
+"""ARCHITECTURE.md (Data): the synthetic scenes must be hard in the ways real images are. A CNN trained on
 the labels must stay far above a per-pixel colour classifier fitted on the same labels, and
 few labels must be clearly worse than many (or unlabelled images have nothing to add)."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The Task interface: a head, a batch maker and a loss (see DESIGN.md, "A task is one small class").
+"""The Task interface: a head, a batch maker and a loss (see ps_trainer/ARCHITECTURE.md, "A task is one small class").
 
 A task turns a batch of images into (inputs, targets) on the fly, owns the layers that read
 the shared trunk's features, and owns its loss. Pretext tasks never see labels; only tasks
