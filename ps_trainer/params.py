@@ -150,7 +150,6 @@ class FlatModel:
                 view.copy_(named_buffers[slot.name].reshape(-1))
                 _set_buffer(model, slot.name, view.view(slot.shape))
             self.stats[shard] = flat
-        self._host_grads: dict[str, np.ndarray] = {}
 
     def zero_grad(self) -> None:
         for grad in self.grads.values():
@@ -180,23 +179,8 @@ class FlatModel:
     def load_stats(self, shard: str, array: np.ndarray) -> None:
         self.stats[shard].copy_(readonly_tensor(array))
 
-    def grad_array(self, shard: str) -> np.ndarray:
-        """The shard's gradient as float32 numpy (a view on CPU, a reused host buffer on GPU)."""
-        grad = self.grads[shard]
-        if grad.device.type == "cpu":
-            return grad.numpy()
-        host = self._host_grads.get(shard)
-        if host is None:
-            host = self._host_grads[shard] = torch.empty(
-                grad.shape, dtype=torch.float32, pin_memory=torch.cuda.is_available()).numpy()
-        torch.from_numpy(host).copy_(grad)
-        return host
-
     def param_arrays(self) -> dict[str, np.ndarray]:
         return {shard: flat.detach().cpu().numpy() for shard, flat in self.params.items()}
-
-    def stats_arrays(self) -> dict[str, np.ndarray]:
-        return {shard: flat.detach().cpu().numpy() for shard, flat in self.stats.items()}
 
 
 def _set_buffer(model: nn.Module, name: str, value: torch.Tensor) -> None:
