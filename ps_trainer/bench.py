@@ -12,6 +12,10 @@
 3. End to end: time for the quickstart model to reach a target mIoU, asynchronous runtime
    vs. the single-process synchronous loop.
 4. Memory: resident memory of the server and a worker over a long run of updates.
+5. Hardware efficiency (emulated accelerator-bound workers) and statistical efficiency
+   (mIoU against updates, synchronous loop vs. asynchronous runtime): see ``efficiency.py``.
+
+``--sections trunks,scaling,memory,end_to_end,hardware,statistical`` runs a subset.
 
 Ratios hold across machines; absolute figures only on the same machine.
 """
@@ -32,6 +36,7 @@ import ray
 import torch
 from torch import nn
 
+from ps_trainer import efficiency
 from ps_trainer.client import ParameterClient
 from ps_trainer.config import Config, config_from_dict
 from ps_trainer.params import FlatModel, ShardLayout, plan_pieces
@@ -47,6 +52,12 @@ _TENSORS_PER_TRUNK = 64     # a trunk is many tensors (conv weights); the naive 
 OBJECT_STORE_BYTES = 1 << 30
 
 
+SECTIONS = ("trunks", "scaling", "memory", "end_to_end", "hardware", "statistical")
+# --quick's statistical section: the quickstart shrunk to seconds (a smoke test of the section).
+_TINY_RUN = ("data.image_size=32", "data.unlabelled=64", "data.val=16", "model.widths=[8,16]",
+             "model.blocks=[1,1]", "tasks.self_training.options.rampup_steps=10")
+
+
 @dataclass(frozen=True)
 class BenchPlan:
     """What to measure; --quick shrinks every part."""
@@ -60,12 +71,28 @@ class BenchPlan:
     memory_params: int = 1_000_000
     end_to_end: bool = True
     target_miou: float = 0.37
+    # hardware efficiency: stub workers whose step is a wait (an accelerator step)
+    hardware_params: tuple[int, ...] = (1_000_000, 11_000_000, 25_000_000)
+    hardware_workers: tuple[int, ...] = (1, 2, 4, 8)
+    hardware_shards: tuple[int, ...] = (1, 2, 4)
+    hardware_step_s: float = 0.1
+    hardware_updates: int = 30                       # per worker
+    # statistical efficiency: the quickstart, local vs. async with these workers per task
+    statistical_config: str = "configs/quickstart.yaml"
+    statistical_workers: tuple[int, ...] = (1, 2, 4)
+    statistical_updates: int = 2000
+    statistical_evals: int = 10
+    statistical_extra: tuple[str, ...] = ()
+    sections: tuple[str, ...] = SECTIONS
 
     @classmethod
     def quick(cls) -> "BenchPlan":
         return cls(trunk_params=(1_000_000,), updates=(100,), scaling_workers=(1, 2),
                    scaling_shards=(1, 2), scaling_updates=60, memory_updates=1_000,
-                   end_to_end=False)
+                   end_to_end=False, hardware_params=(1_000_000,), hardware_workers=(1, 2),
+                   hardware_shards=(1, 2), hardware_step_s=0.05, hardware_updates=10,
+                   statistical_workers=(1,), statistical_updates=120, statistical_evals=3,
+                   statistical_extra=_TINY_RUN)
 
 
 # --------------------------------------------------------------------------- the stub model
@@ -85,13 +112,14 @@ def _shard(name: str) -> str:
     return "trunk" if name.startswith("trunk.") else f"head/{TASK}"
 
 
-def _bench_config(shards: int = 1, grad_dtype: str = "float32", verify: bool = True) -> Config:
+def _bench_config(shards: int = 1, grad_dtype: str = "float32", verify: bool = True,
+                  inflight: int = 2) -> Config:
     return config_from_dict({
         "optimizer": {"name": "sgd", "lr": 1e-6, "momentum": 0.9, "weight_decay": 0.0,
                       "schedule": "constant"},
         "server": {"shards": shards, "num_cpus": 0.5, "grad_dtype": grad_dtype,
                    "max_staleness": 1_000_000, "verify_gradients": verify},
-        "tasks": {TASK: {"workers": 1, "inflight": 2}},
+        "tasks": {TASK: {"workers": 1, "inflight": inflight}},
         "metrics": {"enabled": False}})
 
 
@@ -122,12 +150,16 @@ class StubWorker:
                                       report_norm=not cfg.server.verify_gradients)
         self.stats = PushStats(loss=1.0, shared_grad_norm=1.0)
 
-    def run(self, updates: int, memory_every: int = 0) -> dict:
+    def run(self, updates: int, memory_every: int = 0, step_s: float = 0.0) -> dict:
+        """`updates` pushes; `step_s` > 0 waits that long per step, as a worker whose compute
+        runs on an accelerator (the host CPU is free meanwhile)."""
         self.client.connect()
         memory = []
         start = time.perf_counter()
         for i in range(updates):
             self.client.refresh()
+            if step_s:
+                time.sleep(step_s)
             self.client.push(TASK, 0, self.stats)
             if memory_every and i % memory_every == 0:
                 memory.append((i, _private_bytes()))
@@ -192,17 +224,19 @@ def warmup_updates(params: int) -> int:
 
 
 def measure_ours(params: int, updates: int, workers: int = 1, shards: int = 1,
-                 grad_dtype: str = "float32", verify: bool = True) -> dict:
-    """Updates/s and bytes/s of the real server with `workers` stub workers, and where the
-    time of one update goes (milliseconds per update, averaged)."""
-    cfg = _bench_config(shards, grad_dtype, verify)
+                 grad_dtype: str = "float32", verify: bool = True, step_s: float = 0.0,
+                 inflight: int = 2, warmup: Optional[int] = None) -> dict:
+    """Updates/s and bytes/s of the real server with `workers` stub workers (each step a
+    wait of `step_s`), and where the time of one update goes (ms per update, averaged)."""
+    cfg = _bench_config(shards, grad_dtype, verify, inflight)
     servers, stubs = _start(cfg, params, workers)
     try:
-        ray.get([w.run.remote(warmup_updates(params)) for w in stubs])
+        warm = warmup_updates(params) if warmup is None else warmup
+        ray.get([w.run.remote(warm, 0, step_s) for w in stubs])
         ray.get([w.reset.remote() for w in stubs])
         before = ray.get([s.seconds_spent.remote() for s in servers])
         start = time.perf_counter()
-        results = ray.get([w.run.remote(updates) for w in stubs])
+        results = ray.get([w.run.remote(updates, 0, step_s) for w in stubs])
         seconds = time.perf_counter() - start
         after = ray.get([s.seconds_spent.remote() for s in servers])
     finally:
@@ -391,55 +425,106 @@ def end_to_end(target: float, out_dir: str) -> dict:
     return result
 
 
-def run_bench(plan: BenchPlan, out: Optional[str] = None, scratch_dir: str = "runs/bench") -> dict:
+def run_bench(plan: BenchPlan, out: Optional[str] = None, scratch_dir: Optional[str] = None) -> dict:
+    """Every section of `plan.sections` (a section not run is None in the report); the
+    efficiency plots are written beside `out`, training runs into `scratch_dir` (default:
+    <out>-runs beside `out`, else runs/bench)."""
+    if scratch_dir is None:
+        scratch_dir = str(Path(out).with_name(Path(out).stem + "-runs")) if out else "runs/bench"
     bandwidth = memcpy_bandwidth()
     started = not ray.is_initialized()
     if started:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING,
                  object_store_memory=OBJECT_STORE_BYTES)
+    store = int(ray.available_resources().get("object_store_memory", OBJECT_STORE_BYTES))
+    plots = Path(out).parent if out else Path(scratch_dir)
+    stem = Path(out).stem if out else "bench"
+    parts = {
+        "trunks": lambda: round_trip(plan, bandwidth),
+        "scaling": lambda: scaling(plan),
+        "memory": lambda: memory(plan),
+        "end_to_end": lambda: end_to_end(plan.target_miou, scratch_dir) if plan.end_to_end else None,
+        "hardware": lambda: efficiency.hardware_efficiency(
+            plan.hardware_params, plan.hardware_workers, plan.hardware_shards,
+            plan.hardware_step_s, plan.hardware_updates, store),
+        "statistical": lambda: efficiency.statistical_efficiency(
+            plan.statistical_config, plan.statistical_workers, plan.statistical_updates,
+            plan.statistical_evals, f"{scratch_dir}/statistical", plan.target_miou,
+            plan.statistical_extra),
+    }
     try:
         report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                               "torch": torch.__version__, "ray": ray.__version__},
-                  "plan": dataclasses.asdict(plan), "memcpy_gb_per_s": bandwidth / 1e9,
-                  "trunks": round_trip(plan, bandwidth), "scaling": scaling(plan),
-                  "memory": memory(plan)}
-        report["end_to_end"] = end_to_end(plan.target_miou, scratch_dir) if plan.end_to_end else None
+                  "plan": dataclasses.asdict(plan), "memcpy_gb_per_s": bandwidth / 1e9}
+        for name in SECTIONS:
+            report[name] = parts[name]() if name in plan.sections else None
     finally:
         if started:
             ray.shutdown()
+    if report["hardware"]:
+        efficiency.plot_hardware(plots / f"{stem}-hardware.png", report["hardware"])
+    if report["statistical"]:
+        efficiency.plot_statistical(plots / f"{stem}-statistical.png", report["statistical"])
     if out:
         Path(out).write_text(json.dumps(report, indent=2))
     return report
 
 
 def format_report(report: dict) -> str:
-    lines = [f"memcpy {report['memcpy_gb_per_s']:.2f} GB/s on {report['machine']['cpus']} CPUs", "",
-             "| trunk params | ours upd/s | MB/s | naive upd/s | speedup | floor ratio "
-             "| bf16 upd/s | unverified upd/s (floor ratio) |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in report["trunks"]:
-        lines.append(f"| {r['params'] / 1e6:.0f}M | {r['updates_per_s']:.1f} | {r['mb_per_s']:.0f} | "
-                     f"{r['naive_updates_per_s']:.1f} | {r['speedup_vs_naive']:.1f}x | "
-                     f"{r['floor_ratio']:.2f} | {r['bf16_updates_per_s']:.1f} | "
-                     f"{r['unverified_updates_per_s']:.1f} ({r['unverified_floor_ratio']:.2f}) |")
-    lines += ["", "where an update's time goes (ms per update): server apply / publish, "
-                  "worker push / pull / wait"]
-    for r in report["trunks"]:
-        b = r["breakdown"]
-        lines.append(f"- {r['params'] / 1e6:.0f}M: server {b['server_apply_ms']} / "
-                     f"{b['server_publish_ms']}, worker {b['worker_push_ms']} / "
-                     f"{b['worker_pull_ms']} / {b['worker_wait_ms']}")
-    lines += ["", "| workers | shards | upd/s |", "|---:|---:|---:|"]
-    lines += [f"| {r['workers']} | {r['shards']} | {r['updates_per_s']:.1f} |" for r in report["scaling"]]
-    m = report["memory"]
-    lines += ["", f"memory over {m['updates']} updates ({m['params'] / 1e6:.0f}M params): "
-                  f"private memory of the server {m['server_private_start_mb']:.0f} -> "
-                  f"{m['server_private_end_mb']:.0f} MB ({m['server_growth_mb']:+.1f}), of a worker "
-                  f"{m['worker_private_start_mb']:.0f} -> {m['worker_private_end_mb']:.0f} MB "
-                  f"({m['worker_growth_mb']:+.1f})"]
+    lines = [f"memcpy {report['memcpy_gb_per_s']:.2f} GB/s on {report['machine']['cpus']} CPUs"]
+    if report.get("trunks"):
+        lines += ["", "| trunk params | ours upd/s | MB/s | naive upd/s | speedup | floor ratio "
+                      "| bf16 upd/s | unverified upd/s (floor ratio) |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in report["trunks"]:
+            lines.append(f"| {r['params'] / 1e6:.0f}M | {r['updates_per_s']:.1f} | "
+                         f"{r['mb_per_s']:.0f} | {r['naive_updates_per_s']:.1f} | "
+                         f"{r['speedup_vs_naive']:.1f}x | {r['floor_ratio']:.2f} | "
+                         f"{r['bf16_updates_per_s']:.1f} | {r['unverified_updates_per_s']:.1f} "
+                         f"({r['unverified_floor_ratio']:.2f}) |")
+        lines += ["", "where an update's time goes (ms per update): server apply / publish, "
+                      "worker push / pull / wait"]
+        for r in report["trunks"]:
+            b = r["breakdown"]
+            lines.append(f"- {r['params'] / 1e6:.0f}M: server {b['server_apply_ms']} / "
+                         f"{b['server_publish_ms']}, worker {b['worker_push_ms']} / "
+                         f"{b['worker_pull_ms']} / {b['worker_wait_ms']}")
+    if report.get("scaling"):
+        lines += ["", "| workers | shards | upd/s |", "|---:|---:|---:|"]
+        lines += [f"| {r['workers']} | {r['shards']} | {r['updates_per_s']:.1f} |"
+                  for r in report["scaling"]]
+    m = report.get("memory")
+    if m:
+        lines += ["", f"memory over {m['updates']} updates ({m['params'] / 1e6:.0f}M params): "
+                      f"private memory of the server {m['server_private_start_mb']:.0f} -> "
+                      f"{m['server_private_end_mb']:.0f} MB ({m['server_growth_mb']:+.1f}), of a "
+                      f"worker {m['worker_private_start_mb']:.0f} -> "
+                      f"{m['worker_private_end_mb']:.0f} MB ({m['worker_growth_mb']:+.1f})"]
     e = report.get("end_to_end")
     if e:
         lines.append(f"time to mIoU {e['target_miou']:.2f}: distributed "
                      f"{e['distributed']['seconds_to_target']} s, local "
                      f"{e['local']['seconds_to_target']} s")
+    if report.get("hardware"):
+        lines += ["", "hardware efficiency (emulated accelerator step of "
+                      f"{1000 * report['hardware'][0]['step_s']:.0f} ms; ideal = workers / step):",
+                  "| params | server actors | workers | upd/s | ideal | efficiency |",
+                  "|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r['params'] / 1e6:.0f}M | {r['shards']} | {r['workers']} | "
+                  f"{r['updates_per_s']:.1f} | {r['ideal_updates_per_s']:.1f} | "
+                  f"{r['efficiency']:.0%} |" for r in report["hardware"]]
+    st = report.get("statistical")
+    if st:
+        lines += ["", f"statistical efficiency ({st['updates']} updates, target mIoU "
+                      f"{st['target_miou']}):",
+                  "| run | mean staleness | final mIoU | updates to target | vs. local |",
+                  "|---|---:|---:|---:|---:|"]
+        for r in st["runs"]:
+            name = "local" if r["mode"] == "local" else f"async x{r['workers_per_task']}/task"
+            ratio = r["updates_ratio_vs_local"]
+            final = r["final_miou"]
+            lines.append(f"| {name} | {r['mean_staleness']:.1f} | "
+                         f"{'-' if final is None else f'{final:.3f}'} | "
+                         f"{r['updates_to_target'] or '-'} | "
+                         f"{'-' if ratio is None else f'{ratio:.2f}'} |")
     return "\n".join(lines)

@@ -84,7 +84,9 @@ def _parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="measure the parameter server (see ps_trainer/bench.py)")
     bench.add_argument("--quick", action="store_true", help="a reduced run, under a minute")
-    bench.add_argument("--out", help="write the results as JSON to this file")
+    bench.add_argument("--out", help="write the results as JSON to this file (plots beside it)")
+    bench.add_argument("--sections", help="comma-separated subset of: trunks, scaling, memory, "
+                                          "end_to_end, hardware, statistical")
 
     ch = sub.add_parser("chaos", help="train twice on a local Ray, undisturbed and with an actor "
                                       "process SIGKILLed every few seconds; compare")
@@ -273,9 +275,18 @@ def _experiment(args) -> int:
 
 
 def _bench(args) -> int:
-    from ps_trainer.bench import BenchPlan, format_report, run_bench
+    import dataclasses
+
+    from ps_trainer.bench import SECTIONS, BenchPlan, format_report, run_bench
 
     plan = BenchPlan.quick() if args.quick else BenchPlan()
+    if args.sections:
+        wanted = tuple(s.strip() for s in args.sections.split(",") if s.strip())
+        unknown = sorted(set(wanted) - set(SECTIONS))
+        if unknown:
+            raise ValueError(f"--sections: unknown {', '.join(unknown)}; choose from "
+                             f"{', '.join(SECTIONS)}")
+        plan = dataclasses.replace(plan, sections=wanted)
     print(format_report(run_bench(plan, args.out)))
     if args.out:
         print(f"written: {args.out}")

@@ -225,7 +225,8 @@ class Evaluator:
             self._metrics.eval_seconds.observe(result.seconds)
         step = int(states[0]["version"])
         info = {"losses": statuses[0]["losses"], "weights": statuses[0]["weights"],
-                "updates": statuses[0]["applied"], "lr": statuses[0]["lr"], **extra}
+                "updates": statuses[0]["applied"], "lr": statuses[0]["lr"],
+                "staleness": statuses[0]["staleness"], **extra}
         payload = {"servers": states, "plan": [asdict(p) for p in self._plan]}
         record = self._recorder.record(step, time.monotonic() - self._start, payload, result,
                                        self._loop, info)

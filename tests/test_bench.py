@@ -24,5 +24,32 @@ def test_quick_bench_writes_the_documented_json(ray_session, tmp_path, capsys):
     assert [(r["workers"], r["shards"]) for r in report["scaling"]] == [(1, 1), (2, 1), (2, 2)]
     assert report["memory"]["updates"] == 1000
     assert report["memcpy_gb_per_s"] > 0 and report["end_to_end"] is None
+
+    hardware = report["hardware"]
+    assert [(r["shards"], r["workers"]) for r in hardware] == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    for r in hardware:               # a step that waits 50 ms caps a worker at 20 updates/s
+        assert 0 < r["updates_per_s"] <= r["ideal_updates_per_s"] * 1.05
+        assert r["ideal_updates_per_s"] == pytest.approx(r["workers"] / 0.05)
+    statistical = report["statistical"]
+    assert [(r["mode"], r["workers_per_task"]) for r in statistical["runs"]] == \
+        [("local", 0), ("async", 1)]
+    for r in statistical["runs"]:    # evaluations recorded along the way, at rising updates
+        steps = [step for step, _ in r["curve"]]
+        assert len(steps) >= 2 and steps == sorted(steps)
+        assert all(0.0 <= miou <= 1.0 for _, miou in r["curve"])
+    assert statistical["runs"][1]["mean_staleness"] > 0     # measured from the server
+    for name in ("hardware", "statistical"):
+        assert (tmp_path / f"bench-{name}.png").stat().st_size > 0
+
     printed = capsys.readouterr().out
     assert "| trunk params |" in printed and f"written: {out}" in printed
+    assert "hardware efficiency" in printed and "statistical efficiency" in printed
+
+
+def test_bench_sections_pick_a_subset_and_name_a_wrong_one(ray_session, tmp_path, capsys):
+    out = tmp_path / "hw.json"
+    assert main(["bench", "--quick", "--sections", "hardware", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["hardware"] and report["trunks"] is None and report["statistical"] is None
+    assert main(["bench", "--quick", "--sections", "hardware,speed"]) == 1
+    assert "unknown speed" in capsys.readouterr().err

@@ -1,0 +1,156 @@
+"""Where asynchrony pays: the two curves whose product is the time to a target mIoU.
+
+- **Hardware efficiency** (:func:`hardware_efficiency`): updates/s that N workers deliver when
+  their compute does not compete for the server's cores, the normal case with GPU workers.
+  It is an *emulation*: each stub worker's step is a wait of ``step_s`` seconds (what a GPU
+  step looks like to the host: the CPU is free meanwhile), and it pushes real gradients of a
+  real model size through the real client and server. Compared with the ideal N / step_s.
+- **Statistical efficiency** (:func:`statistical_efficiency`): validation mIoU against
+  updates for the single-process synchronous loop and for the asynchronous runtime with
+  1, 2, 4 workers per task (the same seed and update budget); staleness grows with the
+  workers, and the updates each needs to reach a target are reported as a ratio to the loop.
+
+Both are sections of ``ps-trainer bench`` (JSON) and write PNG plots beside the JSON.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Optional, Sequence
+
+from ps_trainer.runlog import RunFolder
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- hardware
+
+def hardware_efficiency(params: Sequence[int], workers: Sequence[int], shards: Sequence[int],
+                        step_s: float, updates: int, store_bytes: int) -> list[dict]:
+    """Updates/s for each (params, shards, workers) with accelerator-bound stub workers."""
+    from ps_trainer.bench import measure_ours
+
+    rows = []
+    for size in params:
+        for n_shards in shards:
+            for n in workers:
+                # Each worker has up to `inflight` (1 here) pushes and the server one published
+                # version per actor in the object store; leave room or Ray spills to disk.
+                if (n + n_shards + 1) * 4 * size > 0.8 * store_bytes:
+                    log.info("hardware: %.0fM x %d workers skipped: exceeds the object store",
+                             size / 1e6, n)
+                    continue
+                r = measure_ours(size, updates, workers=n, shards=n_shards, step_s=step_s,
+                                 inflight=1, warmup=3)
+                ideal = n / step_s
+                rows.append({"params": size, "shards": n_shards, "workers": n, "step_s": step_s,
+                             "updates_per_s": r["updates_per_s"], "ideal_updates_per_s": ideal,
+                             "efficiency": r["updates_per_s"] / ideal})
+                log.info("hardware: %.0fM, %d server actors, %d workers (step %.0f ms): "
+                         "%.1f upd/s of %.1f ideal", size / 1e6, n_shards, n, 1000 * step_s,
+                         r["updates_per_s"], ideal)
+    return rows
+
+
+def plot_hardware(path: Path, rows: list[dict]) -> None:
+    plt = _pyplot()
+    sizes = sorted({r["params"] for r in rows})
+    fig, axes = plt.subplots(1, len(sizes), figsize=(4.2 * len(sizes), 3.6), squeeze=False)
+    for ax, size in zip(axes[0], sizes):
+        mine = [r for r in rows if r["params"] == size]
+        workers = sorted({r["workers"] for r in mine})
+        ax.plot(workers, [w / mine[0]["step_s"] for w in workers], "k--", label="ideal")
+        for n_shards in sorted({r["shards"] for r in mine}):
+            pts = sorted((r["workers"], r["updates_per_s"]) for r in mine if r["shards"] == n_shards)
+            ax.plot(*zip(*pts), marker="o", label=f"{n_shards} server actor(s)")
+        ax.set(xlabel="workers", ylabel="updates/s", xscale="log", yscale="log",
+               title=f"{size / 1e6:.0f}M parameters")
+        ax.set_xticks(workers, [str(w) for w in workers])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"hardware efficiency (emulated accelerator step of "
+                 f"{1000 * rows[0]['step_s']:.0f} ms)")
+    _save(fig, path)
+
+
+# --------------------------------------------------------------------------- statistical
+
+def statistical_efficiency(config: str, workers: Sequence[int], updates: int, evals: int,
+                           out_dir: str, target: Optional[float], extra: Sequence[str] = ()
+                           ) -> dict:
+    """mIoU against updates: the local loop, then the runtime with `workers` per task."""
+    from ps_trainer.launch import load_run_config, run_distributed, run_local
+
+    shutil.rmtree(out_dir, ignore_errors=True)     # records append: start each bench afresh
+    every = max(updates // evals, 1)
+    base = [f"run.max_updates={updates}", "run.max_minutes=120", f"eval.every_updates={every}",
+            "eval.every_s=1e9", "metrics.enabled=false", "run.progress_every_s=30", *extra]
+    runs = []
+    cfg = load_run_config(config, base + [f"run.out_dir={out_dir}/local"])
+    run_local(cfg)
+    runs.append(_curve("local", 0, cfg.run.out_dir))
+    for n in workers:
+        probe = load_run_config(config, base)
+        per_task = [f"tasks.{t}.workers={n}" for t in probe.task_names] + \
+            [f"tasks.{t}.num_cpus={probe.tasks[t].num_cpus / n:.4g}" for t in probe.task_names]
+        cfg = load_run_config(config, base + per_task + [f"run.out_dir={out_dir}/async-{n}",
+                                                         f"run.name=bench-async-{n}"])
+        run_distributed(cfg)
+        runs.append(_curve("async", n, cfg.run.out_dir))
+    return {"config": config, "updates": updates, "target_miou": target,
+            "runs": [_to_target(r, target, runs[0]) for r in runs]}
+
+
+def _curve(mode: str, workers: int, run_dir: str) -> dict:
+    records = [r for r in RunFolder(run_dir).records() if r.get("miou") is not None]
+    staleness = [r["staleness"] for r in records if r.get("staleness") is not None]
+    return {"mode": mode, "workers_per_task": workers,
+            "curve": [[int(r["step"]), float(r["miou"])] for r in records],
+            "mean_staleness": sum(staleness) / len(staleness) if staleness else 0.0,
+            "final_miou": records[-1]["miou"] if records else None}
+
+
+def _updates_to(curve: list, target: Optional[float]) -> Optional[int]:
+    if target is None:
+        return None
+    return next((step for step, miou in curve if miou >= target), None)
+
+
+def _to_target(run: dict, target: Optional[float], local: dict) -> dict:
+    mine, ref = _updates_to(run["curve"], target), _updates_to(local["curve"], target)
+    return {**run, "updates_to_target": mine,
+            "updates_ratio_vs_local": (mine / ref) if mine and ref else None}
+
+
+def plot_statistical(path: Path, result: dict) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for run in result["runs"]:
+        label = "local (synchronous)" if run["mode"] == "local" else \
+            f"async, {run['workers_per_task']} worker(s)/task (staleness {run['mean_staleness']:.1f})"
+        if run["curve"]:
+            ax.plot(*zip(*run["curve"]), marker=".", label=label)
+    if result.get("target_miou") is not None:
+        ax.axhline(result["target_miou"], color="k", ls=":", lw=1, label="target")
+    ax.set(xlabel="updates", ylabel="validation mIoU", title="statistical efficiency")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+# --------------------------------------------------------------------------- plotting
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    _pyplot().close(fig)
