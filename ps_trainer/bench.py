@@ -75,7 +75,7 @@ class BenchPlan:
     hardware_params: tuple[int, ...] = (1_000_000, 11_000_000, 25_000_000)
     hardware_workers: tuple[int, ...] = (1, 2, 4, 8)
     hardware_shards: tuple[int, ...] = (1, 2, 4)
-    hardware_step_s: float = 0.1
+    hardware_step_s: float = 0.025
     hardware_updates: int = 30                       # per worker
     # statistical efficiency: the quickstart, local vs. async with these workers per task
     statistical_config: str = "configs/quickstart.yaml"
