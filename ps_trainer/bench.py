@@ -80,8 +80,9 @@ class BenchPlan:
     # statistical efficiency: the quickstart, local vs. async with these workers per task
     statistical_config: str = "configs/quickstart.yaml"
     statistical_workers: tuple[int, ...] = (1, 2, 4)
-    statistical_updates: int = 2000
-    statistical_evals: int = 10
+    statistical_updates: int = 1200
+    statistical_evals: int = 6
+    statistical_target: float = 0.33                 # reached by the quickstart within the budget
     statistical_extra: tuple[str, ...] = ()
     sections: tuple[str, ...] = SECTIONS
 
@@ -449,7 +450,7 @@ def run_bench(plan: BenchPlan, out: Optional[str] = None, scratch_dir: Optional[
             plan.hardware_step_s, plan.hardware_updates, store),
         "statistical": lambda: efficiency.statistical_efficiency(
             plan.statistical_config, plan.statistical_workers, plan.statistical_updates,
-            plan.statistical_evals, f"{scratch_dir}/statistical", plan.target_miou,
+            plan.statistical_evals, f"{scratch_dir}/statistical", plan.statistical_target,
             plan.statistical_extra),
     }
     try:
