@@ -67,6 +67,7 @@ def plot_hardware(path: Path, rows: list[dict]) -> None:
         ax.set(xlabel="workers", ylabel="updates/s", xscale="log", yscale="log",
                title=f"{size / 1e6:.0f}M parameters")
         ax.set_xticks(workers, [str(w) for w in workers])
+        ax.tick_params(axis="x", which="minor", labelbottom=False)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(f"hardware efficiency (emulated accelerator step of "
