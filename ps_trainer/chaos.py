@@ -47,9 +47,10 @@ def _actors(coordinator, role: str) -> list[tuple[str, object]]:
     return [("evaluator", handles["evaluator"])] if handles["evaluator"] is not None else []
 
 
-def kill_one(coordinator, role: str, pick: int = 0) -> Optional[Kill]:
+def kill_one(coordinator, role: str, pick: int = 0, before_version: Optional[int] = None
+             ) -> Optional[Kill]:
     """SIGKILL the process of one actor of `role` (the `pick`-th, cyclically) if it runs on
-    this node; None when there is none here."""
+    this node and the run has not reached `before_version`; None when nothing was killed."""
     here = ray.get_runtime_context().get_node_id()
     actors = _actors(coordinator, role)
     for offset in range(len(actors)):
@@ -61,6 +62,9 @@ def kill_one(coordinator, role: str, pick: int = 0) -> Optional[Kill]:
         if where["node"] != here:
             continue
         status = ray.get(coordinator.status.remote())
+        if status["done"] or (before_version is not None
+                              and (status["version"] or 0) >= before_version):
+            return None              # the run is finishing: a kill now tests nothing
         os.kill(where["pid"], signal.SIGKILL)
         log.warning("chaos: SIGKILL %s (pid %d) at version %s", name, where["pid"],
                     status["version"])
@@ -87,7 +91,8 @@ def run_with_kills(cfg: Config, due: Optional[Callable[[dict], bool]] = None,
             if status["done"] or finishing or not due(status):
                 continue
             role = next(order)
-            kill = kill_one(coordinator, role, pick=len(kills))
+            kill = kill_one(coordinator, role, pick=len(kills),
+                            before_version=cfg.run.max_updates)
             if kill is not None:
                 kills.append(kill)
         summary = ray.get(done)

@@ -261,7 +261,8 @@ class Coordinator:
                 except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
                     latest = None
             counts = self._worker_counts()
-            return {"version": servers[0]["version"] if servers else None,
+            # While the server actors are down (being restored) the last version seen stands.
+            return {"version": servers[0]["version"] if servers else self._last_version,
                     "servers": servers,
                     "workers": {t: c["running"] for t, c in counts.items()},
                     "pending_workers": {t: c["pending"] for t, c in counts.items()},
