@@ -178,7 +178,7 @@ def test_split_actors_take_one_staleness_decision_and_snapshot_one_point(split):
     cfg, spec, servers, client, flat = split(extra=["server.staleness_policy=drop",
                                                     "server.max_staleness=1"])
     for _ in range(3):
-        client.refresh()
+        client.connect()                      # a blocking pull: the newest weights
         assert push_and_wait(client, flat, 0.01).reason == APPLIED
     for link in client.links:                 # the worker's weights are from version 0 again
         link.version = 0
@@ -205,7 +205,7 @@ def test_parts_never_decided_are_let_go(split):
     ray.get(servers[1].stage.remote(12345, "rotation", 0, orphan, STATS))   # its worker died
     assert ray.get(servers[1].status.remote())["staged"] == 1
     for _ in range(4):
-        client.refresh()
+        client.connect()                      # a blocking pull: the newest weights
         push_and_wait(client, flat, 0.01)
     assert ray.get(servers[1].status.remote())["staged"] == 0
     assert ray.get(servers[1].status.remote())["lost_parts"] == 0
