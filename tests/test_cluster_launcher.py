@@ -266,8 +266,10 @@ def test_ray_up_submit_exec_and_down_on_a_local_provider(launcher, tiny):
             out = ray(env, "exec", config, "ps-trainer status", timeout_s=60)
             match = re.search(r"^\{.*^\}", out.stdout, re.S | re.M)
             return json.loads(match.group(0)) if out.returncode == 0 and match else None
-        first = wait_for(lambda: (s := status()) and (s["version"] or 0) > 0 and s, 120,
-                         "`ray exec ps-trainer status` to show a training run")
+        # both workers answering (a loaded machine may start one well before the other)
+        first = wait_for(lambda: (s := status()) and (s["version"] or 0) > 0
+                         and s["workers"].get("rotation") and s["workers"].get("segmentation")
+                         and s, 120, "`ray exec ps-trainer status` to show a training run")
         assert {t: n for t, n in first["workers"].items() if n} == {"rotation": 1, "segmentation": 1}
         scaled = ray(env, "exec", config, "ps-trainer scale --task rotation --workers 2",
                      timeout_s=60)
