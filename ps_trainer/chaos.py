@@ -123,7 +123,7 @@ def checkpoints_valid(run_dir: str, keep_last: int) -> tuple[int, int]:
             load_checkpoint(str(path))
             valid += 1
         except CorruptCheckpoint:
-            pass
+            continue                 # counted in the total, not as valid
     if CheckpointManager(folder.checkpoints, keep_last).latest() is None:
         valid = 0
     return valid, len(files)

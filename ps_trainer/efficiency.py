@@ -91,8 +91,8 @@ def statistical_efficiency(config: str, workers: Sequence[int], updates: int, ev
     cfg = load_run_config(config, base + [f"run.out_dir={out_dir}/local"])
     run_local(cfg)
     runs.append(_curve("local", 0, cfg.run.out_dir))
+    probe = load_run_config(config, base)        # the tasks and their CPUs, once
     for n in workers:
-        probe = load_run_config(config, base)
         per_task = [f"tasks.{t}.workers={n}" for t in probe.task_names] + \
             [f"tasks.{t}.num_cpus={probe.tasks[t].num_cpus / n:.4g}" for t in probe.task_names]
         cfg = load_run_config(config, base + per_task + [f"run.out_dir={out_dir}/async-{n}",
