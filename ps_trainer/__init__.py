@@ -3,7 +3,7 @@
     from ps_trainer import load_run_config, run_distributed, run_local
     cfg = load_run_config("configs/quickstart.yaml", ["run.max_updates=500"])
     summary = run_local(cfg)             # or run_distributed(cfg)
-    print(summary["miou"])
+    print(summary.miou)
 
 The runners, which assemble tasks from the ``workers`` package, are imported on first use
 so that ``import ps_trainer`` stays light.

@@ -416,9 +416,9 @@ def end_to_end(target: float, out_dir: str) -> dict:
         cfg = load_run_config("configs/quickstart.yaml",
                               overrides + [f"run.out_dir={out_dir}/{mode}"])
         summary = runner(cfg)
-        reached = summary.get("reached_target_s")
-        result[mode] = {"seconds_to_target": reached, "final_miou": summary.get("miou"),
-                        "updates": summary.get("updates", summary.get("version"))}
+        reached = summary.reached_target_s
+        result[mode] = {"seconds_to_target": reached, "final_miou": summary.miou,
+                        "updates": summary.updates}
         log.info("end to end, %s: %s s to mIoU %.2f", mode, reached, target)
     async_s = result["distributed"]["seconds_to_target"]
     sync_s = result["local"]["seconds_to_target"]

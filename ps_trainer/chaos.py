@@ -23,6 +23,7 @@ import ray
 from ps_trainer.checkpoint import CheckpointManager, CorruptCheckpoint, load_checkpoint
 from ps_trainer.config import Config
 from ps_trainer.runlog import RunFolder
+from ps_trainer.schedule import RunSummary
 
 log = logging.getLogger(__name__)
 ROLES = ("server", "worker", "evaluator")
@@ -73,9 +74,9 @@ def kill_one(coordinator, role: str, pick: int = 0, before_version: Optional[int
 
 
 def run_with_kills(cfg: Config, due: Optional[Callable[[dict], bool]] = None,
-                   roles: tuple[str, ...] = ROLES) -> dict:
+                   roles: tuple[str, ...] = ROLES) -> tuple[RunSummary, list[Kill]]:
     """Run `cfg` on the connected Ray; whenever ``due(status)`` is true, SIGKILL one actor of
-    the next role in `roles`. Returns the coordinator's summary plus the kills."""
+    the next role in `roles`. Returns the run's summary and the kills."""
     from ps_trainer.launch import start_coordinator
 
     coordinator = start_coordinator(cfg)
@@ -98,7 +99,7 @@ def run_with_kills(cfg: Config, due: Optional[Callable[[dict], bool]] = None,
         summary = ray.get(done)
     finally:
         ray.kill(coordinator)
-    return {**summary, "kills": kills}
+    return summary, kills
 
 
 def every_seconds(seconds: float) -> Callable[[dict], bool]:
@@ -134,21 +135,21 @@ def chaos(cfg: Config, kill_every_s: float) -> dict:
     "Performance" (fault tolerance)."""
     calm_cfg = cfg.replace(run=replace(cfg.run, name=cfg.run.name + "-calm",
                                        out_dir=cfg.run.out_dir + "-calm"))
-    calm = run_with_kills(calm_cfg)
-    stormy = run_with_kills(cfg, every_seconds(kill_every_s))
-    restores = stormy.get("restores", [])
+    calm, _ = run_with_kills(calm_cfg)
+    stormy, kills = run_with_kills(cfg, every_seconds(kill_every_s))
+    restores = stormy.runtime["restores"]
     valid, total = checkpoints_valid(cfg.run.out_dir, cfg.eval.keep_last)
-    by_role = {r: sum(k.role == r for k in stormy["kills"]) for r in ROLES}
+    by_role = {r: sum(k.role == r for k in kills) for r in ROLES}
     lost = [r["from"] - r["to"] for r in restores if r["from"] is not None]
     return {
         "kill_every_s": kill_every_s,
         "snapshot_every_s": cfg.server.snapshot_every_s,
-        "kills": by_role, "restarts": stormy["restarts"],
-        "undisturbed": {"seconds": round(calm["elapsed_s"], 1), "version": calm["version"],
-                        "miou": calm["miou"]},
-        "disturbed": {"seconds": round(stormy["elapsed_s"], 1), "version": stormy["version"],
-                      "miou": stormy["miou"]},
-        "time_overhead": round(stormy["elapsed_s"] / calm["elapsed_s"], 3),
+        "kills": by_role, "restarts": stormy.runtime["restarts"],
+        "undisturbed": {"seconds": round(calm.elapsed_s, 1), "version": calm.updates,
+                        "miou": calm.miou},
+        "disturbed": {"seconds": round(stormy.elapsed_s, 1), "version": stormy.updates,
+                      "miou": stormy.miou},
+        "time_overhead": round(stormy.elapsed_s / calm.elapsed_s, 3),
         "server_deaths": {"restored_from": [r["source"] for r in restores],
                           "updates_lost": lost,
                           "recovery_s": [round(r["seconds"], 2) for r in restores]},

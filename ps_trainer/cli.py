@@ -139,7 +139,7 @@ def _train(args) -> int:
         summary = launch.run_local(cfg, resume=checkpoint)
     else:
         summary = launch.run_distributed(cfg, args.address, resume=checkpoint)
-    miou = summary.get("miou")
+    miou = summary.miou
     print(f"final mIoU: {miou:.4f}" if miou is not None else "final mIoU: n/a (no segmentation task)")
     print(f"run folder: {cfg.run.out_dir}")
     return 0
@@ -252,7 +252,7 @@ def _finetune(args) -> int:
     else:
         out = str(Path(cfg.run.out_dir) / f"scratch-N{args.labels}")
     summary = finetune(cfg, checkpoint, args.labels, out, args.seed)
-    print(f"mIoU: {summary['miou']:.4f} ({args.labels} labels, "
+    print(f"mIoU: {summary.miou:.4f} ({args.labels} labels, "
           f"{'pretrained' if checkpoint is not None else 'random'} trunk)")
     print(f"run folder: {out}")
     return 0

@@ -34,10 +34,10 @@ import ray
 
 from ps_trainer.checkpoint import CheckpointManager
 from ps_trainer.config import Config
-from ps_trainer.evaluator import reached_target
 from ps_trainer.metrics import CoordinatorMetrics, Reporter
 from ps_trainer.params import Piece
 from ps_trainer.runlog import RunFolder
+from ps_trainer.schedule import STOPPED, TARGET_MIOU, RunSummary, StopRule
 
 log = logging.getLogger(__name__)
 _SUPERVISE_EVERY_S = 0.5
@@ -136,7 +136,6 @@ class Coordinator:
                                   cfg.metrics.report_every_s)
         self._start_time = time.monotonic()
         self._done = False
-        self._reached: Optional[float] = None
         self._last_version: Optional[int] = None     # the newest version seen (supervision)
 
     # ------------------------------------------------------------------ starting actors
@@ -289,10 +288,10 @@ class Coordinator:
 
     # ------------------------------------------------------------------ supervision
 
-    def run(self) -> dict:
-        """Supervise until run.max_updates, run.max_minutes, run.target_miou or stop();
-        returns a summary."""
-        deadline = self._start_time + self._cfg.run.max_minutes * 60 - self._spec.time_offset_s
+    def run(self) -> RunSummary:
+        """Supervise until the stop rule (ps_trainer.schedule) or stop() ends the run."""
+        stop_rule = StopRule.of(self._cfg)
+        stopped_by = STOPPED
         while not self._stop.wait(_SUPERVISE_EVERY_S):
             with self._lock:
                 self._check_servers()
@@ -302,20 +301,21 @@ class Coordinator:
                 self._worker_counts()
             version = self._version()
             self._reporter.maybe()
-            if (version is not None and version >= self._cfg.run.max_updates) \
-                    or time.monotonic() >= deadline or self._target_reached():
+            elapsed = time.monotonic() - self._start_time + self._spec.time_offset_s
+            reason = stop_rule.reason(version, elapsed, self._latest_record())
+            if reason is not None:
+                stopped_by = reason
                 break
-        return self._finish()
+        return self._finish(stop_rule, stopped_by)
 
-    def _target_reached(self) -> bool:
+    def _latest_record(self) -> Optional[dict]:
+        """The evaluator's newest record, when the stop rule needs it (a target is set)."""
         if self._cfg.run.target_miou is None:
-            return False
+            return None
         try:
-            record = ray.get(self._evaluator.latest_record.remote(), timeout=5)
+            return ray.get(self._evaluator.latest_record.remote(), timeout=5)
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-            return False
-        self._reached = reached_target(self._cfg, record)
-        return self._reached is not None
+            return None
 
     def _version(self) -> Optional[int]:
         try:
@@ -415,7 +415,7 @@ class Coordinator:
         self._stats.restarts["evaluator"] += 1
         self._metrics.restarts.labels("evaluator").inc()
 
-    def _finish(self) -> dict:
+    def _finish(self, stop_rule: StopRule, stopped_by: str) -> RunSummary:
         """Stop the workers, run the final evaluation and checkpoint, stop the evaluator;
         every wait is bounded, so a broken actor cannot hold the run open."""
         with self._lock:
@@ -425,25 +425,30 @@ class Coordinator:
             refs = [s.run_ref for slots in self._workers.values() for s in slots if s.refresh()]
             if refs:
                 ray.wait(refs, num_returns=len(refs), timeout=_STOP_GRACE_S)
-            final = self._final_evaluation()
+            final = self._final_evaluation(stopped_by)
             if final is None:        # a server actor died just now: restore it, try once more
                 ray.wait(self._server_pings, num_returns=len(self._server_pings),
                          timeout=_CALL_TIMEOUT_S)
                 self._check_servers()
                 self._check_evaluator()
-                final = self._final_evaluation()
+                final = self._final_evaluation(stopped_by)
             self._evaluator.stop.remote()
             self._done = True
             status = self.status()
             self._reporter.now()
-            return {**status, "final": final, "miou": final.get("miou") if final else None,
-                    "reached_target_s": self._reached}
+            servers = status["servers"]
+            return RunSummary(
+                updates=status["version"] or 0, elapsed_s=status["elapsed_s"],
+                miou=final.get("miou") if final else None,
+                reached_target_s=stop_rule.reached(final), stopped_by=stopped_by,
+                applied=dict(servers[0]["applied"]) if servers else {}, final=final,
+                runtime=status)
 
-    def _final_evaluation(self) -> Optional[dict]:
+    def _final_evaluation(self, stopped_by: str) -> Optional[dict]:
         """The evaluation that ends the run (or the one that reached the target); None when the
         evaluator cannot give it in time."""
         try:
-            if self._reached is not None:
+            if stopped_by == TARGET_MIOU:
                 return ray.get(self._evaluator.latest_record.remote(), timeout=_CALL_TIMEOUT_S)
             return ray.get(self._evaluator.evaluate_now.remote({"final": True}),
                            timeout=_FINAL_EVAL_TIMEOUT_S)

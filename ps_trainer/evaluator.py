@@ -1,9 +1,10 @@
-"""Evaluation: mIoU of the segmentation head on the validation split, checkpoints, pictures.
+"""Evaluation: mIoU of the segmentation head on the validation split.
 
-:class:`EvaluationLoop` scores a model (plain, testable without Ray); :class:`RunRecorder`
-writes what an evaluation produces (checkpoint, a ``metrics.jsonl`` line, previews, curves);
-:class:`Evaluator` is the Ray actor that, every ``eval.every_s`` seconds (or every
-``eval.every_updates`` server versions), pulls the full server state and does both.
+:class:`EvaluationLoop` scores a model (plain, testable without Ray); :class:`Evaluator` is
+the Ray actor that, when the schedule says (``ps_trainer.schedule.EvalSchedule``), takes a
+consistent snapshot of the server actors, scores it and hands it to the
+:class:`~ps_trainer.recorder.RunRecorder`, which checkpoints it — the checkpoints that server
+recovery falls back on — and records it.
 """
 from __future__ import annotations
 
@@ -19,17 +20,17 @@ import ray
 import torch
 import torch.nn.functional as F
 
-from ps_trainer.checkpoint import CheckpointManager
-from ps_trainer.config import Config, config_to_dict
+from ps_trainer.config import Config
 from ps_trainer.data.base import SegmentationDataset
 from ps_trainer.data.sampler import iterate_eval
 from ps_trainer.data.splits import build_splits
 from ps_trainer.metrics import EvaluatorMetrics, Reporter
 from ps_trainer.model import MultiTaskModel, shard_of
 from ps_trainer.params import FlatModel, Piece, ShardLayout
-from ps_trainer.plots import plot_curves, write_previews
+from ps_trainer.recorder import RunRecorder
 from ps_trainer.runlog import RunFolder
 from ps_trainer.runtime import set_threads
+from ps_trainer.schedule import EvalSchedule
 from ps_trainer.segmetrics import confusion_matrix, mean_iou, pixel_accuracy
 
 log = logging.getLogger(__name__)
@@ -92,51 +93,6 @@ class EvaluationLoop:
         return rgb, masks.numpy().astype(np.uint8), self.predict(images).numpy().astype(np.uint8)
 
 
-def reached_target(cfg: Config, record: Optional[dict]) -> Optional[float]:
-    """The record's time if its mIoU reaches run.target_miou, else None."""
-    target = cfg.run.target_miou
-    if target is None or not record or record.get("miou") is None or record["miou"] < target:
-        return None
-    return record["time_s"]
-
-
-class RunRecorder:
-    """Writes an evaluation's outputs into the run folder."""
-
-    def __init__(self, cfg: Config, run: RunFolder):
-        self.cfg = cfg
-        self.run = run
-        self.checkpoints = CheckpointManager(run.checkpoints, cfg.eval.keep_last)
-
-    def record(self, step: int, time_s: float, server_payload: dict,
-               result: Optional[EvalResult], loop: Optional[EvaluationLoop],
-               extra: dict) -> dict:
-        """Checkpoint, then one metrics.jsonl line, then pictures; returns the line."""
-        start = time.perf_counter()
-        payload = {**server_payload, "config": config_to_dict(self.cfg), "time_s": time_s}
-        path, size = self.checkpoints.save(payload, step, result.miou if result else None)
-        record = {"step": step, "time_s": round(time_s, 3),
-                  "miou": result.miou if result else None,
-                  "per_class_iou": result.per_class_iou if result else None,
-                  "pixel_accuracy": result.pixel_accuracy if result else None,
-                  "checkpoint": str(path), "checkpoint_bytes": size,
-                  "checkpoint_seconds": round(time.perf_counter() - start, 4), **extra}
-        self.run.append(record)
-        self._pictures(step, loop)
-        return record
-
-    def _pictures(self, step: int, loop: Optional[EvaluationLoop]) -> None:
-        try:
-            if loop is not None and self.cfg.eval.previews:
-                write_previews(self.run.previews / f"step-{step:09d}.png",
-                               *loop.previews(self.cfg.eval.previews))
-                for old in sorted(self.run.previews.glob("step-*.png"))[: -self.cfg.eval.keep_last]:
-                    old.unlink(missing_ok=True)       # as many as checkpoints are kept
-            plot_curves(self.run.curves, self.run.records(), title=self.cfg.run.name)
-        except Exception as err:  # pictures are for people; never lose a run over one
-            log.warning("could not write pictures: %s", err)
-
-
 def make_evaluation_loop(cfg: Config, model_factory: Callable[[], MultiTaskModel],
                          device: torch.device) -> Optional[EvaluationLoop]:
     """The loop for this config, or None when no segmentation task is configured."""
@@ -186,18 +142,12 @@ class Evaluator:
         return {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
 
     def run(self) -> None:
-        """Evaluate every eval.every_s seconds, or every eval.every_updates versions."""
-        every_s, every_updates = self._cfg.eval.every_s, self._cfg.eval.every_updates
-        last_time, last_version = time.monotonic(), 0
+        """Evaluate when the schedule says (ps_trainer.schedule.EvalSchedule)."""
+        schedule = EvalSchedule.of(self._cfg, time.monotonic())
         while not self._stop.wait(0.25):
-            due = time.monotonic() - last_time >= every_s
-            if not due and every_updates:
-                version = self._version()
-                due = version is not None and version - last_version >= every_updates
-            if due:
+            if schedule.due(time.monotonic(), self._version):
                 record = self.evaluate_now()
-                last_time = time.monotonic()
-                last_version = record["step"] if record else last_version
+                schedule.done(time.monotonic(), record["step"] if record else None)
 
     def _version(self) -> Optional[int]:
         try:
@@ -225,7 +175,7 @@ class Evaluator:
             self._metrics.eval_seconds.observe(result.seconds)
         step = int(states[0]["version"])
         info = {"losses": statuses[0]["losses"], "weights": statuses[0]["weights"],
-                "updates": statuses[0]["applied"], "lr": statuses[0]["lr"],
+                "applied": statuses[0]["applied"], "lr": statuses[0]["lr"],
                 "staleness": statuses[0]["staleness"], **extra}
         payload = {"servers": states, "plan": [asdict(p) for p in self._plan]}
         record = self._recorder.record(step, time.monotonic() - self._start, payload, result,

@@ -198,7 +198,7 @@ class Experiment:
         out = self.out / run.name / f"seed-{seed}" / f"finetune-N{labels}"
         start = time.monotonic()
         summary = finetune(base, checkpoint, labels, str(out), seed)
-        self._record(run, seed, labels, summary["miou"], pre_updates, pre_s,
+        self._record(run, seed, labels, summary.miou, pre_updates, pre_s,
                      time.monotonic() - start)
 
     def _joint(self, run: RunSpec, seed: int, labels: int) -> None:
@@ -207,7 +207,7 @@ class Experiment:
                  ", ".join(cfg.task_names))
         start = time.monotonic()
         summary = run_local(cfg)
-        self._record(run, seed, labels, summary["miou"], summary["updates"],
+        self._record(run, seed, labels, summary.miou, summary.updates,
                      time.monotonic() - start, 0.0)
 
     def _record(self, run: RunSpec, seed: int, labels: int, miou: float, pre_updates: int,

@@ -25,6 +25,7 @@ import numpy as np
 from ps_trainer.config import (Config, FrozenDict, OptimizerConfig, TaskConfig, config_from_dict)
 from ps_trainer.launch import check_tasks, run_local
 from ps_trainer.params import Piece
+from ps_trainer.schedule import RunSummary
 
 log = logging.getLogger(__name__)
 SEGMENTATION = "segmentation"
@@ -68,7 +69,7 @@ def model_config_of(checkpoint: dict, base: Config) -> Config:
 
 
 def finetune(base: Config, checkpoint: Optional[dict], labels: int, out_dir: str,
-             seed: Optional[int] = None) -> dict:
+             seed: Optional[int] = None) -> RunSummary:
     """Fine-tune on `labels` images from the checkpoint's trunk (or a random trunk when
     `checkpoint` is None); returns the local trainer's summary (with the final mIoU)."""
     if checkpoint is not None:
@@ -81,5 +82,5 @@ def finetune(base: Config, checkpoint: Optional[dict], labels: int, out_dir: str
     source = "pretrained" if checkpoint is not None else "random"
     extra = f" with {', '.join(cfg.finetune.unlabelled_tasks)}" if cfg.finetune.unlabelled_tasks else ""
     log.info("fine-tuned a %s trunk on %d labels%s: mIoU %.4f", source, labels, extra,
-             summary["miou"])
+             summary.miou)
     return summary

@@ -31,6 +31,7 @@ from ps_trainer.params import FlatModel, Piece, ShardLayout, plan_pieces
 from ps_trainer.progress import Progress
 from ps_trainer.runlog import RunFolder
 from ps_trainer.runtime import on_this_node, pick_device, set_threads
+from ps_trainer.schedule import RunSummary
 from ps_trainer.server import ParameterServer
 from workers.assembly import build_model, build_task, build_tasks, check_tasks, task_shards
 from workers.worker import TaskLoop, TaskWorker, task_inputs
@@ -69,7 +70,7 @@ def initial_model(cfg: Config) -> tuple[MultiTaskModel, FlatModel]:
 # --------------------------------------------------------------------------- local
 
 def run_local(cfg: Config, resume: Optional[dict] = None,
-              initial: Optional[dict[str, np.ndarray]] = None, frozen: tuple[str, ...] = ()) -> dict:
+              initial: Optional[dict[str, np.ndarray]] = None, frozen: tuple[str, ...] = ()) -> RunSummary:
     """Train every task in this process (round-robin, one optimizer); returns a summary.
 
     `initial` replaces the starting weights of some shards (e.g. a pretrained trunk);
@@ -91,8 +92,7 @@ def run_local(cfg: Config, resume: Optional[dict] = None,
             raise ValueError("this checkpoint comes from a sharded server; resume it distributed")
         trainer.store.load_state(resume["servers"][0])
     summary = trainer.train()
-    log.info("done: %d updates in %.0f s; final mIoU %s", summary["updates"], summary["elapsed_s"],
-             _fmt(summary["miou"]))
+    _log_done(summary)
     return summary
 
 
@@ -188,7 +188,7 @@ def start_coordinator(cfg: Config, resume: Optional[dict] = None, hub=None):
 
 
 def run_distributed(cfg: Config, address: Optional[str] = None,
-                    resume: Optional[dict] = None) -> dict:
+                    resume: Optional[dict] = None) -> RunSummary:
     """Run the parameter server, workers and evaluator on Ray until a stop condition."""
     connect(cfg, address)
     check_resources(cfg, autoscaling=bool(address or cfg.ray.address))
@@ -204,8 +204,7 @@ def run_distributed(cfg: Config, address: Optional[str] = None,
         log.warning("interrupted: stopping workers and writing a final checkpoint")
         coordinator.stop.remote()
     summary = ray.get(done)
-    log.info("done: %s updates in %.0f s; final mIoU %s", summary["version"],
-             summary["elapsed_s"], _fmt(summary["miou"]))
+    _log_done(summary)
     ray.kill(coordinator)
     if hub is not None:
         ray.get(hub.close.remote())
@@ -298,6 +297,11 @@ def evaluate_checkpoint(path: str, config_path: Optional[str] = None, overrides=
         raise ValueError("the config has no segmentation task: nothing to score")
     loop.load_pieces(payload["servers"], [Piece(**p) for p in payload["plan"]])
     return loop.evaluate()
+
+
+def _log_done(summary: RunSummary) -> None:
+    log.info("done (%s): %d updates in %.0f s; final mIoU %s", summary.stopped_by,
+             summary.updates, summary.elapsed_s, _fmt(summary.miou))
 
 
 def _fmt(value) -> str:

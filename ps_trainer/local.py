@@ -14,12 +14,14 @@ from typing import Mapping, Optional, Protocol
 
 
 from ps_trainer.config import Config
-from ps_trainer.evaluator import EvaluationLoop, RunRecorder, reached_target
+from ps_trainer.evaluator import EvaluationLoop
+from ps_trainer.recorder import RunRecorder
 from ps_trainer.params import FlatModel, Piece
 from ps_trainer.progress import Progress
 from ps_trainer.protocol import PushStats
 from ps_trainer.runlog import RunFolder
-from ps_trainer.server import make_store
+from ps_trainer.schedule import TARGET_MIOU, EvalSchedule, RunSummary, StopRule
+from ps_trainer.store import make_store
 
 log = logging.getLogger(__name__)
 
@@ -47,40 +49,32 @@ class LocalTrainer:
         self.recorder = RunRecorder(cfg, run)
         self.progress = Progress(cfg.task_names)
         self.steps = {t: 0 for t in self.loops}
-        self.step_time_s = {t: 0.0 for t in self.loops}
 
-    def train(self) -> dict:
-        """Round-robin over tasks until run.max_updates or run.max_minutes; returns a summary."""
-        cfg = self.cfg
+    def train(self) -> RunSummary:
+        """Round-robin over tasks until the stop rule (ps_trainer.schedule) says so."""
         start = time.monotonic()
-        deadline = start + cfg.run.max_minutes * 60
-        next_eval = start + cfg.eval.every_s
-        last_eval_version = 0
+        stop_rule = StopRule.of(self.cfg)
+        schedule = EvalSchedule.of(self.cfg, start)
         order = tuple(self.loops)
-        latest, reached = None, None
-        i = 0
-        while (self.store.version < cfg.run.max_updates and time.monotonic() < deadline
-               and reached is None):
+        latest, stopped_by, i = None, None, 0
+        while stopped_by is None:
             task = order[i % len(order)]
             i += 1
             self._step(task)
             now = time.monotonic()
-            due_updates = (cfg.eval.every_updates
-                           and self.store.version - last_eval_version >= cfg.eval.every_updates)
-            if now >= next_eval or due_updates:
+            if schedule.due(now, lambda: self.store.version):
                 latest = self.evaluate(now - start)
-                next_eval, last_eval_version = time.monotonic() + cfg.eval.every_s, self.store.version
-                reached = reached_target(cfg, latest)
+                schedule.done(time.monotonic(), self.store.version)
             self.progress.maybe_log(self.store.version, self.progress.losses(),
                                     self.store.balancer.weights(),
-                                    latest["miou"] if latest else None, cfg.run.progress_every_s,
-                                    per_task=self.steps)
-        if reached is None:
-            latest = self.evaluate(time.monotonic() - start)
-            reached = reached_target(cfg, latest)
-        return {"updates": self.store.version, "elapsed_s": time.monotonic() - start,
-                "miou": latest["miou"], "reached_target_s": reached, "steps": dict(self.steps),
-                "steps_per_s": {t: self.steps[t] / max(self.step_time_s[t], 1e-9) for t in self.steps}}
+                                    latest["miou"] if latest else None,
+                                    self.cfg.run.progress_every_s, per_task=self.steps)
+            stopped_by = stop_rule.reason(self.store.version, time.monotonic() - start, latest)
+        if stopped_by != TARGET_MIOU:
+            latest = self.evaluate(time.monotonic() - start, final=True)
+        return RunSummary(updates=self.store.version, elapsed_s=time.monotonic() - start,
+                          miou=latest["miou"], reached_target_s=stop_rule.reached(latest),
+                          stopped_by=stopped_by, applied=dict(self.steps), final=latest)
 
     def _step(self, task: str) -> None:
         loop = self.loops[task]
@@ -91,20 +85,20 @@ class LocalTrainer:
         self.store.push(task, self.store.version, grads, stats, norm_stats)
         self.progress.observe(task, stats.loss)
         self.steps[task] += 1
-        self.step_time_s[task] += stats.step_time_s
 
     def _load_norm_stats(self, task: str) -> None:
         """Each task keeps its own norm statistics, as its workers do in the distributed run."""
         for shard, array in self.store.norm_stats.get(task, {}).items():
             self.flat.load_stats(shard, array)
 
-    def evaluate(self, time_s: float) -> dict:
+    def evaluate(self, time_s: float, final: bool = False) -> dict:
         state = self.store.state()
         result = None
         if self.eval_loop is not None:
             self.eval_loop.load_pieces([state], self.plan)
             result = self.eval_loop.evaluate()
         extra = {"losses": self.progress.losses(), "weights": self.store.balancer.weights(),
-                 "updates": dict(self.steps), "lr": self.store.lr}
+                 "applied": dict(self.steps), "lr": self.store.lr,
+                 **({"final": True} if final else {})}
         payload = {"servers": [state], "plan": [asdict(p) for p in self.plan]}
         return self.recorder.record(self.store.version, time_s, payload, result, self.eval_loop, extra)

@@ -30,13 +30,12 @@ import numpy as np
 import ray
 import torch
 
-from ps_trainer.balancing import make_balancer
 from ps_trainer.config import Config
 from ps_trainer.metrics import RateMeter, Reporter, ServerMetrics
 from ps_trainer.protocol import (APPLIED, QUEUED, REJECT_REASONS, PushDecision, PushResult,
                                  PushStats)
 from ps_trainer.runtime import set_threads
-from ps_trainer.store import ParameterStore
+from ps_trainer.store import make_store
 
 log = logging.getLogger(__name__)
 _EMA_DECAY = 0.9   # for the loss and staleness averages in status() and the metrics
@@ -45,15 +44,6 @@ _PEER_TIMEOUT_S = 60.0   # a snapshot waits this long for the other server actor
 
 def _ema(old: Optional[float], new: float) -> float:
     return new if old is None else _EMA_DECAY * old + (1 - _EMA_DECAY) * new
-
-
-def make_store(cfg: Config, weights: Mapping[str, torch.Tensor],
-               task_keys: Mapping[str, tuple[str, ...]]) -> ParameterStore:
-    """The store the config describes, over `weights` (1-D float32 tensors)."""
-    balancer = make_balancer(cfg.balancing.method, cfg.task_names, cfg.balancing.options)
-    sync = {name: t.sync for name, t in cfg.tasks.items()}
-    return ParameterStore(weights, task_keys, cfg.optimizer, cfg.server, balancer, sync,
-                          cfg.run.max_updates)
 
 
 class ParameterServer:

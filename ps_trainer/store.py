@@ -24,8 +24,8 @@ from typing import Mapping, Optional
 import numpy as np
 import torch
 
-from ps_trainer.balancing import Balancer
-from ps_trainer.config import OptimizerConfig, ServerConfig
+from ps_trainer.balancing import Balancer, make_balancer
+from ps_trainer.config import Config, OptimizerConfig, ServerConfig
 from ps_trainer.optim import FlatOptimizer, learning_rate
 from ps_trainer.params import readonly_tensor
 from ps_trainer.protocol import (APPLIED, NONFINITE, QUEUED, STALE, PushDecision, PushResult,
@@ -200,3 +200,12 @@ class ParameterStore:
         self.version = int(state["version"])
         for task in self._acc:                # a partly filled sync group is not resumed
             self._reset_group(task)
+
+
+def make_store(cfg: Config, weights: Mapping[str, torch.Tensor],
+               task_keys: Mapping[str, tuple[str, ...]]) -> ParameterStore:
+    """The store the config describes, over `weights` (1-D float32 tensors)."""
+    balancer = make_balancer(cfg.balancing.method, cfg.task_names, cfg.balancing.options)
+    sync = {name: t.sync for name, t in cfg.tasks.items()}
+    return ParameterStore(weights, task_keys, cfg.optimizer, cfg.server, balancer, sync,
+                          cfg.run.max_updates)

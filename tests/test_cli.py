@@ -56,7 +56,7 @@ def _recorded_checkpoint(cfg, tmp_path):
     """A real checkpoint of a tiny untrained run (what the evaluator writes)."""
     import numpy as np
 
-    from ps_trainer.evaluator import RunRecorder
+    from ps_trainer.recorder import RunRecorder
     from ps_trainer.launch import initial_model
     from ps_trainer.params import plan_pieces
 

@@ -103,7 +103,8 @@ def test_a_failed_evaluator_is_stopped_and_its_replacement_checkpoints(started, 
     with checkpoints_broken(folder):        # the final evaluation fails: the run still ends
         coordinator.stop.remote()
         summary = ray.get(done, timeout=120)
-    assert summary["done"] and summary["final"] is None
+    assert summary.runtime["done"] and summary.final is None and summary.miou is None
+    assert summary.stopped_by == "stopped"
 
 
 @contextlib.contextmanager

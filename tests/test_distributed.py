@@ -201,9 +201,9 @@ def test_cli_status_and_scale_reach_the_running_coordinator(run):
 def test_stop_writes_a_final_evaluation_then_resume_continues(run, tmp_path):
     run["coordinator"].stop.remote()
     summary = ray.get(run["done"], timeout=120)
-    assert summary["done"] and summary["final"]["final"] is True
-    assert summary["miou"] is not None
-    final_version = summary["final"]["step"]
+    assert summary.runtime["done"] and summary.final["final"] is True
+    assert summary.stopped_by == "stopped" and summary.miou == summary.final["miou"] is not None
+    final_version = summary.final["step"]
 
     cfg, checkpoint = resume_from(run["cfg"].run.out_dir,
                                   ["run.name=e2e-resumed", f"run.max_updates={final_version + 60}"])
@@ -212,6 +212,6 @@ def test_stop_writes_a_final_evaluation_then_resume_continues(run, tmp_path):
     try:
         assert ray.get(coordinator.status.remote())["version"] >= final_version
         resumed = ray.get(coordinator.run.remote(), timeout=180)
-        assert resumed["final"]["step"] >= final_version + 60
+        assert resumed.stopped_by == "max_updates" and resumed.final["step"] >= final_version + 60
     finally:
         ray.kill(coordinator)

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from ps_trainer.checkpoint import load_checkpoint
-from ps_trainer.evaluator import RunRecorder, make_evaluation_loop
+from ps_trainer.evaluator import make_evaluation_loop
+from ps_trainer.recorder import RunRecorder
 from ps_trainer.launch import build_eval_model, initial_model
 from ps_trainer.params import plan_pieces
 from ps_trainer.runlog import RunFolder

@@ -114,20 +114,19 @@ def test_sigkill_chaos_run_finishes_like_an_undisturbed_run(ray_session, tmp_pat
             f"run.name={name}", "run.max_updates=450", "server.shards=2",
             "server.snapshot_every_s=1", "metrics.enabled=false"]))
 
-    calm = run_with_kills(config("calm"))
+    calm, _ = run_with_kills(config("calm"))
     cfg = config("chaos")
-    stormy = run_with_kills(cfg, every_updates(60), roles=("server", "worker", "evaluator"))
+    stormy, kills = run_with_kills(cfg, every_updates(60), roles=("server", "worker", "evaluator"))
 
-    kills = stormy["kills"]
     assert {k.role for k in kills} == {"server", "worker", "evaluator"}
-    assert stormy["version"] >= 450 and stormy["final"] is not None
+    assert stormy.updates >= 450 and stormy.final is not None
     for role in ("server", "worker", "evaluator"):
-        assert stormy["restarts"][role] >= sum(k.role == role for k in kills) >= 1
+        assert stormy.runtime["restarts"][role] >= sum(k.role == role for k in kills) >= 1
     server_kills = [k for k in kills if k.role == "server"]
-    restores = stormy["restores"]
+    restores = stormy.runtime["restores"]
     assert len(restores) == len(server_kills)
     for kill, restore in zip(server_kills, restores):
         assert restore["to"] >= (kill.snapshot_version or 0)   # no further back than the snapshot
     valid, total = checkpoints_valid(cfg.run.out_dir, cfg.eval.keep_last)
     assert total > 0 and valid == total
-    assert abs(stormy["miou"] - calm["miou"]) < 0.1, (stormy["miou"], calm["miou"])
+    assert abs(stormy.miou - calm.miou) < 0.1, (stormy.miou, calm.miou)

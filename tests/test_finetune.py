@@ -42,7 +42,7 @@ def test_trunk_is_assembled_from_server_pieces(tiny_config):
 def test_finetune_from_a_random_trunk(tmp_path, tiny_config):
     cfg = tiny_config(extra=FT)
     summary = finetune(cfg, None, labels=4, out_dir=str(tmp_path / "ft"))
-    assert summary["updates"] == 12 and 0 <= summary["miou"] <= 1
+    assert summary.updates == 12 and 0 <= summary.miou <= 1
 
 
 def test_frozen_pretrained_trunk_is_loaded_and_stays_put(tmp_path, pretrained):
@@ -62,7 +62,7 @@ def test_checkpoint_model_wins_over_the_base_config(tmp_path, pretrained, tiny_c
     _, checkpoint = pretrained
     other = tiny_config(extra=[*FT, "model.widths=[4,8]"])          # a different trunk
     summary = finetune(other, checkpoint, labels=4, out_dir=str(tmp_path / "ft"))
-    assert summary["updates"] == 12
+    assert summary.updates == 12
 
 
 def test_cli_finetune(tmp_path, pretrained):

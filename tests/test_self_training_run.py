@@ -32,8 +32,8 @@ def test_without_segmentation_in_the_run_it_fails_at_start(tiny_config):
 def test_local_run_trains_it_round_robin(tiny_config):
     cfg = tiny_config(tasks=SEMI, extra=["run.max_updates=30", "eval.every_s=600", *CONFIDENT])
     summary = run_local(cfg)
-    assert summary["steps"] == {"rotation": 10, "segmentation": 10, "self_training": 10}
-    assert 0.0 <= summary["miou"] <= 1.0
+    assert summary.applied == {"rotation": 10, "segmentation": 10, "self_training": 10}
+    assert 0.0 <= summary.miou <= 1.0
 
 
 def test_self_training_pushes_alone_move_the_segmentation_head(tiny_config, tmp_path):
@@ -43,7 +43,7 @@ def test_self_training_pushes_alone_move_the_segmentation_head(tiny_config, tmp_
     _, flat = initial_model(cfg)
     before = flat.params["head/segmentation"].numpy().copy()
     summary = run_local(cfg)
-    assert summary["steps"] == {"rotation": 6, "self_training": 6}
+    assert summary.applied == {"rotation": 6, "self_training": 6}
     run = RunFolder(cfg.run.out_dir)
     state = CheckpointManager(run.checkpoints, 3).latest()[1]["servers"][0]
     after = np.asarray(state["weights"]["head/segmentation"])
@@ -54,10 +54,10 @@ def test_self_training_pushes_alone_move_the_segmentation_head(tiny_config, tmp_
 def test_distributed_run_has_self_training_workers(ray_session, tiny_config):
     cfg = tiny_config(tasks=SEMI, extra=["run.max_updates=150", "run.name=semi", *CONFIDENT])
     summary = run_distributed(cfg)
-    assert summary["version"] >= 150
-    applied = summary["servers"][0]["applied"]
+    assert summary.updates >= 150
+    applied = summary.applied
     assert applied["self_training"] > 0 and applied["segmentation"] > 0
-    assert summary["miou"] is not None
+    assert summary.miou is not None
     assert not ray.util.list_named_actors()                 # the run cleaned up its actors
 
 
@@ -70,4 +70,4 @@ def test_finetune_with_unlabelled_tasks_trains_both(tiny_config, tmp_path):
     assert cfg.task_names == ("segmentation", "self_training")
     assert cfg.run.max_updates == 16                         # 8 steps for each task
     summary = finetune(base, None, labels=4, out_dir=str(tmp_path / "ft"))
-    assert summary["steps"] == {"segmentation": 8, "self_training": 8}
+    assert summary.applied == {"segmentation": 8, "self_training": 8}

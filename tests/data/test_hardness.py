@@ -20,7 +20,7 @@ SMALL = ["data.image_size=32", "data.val=64", "model.widths=[8,16,32]", "model.b
 def train(tmp_path, labels: int):
     cfg = load_run_config(None, SMALL + [f"data.labelled={labels}",
                                          f"run.out_dir={tmp_path / f'n{labels}'}"])
-    return cfg, run_local(cfg)["miou"]
+    return cfg, run_local(cfg).miou
 
 
 def test_trained_model_is_far_above_a_colour_classifier_on_the_same_labels(tmp_path):
