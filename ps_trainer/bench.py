@@ -8,7 +8,7 @@
    trunk each way, over this machine's measured memcpy bandwidth) and vs. a naive server
    written the way Ray's parameter-server example does it (torch state_dict pickled per
    call, the driver in the loop).
-2. Scaling: total updates/s with 1, 2, 4, 8 stub workers, and with 1..n server shards.
+2. Scaling: total updates/s with 1, 2, 4, 8 stub workers, and with 1..n server actors.
 3. End to end: time for the quickstart model to reach a target mIoU, asynchronous runtime
    vs. the single-process synchronous loop.
 4. Memory: resident memory of the server and a worker over a long run of updates.
@@ -64,7 +64,7 @@ class BenchPlan:
     trunk_params: tuple[int, ...] = (1_000_000, 11_000_000, 25_000_000)
     updates: tuple[int, ...] = (600, 200, 100)       # per trunk size, per worker
     scaling_workers: tuple[int, ...] = (1, 2, 4, 8)
-    scaling_shards: tuple[int, ...] = (1, 2, 4)
+    scaling_actors: tuple[int, ...] = (1, 2, 4)
     scaling_params: int = 1_000_000
     scaling_updates: int = 200
     memory_updates: int = 20_000
@@ -74,7 +74,7 @@ class BenchPlan:
     # hardware efficiency: stub workers whose step is a wait (an accelerator step)
     hardware_params: tuple[int, ...] = (1_000_000, 11_000_000, 25_000_000)
     hardware_workers: tuple[int, ...] = (1, 2, 4, 8)
-    hardware_shards: tuple[int, ...] = (1, 2, 4)
+    hardware_actors: tuple[int, ...] = (1, 2, 4)
     hardware_step_s: float = 0.025
     hardware_updates: int = 30                       # per worker
     # statistical efficiency: the quickstart, local vs. async with these workers per task
@@ -89,9 +89,9 @@ class BenchPlan:
     @classmethod
     def quick(cls) -> "BenchPlan":
         return cls(trunk_params=(1_000_000,), updates=(100,), scaling_workers=(1, 2),
-                   scaling_shards=(1, 2), scaling_updates=60, memory_updates=1_000,
+                   scaling_actors=(1, 2), scaling_updates=60, memory_updates=1_000,
                    end_to_end=False, hardware_params=(1_000_000,), hardware_workers=(1, 2),
-                   hardware_shards=(1, 2), hardware_step_s=0.05, hardware_updates=10,
+                   hardware_actors=(1, 2), hardware_step_s=0.05, hardware_updates=10,
                    statistical_workers=(1,), statistical_updates=120, statistical_evals=3,
                    statistical_extra=_TINY_RUN)
 
@@ -113,13 +113,13 @@ def _shard(name: str) -> str:
     return "trunk" if name.startswith("trunk.") else f"head/{TASK}"
 
 
-def _bench_config(shards: int = 1, grad_dtype: str = "float32", verify: bool = True,
+def _bench_config(actors: int = 1, grad_dtype: str = "float32", verify: bool = True,
                   inflight: int = 2) -> Config:
     return config_from_dict({
         "optimizer": {"name": "sgd", "lr": 1e-6, "momentum": 0.9, "weight_decay": 0.0,
                       "schedule": "constant"},
-        "server": {"shards": shards, "num_cpus": 0.5, "grad_dtype": grad_dtype,
-                   "max_staleness": 1_000_000, "verify_gradients": verify},
+        "server": {"actors": actors, "num_cpus": 0.5, "grad_dtype": grad_dtype,
+                   "max_staleness_updates": 1_000_000, "verify_gradients": verify},
         "tasks": {TASK: {"workers": 1, "inflight": inflight}},
         "metrics": {"enabled": False}})
 
@@ -193,15 +193,15 @@ class BenchServer(ParameterServer):
 
 def _start(cfg: Config, params: int, workers: int):
     flat = _flat(params)
-    plan = plan_pieces(flat.layout, cfg.server.shards)
+    plan = plan_pieces(flat.layout, cfg.server.actors)
     arrays = flat.param_arrays()
     keys = {TASK: tuple(p.key for p in plan)}
     def server(i, peers=()):
-        return ray.remote(BenchServer).options(num_cpus=0.5 / cfg.server.shards).remote(
+        return ray.remote(BenchServer).options(num_cpus=0.5 / cfg.server.actors).remote(
             cfg, i, {p.key: arrays[p.shard][p.start:p.stop] for p in plan if p.server == i}, keys,
             peers=list(peers))
 
-    others = [server(i) for i in range(1, cfg.server.shards)]
+    others = [server(i) for i in range(1, cfg.server.actors)]
     servers = [server(0, others), *others]       # actor 0 sends its decisions to the others
     stubs = [ray.remote(StubWorker).options(num_cpus=0.01).remote(cfg, servers, plan, params)
              for _ in range(workers)]
@@ -224,12 +224,12 @@ def warmup_updates(params: int) -> int:
     return int(min(max(10, 2 * store // (8 * params)), 400))
 
 
-def measure_ours(params: int, updates: int, workers: int = 1, shards: int = 1,
+def measure_ours(params: int, updates: int, workers: int = 1, actors: int = 1,
                  grad_dtype: str = "float32", verify: bool = True, step_s: float = 0.0,
                  inflight: int = 2, warmup: Optional[int] = None) -> dict:
     """Updates/s and bytes/s of the real server with `workers` stub workers (each step a
     wait of `step_s`), and where the time of one update goes (ms per update, averaged)."""
-    cfg = _bench_config(shards, grad_dtype, verify, inflight)
+    cfg = _bench_config(actors, grad_dtype, verify, inflight)
     servers, stubs = _start(cfg, params, workers)
     try:
         warm = warmup_updates(params) if warmup is None else warmup
@@ -367,15 +367,15 @@ def scaling(plan: BenchPlan) -> list[dict]:
     rows = []
     for workers in plan.scaling_workers:
         r = measure_ours(plan.scaling_params, plan.scaling_updates, workers=workers)
-        rows.append({"workers": workers, "shards": 1, "updates_per_s": r["updates_per_s"]})
-        log.info("scaling: %d workers, 1 shard: %.1f upd/s", workers, r["updates_per_s"])
+        rows.append({"workers": workers, "server_actors": 1, "updates_per_s": r["updates_per_s"]})
+        log.info("scaling: %d workers, 1 server actor: %.1f upd/s", workers, r["updates_per_s"])
     workers = max(plan.scaling_workers)
-    for shards in plan.scaling_shards:
-        if shards == 1:
+    for actors in plan.scaling_actors:
+        if actors == 1:
             continue
-        r = measure_ours(plan.scaling_params, plan.scaling_updates, workers=workers, shards=shards)
-        rows.append({"workers": workers, "shards": shards, "updates_per_s": r["updates_per_s"]})
-        log.info("scaling: %d workers, %d shards: %.1f upd/s", workers, shards, r["updates_per_s"])
+        r = measure_ours(plan.scaling_params, plan.scaling_updates, workers=workers, actors=actors)
+        rows.append({"workers": workers, "server_actors": actors, "updates_per_s": r["updates_per_s"]})
+        log.info("scaling: %d workers, %d server actors: %.1f upd/s", workers, actors, r["updates_per_s"])
     return rows
 
 
@@ -446,7 +446,7 @@ def run_bench(plan: BenchPlan, out: Optional[str] = None, scratch_dir: Optional[
         "memory": lambda: memory(plan),
         "end_to_end": lambda: end_to_end(plan.target_miou, scratch_dir) if plan.end_to_end else None,
         "hardware": lambda: efficiency.hardware_efficiency(
-            plan.hardware_params, plan.hardware_workers, plan.hardware_shards,
+            plan.hardware_params, plan.hardware_workers, plan.hardware_actors,
             plan.hardware_step_s, plan.hardware_updates, store),
         "statistical": lambda: efficiency.statistical_efficiency(
             plan.statistical_config, plan.statistical_workers, plan.statistical_updates,
@@ -491,8 +491,8 @@ def format_report(report: dict) -> str:
                          f"{b['server_publish_ms']}, worker {b['worker_push_ms']} / "
                          f"{b['worker_pull_ms']} / {b['worker_wait_ms']}")
     if report.get("scaling"):
-        lines += ["", "| workers | shards | upd/s |", "|---:|---:|---:|"]
-        lines += [f"| {r['workers']} | {r['shards']} | {r['updates_per_s']:.1f} |"
+        lines += ["", "| workers | server actors | upd/s |", "|---:|---:|---:|"]
+        lines += [f"| {r['workers']} | {r['server_actors']} | {r['updates_per_s']:.1f} |"
                   for r in report["scaling"]]
     m = report.get("memory")
     if m:
@@ -511,7 +511,7 @@ def format_report(report: dict) -> str:
                       f"{1000 * report['hardware'][0]['step_s']:.0f} ms; ideal = workers / step):",
                   "| params | server actors | workers | upd/s | ideal | efficiency |",
                   "|---:|---:|---:|---:|---:|---:|"]
-        lines += [f"| {r['params'] / 1e6:.0f}M | {r['shards']} | {r['workers']} | "
+        lines += [f"| {r['params'] / 1e6:.0f}M | {r['server_actors']} | {r['workers']} | "
                   f"{r['updates_per_s']:.1f} | {r['ideal_updates_per_s']:.1f} | "
                   f"{r['efficiency']:.0%} |" for r in report["hardware"]]
     st = report.get("statistical")

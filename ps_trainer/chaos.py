@@ -22,7 +22,7 @@ import ray
 
 from ps_trainer.checkpoint import CheckpointManager, CorruptCheckpoint, load_checkpoint
 from ps_trainer.config import Config
-from ps_trainer.runlog import RunFolder
+from ps_trainer.run_folder import RunFolder
 from ps_trainer.schedule import RunSummary
 
 log = logging.getLogger(__name__)

@@ -46,7 +46,7 @@ def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
 
 
 def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) Lab -> (B, 3, H, W) sRGB in [0, 1] (out-of-gamut colours are clipped)."""
+    """(B, 3, H, W) Lab -> (B, 3, H, W) sRGB in [0, 1] (out-of-gamut colors are clipped)."""
     L, a, b = lab.unbind(1)
     fy = (L + 16) / 116
     f = torch.stack([fy + a / 500, fy, fy - b / 200], dim=1)

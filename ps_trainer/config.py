@@ -12,6 +12,7 @@ live in that section's ``options`` mapping and are validated by the class itself
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ import yaml
 from ps_trainer.options import (ConfigError, FrozenDict, Options, build_dataclass, check,
                                 check_choice)
 
+log = logging.getLogger(__name__)
+
 __all__ = ["Config", "ConfigError", "FrozenDict", "Options", "load_config", "config_from_dict",
            "config_to_dict", "apply_overrides", "dump_config"]
 
@@ -30,9 +33,9 @@ __all__ = ["Config", "ConfigError", "FrozenDict", "Options", "load_config", "con
 # --------------------------------------------------------------------------- sections
 
 DATA_SOURCES = ("synthetic", "folder", "cityscapes", "voc")
-OPTIMIZERS = ("sgd", "adam", "rmsprop")
+OPTIMIZERS = ("sgd", "adamw", "rmsprop")
 SCHEDULES = ("constant", "step", "cosine")
-STALENESS_POLICIES = ("scale", "drop")
+STALENESS_POLICIES = ("scale", "unscaled")
 GRAD_DTYPES = ("float32", "float16", "bfloat16")
 DOMAIN_NAMES = ("source", "shifted")
 
@@ -67,7 +70,7 @@ class RunConfig:
 @dataclass(frozen=True)
 class DomainConfig:
     """Knobs of the synthetic-scene generator that define a visual domain."""
-    palette: str = "source"        # which colour distribution: source | shifted
+    palette: str = "source"        # which color distribution: source | shifted
     texture: float = 1.0           # texture contrast multiplier
     lighting: float = 1.0          # strength of lighting gradients and shadows
     noise: float = 1.0             # sensor-noise multiplier
@@ -148,7 +151,7 @@ class OptimizerConfig:
     lr: float = 0.05
     momentum: float = 0.9                # sgd; rmsprop momentum
     weight_decay: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)   # adam
+    betas: tuple[float, float] = (0.9, 0.999)   # adamw
     alpha: float = 0.99                  # rmsprop smoothing
     eps: float = 1e-8
     schedule: str = "cosine"
@@ -179,10 +182,10 @@ class OptimizerConfig:
 @dataclass(frozen=True)
 class ServerConfig:
     """The parameter server: staleness handling, publishing, transport, sharding."""
-    staleness_policy: str = "scale"      # scale: step * 1/(1+s); drop: reject s > max
-    max_staleness: int = 64              # pushes staler than this are dropped (both policies)
-    shards: int = 1                      # server actors, each owning part of the parameters
-    publish_every: int = 1               # publish a new weight version at most every k updates
+    staleness_policy: str = "scale"      # scale: step * 1/(1+s); unscaled: the full step
+    max_staleness_updates: int = 64      # pushes staler than this are dropped (both policies)
+    actors: int = 1                      # server actors, each owning part of the parameters
+    publish_every_updates: int = 1       # publish a new weight version at most every k updates
     grad_dtype: str = "float32"          # gradient transport; accumulation stays float32
     # true: the server reads every push once to reject NaN/Inf; false: it trusts the norm the
     # worker computed from the bytes it sent (that pass moves from the server to the workers).
@@ -197,16 +200,21 @@ class ServerConfig:
     def __post_init__(self):
         _check_resources(self.resources)
         check_choice("staleness_policy", self.staleness_policy, STALENESS_POLICIES)
-        check(self.max_staleness >= 0, "max_staleness", self.max_staleness, "must be >= 0")
-        check(self.shards >= 1, "shards", self.shards, "must be >= 1")
-        check(self.publish_every >= 1, "publish_every", self.publish_every, "must be >= 1")
-        # Workers compute on the last published version, so the push that completes a
-        # publish interval is publish_every - 1 versions stale; above max_staleness every
-        # push is dropped before the first publish and training never starts.
-        if self.publish_every > self.max_staleness + 1:
-            raise ConfigError("publish_every", f"{self.publish_every} is not allowed: "
-                              f"server.publish_every must be <= server.max_staleness + 1 "
-                              f"({self.max_staleness + 1}), or every push is dropped as stale")
+        check(self.max_staleness_updates >= 0, "max_staleness_updates",
+              self.max_staleness_updates, "must be >= 0")
+        check(self.actors >= 1, "actors", self.actors, "must be >= 1")
+        check(self.publish_every_updates >= 1, "publish_every_updates",
+              self.publish_every_updates, "must be >= 1")
+        # Workers compute on the last published version, so the push that completes a publish
+        # interval is publish_every_updates - 1 versions stale; above max_staleness_updates
+        # every push is dropped before the first publish and training never starts.
+        if self.publish_every_updates > self.max_staleness_updates + 1:
+            raise ConfigError("publish_every_updates",
+                              f"{self.publish_every_updates} is not allowed: "
+                              f"server.publish_every_updates must be <= "
+                              f"server.max_staleness_updates + 1 "
+                              f"({self.max_staleness_updates + 1}), or every push is dropped "
+                              f"as stale")
         check_choice("grad_dtype", self.grad_dtype, GRAD_DTYPES)
         check(self.snapshot_every_s >= 0, "snapshot_every_s", self.snapshot_every_s, "must be >= 0")
         check(self.num_cpus > 0, "num_cpus", self.num_cpus, "must be > 0")
@@ -276,7 +284,7 @@ class FinetuneConfig:
     that learn from the unlabelled pool (e.g. self_training: semi-supervised fine-tuning)."""
     steps: int = 600                     # segmentation steps; each unlabelled task gets as many
     batch_size: int = 16
-    optimizer: str = "adam"
+    optimizer: str = "adamw"
     lr: float = 0.002
     weight_decay: float = 1e-4
     warmup_updates: int = 30
@@ -360,9 +368,40 @@ class Config:
         return dataclasses.replace(self, **sections)
 
 
+# Spellings of earlier versions, still read (from YAML, --set overrides and the configs saved
+# in checkpoints) with a warning: (section, old key) -> new key; (section, key) -> {old: new}.
+RENAMED_KEYS = {("server", "shards"): "actors",
+                ("server", "max_staleness"): "max_staleness_updates",
+                ("server", "publish_every"): "publish_every_updates"}
+RENAMED_VALUES = {("server", "staleness_policy"): {"drop": "unscaled"},
+                  ("optimizer", "name"): {"adam": "adamw"},
+                  ("finetune", "optimizer"): {"adam": "adamw"}}
+
+
+def upgrade_spellings(data: Mapping) -> dict:
+    """`data` with the old spellings of RENAMED_KEYS and RENAMED_VALUES replaced, each
+    reported once as a deprecation warning; an old and a new key together are an error."""
+    data = _deepcopy(dict(data or {}))
+    for (section, old), new in RENAMED_KEYS.items():
+        part = data.get(section)
+        if isinstance(part, dict) and old in part:
+            if new in part:
+                raise ConfigError(f"{section}.{old}", f"is the old name of {section}.{new}; "
+                                                      f"give only {section}.{new}")
+            log.warning("config: %s.%s is deprecated; it is now %s.%s", section, old, section, new)
+            part[new] = part.pop(old)
+    for (section, key), values in RENAMED_VALUES.items():
+        part = data.get(section)
+        if isinstance(part, dict) and isinstance(part.get(key), str) and part[key] in values:
+            log.warning("config: %s.%s: %r is deprecated; it is now %r", section, key, part[key],
+                        values[part[key]])
+            part[key] = values[part[key]]
+    return data
+
+
 def config_from_dict(data: Mapping) -> Config:
     """Build and validate a Config from plain (YAML) data."""
-    return build_dataclass(Config, data or {})
+    return build_dataclass(Config, upgrade_spellings(data))
 
 
 def config_to_dict(cfg: Any) -> Any:

@@ -36,7 +36,7 @@ from ps_trainer.checkpoint import CheckpointManager
 from ps_trainer.config import Config
 from ps_trainer.metrics import CoordinatorMetrics, Reporter
 from ps_trainer.params import Piece
-from ps_trainer.runlog import RunFolder
+from ps_trainer.run_folder import RunFolder
 from ps_trainer.schedule import STOPPED, TARGET_MIOU, RunSummary, StopRule
 
 log = logging.getLogger(__name__)

@@ -19,36 +19,36 @@ import shutil
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ps_trainer.runlog import RunFolder
+from ps_trainer.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- hardware
 
-def hardware_efficiency(params: Sequence[int], workers: Sequence[int], shards: Sequence[int],
+def hardware_efficiency(params: Sequence[int], workers: Sequence[int], actors: Sequence[int],
                         step_s: float, updates: int, store_bytes: int) -> list[dict]:
-    """Updates/s for each (params, shards, workers) with accelerator-bound stub workers."""
+    """Updates/s for each (params, server actors, workers) with accelerator-bound stub workers."""
     from ps_trainer.bench import measure_ours
 
     rows = []
     for size in params:
-        for n_shards in shards:
+        for n_actors in actors:
             for n in workers:
                 # Each worker has up to `inflight` (1 here) pushes and the server one published
                 # version per actor in the object store; leave room or Ray spills to disk.
-                if (n + n_shards + 1) * 4 * size > 0.8 * store_bytes:
+                if (n + n_actors + 1) * 4 * size > 0.8 * store_bytes:
                     log.info("hardware: %.0fM x %d workers skipped: exceeds the object store",
                              size / 1e6, n)
                     continue
-                r = measure_ours(size, updates, workers=n, shards=n_shards, step_s=step_s,
+                r = measure_ours(size, updates, workers=n, actors=n_actors, step_s=step_s,
                                  inflight=1, warmup=3)
                 ideal = n / step_s
-                rows.append({"params": size, "shards": n_shards, "workers": n, "step_s": step_s,
+                rows.append({"params": size, "server_actors": n_actors, "workers": n, "step_s": step_s,
                              "updates_per_s": r["updates_per_s"], "ideal_updates_per_s": ideal,
                              "efficiency": r["updates_per_s"] / ideal})
                 log.info("hardware: %.0fM, %d server actors, %d workers (step %.0f ms): "
-                         "%.1f upd/s of %.1f ideal", size / 1e6, n_shards, n, 1000 * step_s,
+                         "%.1f upd/s of %.1f ideal", size / 1e6, n_actors, n, 1000 * step_s,
                          r["updates_per_s"], ideal)
     return rows
 
@@ -61,9 +61,9 @@ def plot_hardware(path: Path, rows: list[dict]) -> None:
         mine = [r for r in rows if r["params"] == size]
         workers = sorted({r["workers"] for r in mine})
         ax.plot(workers, [w / mine[0]["step_s"] for w in workers], "k--", label="ideal")
-        for n_shards in sorted({r["shards"] for r in mine}):
-            pts = sorted((r["workers"], r["updates_per_s"]) for r in mine if r["shards"] == n_shards)
-            ax.plot(*zip(*pts), marker="o", label=f"{n_shards} server actor(s)")
+        for n_actors in sorted({r["server_actors"] for r in mine}):
+            pts = sorted((r["workers"], r["updates_per_s"]) for r in mine if r["server_actors"] == n_actors)
+            ax.plot(*zip(*pts), marker="o", label=f"{n_actors} server actor(s)")
         ax.set(xlabel="workers", ylabel="updates/s", xscale="log", yscale="log",
                title=f"{size / 1e6:.0f}M parameters")
         ax.set_xticks(workers, [str(w) for w in workers])

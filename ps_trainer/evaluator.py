@@ -28,7 +28,7 @@ from ps_trainer.metrics import EvaluatorMetrics, Reporter
 from ps_trainer.model import MultiTaskModel, shard_of
 from ps_trainer.params import FlatModel, Piece, ShardLayout
 from ps_trainer.recorder import RunRecorder
-from ps_trainer.runlog import RunFolder
+from ps_trainer.run_folder import RunFolder
 from ps_trainer.runtime import set_threads
 from ps_trainer.schedule import EvalSchedule
 from ps_trainer.segmetrics import confusion_matrix, mean_iou, pixel_accuracy

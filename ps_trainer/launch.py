@@ -29,7 +29,7 @@ from ps_trainer.metrics import MetricsHub
 from ps_trainer.model import MultiTaskModel, shard_of
 from ps_trainer.params import FlatModel, Piece, ShardLayout, plan_pieces
 from ps_trainer.progress import Progress
-from ps_trainer.runlog import RunFolder
+from ps_trainer.run_folder import RunFolder
 from ps_trainer.runtime import on_this_node, pick_device, set_threads
 from ps_trainer.schedule import RunSummary
 from ps_trainer.server import ParameterServer
@@ -123,13 +123,13 @@ def check_resources(cfg: Config, autoscaling: bool = False) -> None:
     On a cluster that may still scale up (`autoscaling`), warn instead: Ray queues the actors
     until nodes join."""
     have = ray.cluster_resources()
-    cpus = (cfg.server.num_cpus * cfg.server.shards + cfg.eval.num_cpus
+    cpus = (cfg.server.num_cpus * cfg.server.actors + cfg.eval.num_cpus
             + sum(t.workers * t.num_cpus for t in cfg.tasks.values()))
     gpus = sum(t.workers * t.num_gpus for t in cfg.tasks.values())
     problems = []
     if cpus > have.get("CPU", 0) + 1e-9:
         problems.append(f"the run asks for {cpus:g} CPUs (server {cfg.server.num_cpus:g} x "
-                        f"{cfg.server.shards}, evaluator {cfg.eval.num_cpus:g}, workers x num_cpus)"
+                        f"{cfg.server.actors}, evaluator {cfg.eval.num_cpus:g}, workers x num_cpus)"
                         f" but the cluster has {have.get('CPU', 0):g}; lower "
                         f"tasks.<name>.num_cpus or workers (fractions allowed)")
     if gpus > have.get("GPU", 0) + 1e-9:
@@ -142,10 +142,10 @@ def check_resources(cfg: Config, autoscaling: bool = False) -> None:
 
 def _runtime_spec(cfg: Config, resume: Optional[dict]) -> RuntimeSpec:
     _, flat = initial_model(cfg)
-    plan = plan_pieces(flat.layout, cfg.server.shards)
+    plan = plan_pieces(flat.layout, cfg.server.actors)
     params = flat.param_arrays()
     initial = [ray.put({p.key: np.ascontiguousarray(params[p.shard][p.start: p.stop])
-                        for p in plan if p.server == i}) for i in range(cfg.server.shards)]
+                        for p in plan if p.server == i}) for i in range(cfg.server.actors)]
     task_keys = {t: tuple(p.key for p in plan if p.shard in shards)
                  for t, shards in task_shards(cfg).items()}
     return RuntimeSpec(

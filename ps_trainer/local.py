@@ -19,7 +19,7 @@ from ps_trainer.recorder import RunRecorder
 from ps_trainer.params import FlatModel, Piece
 from ps_trainer.progress import Progress
 from ps_trainer.protocol import PushStats
-from ps_trainer.runlog import RunFolder
+from ps_trainer.run_folder import RunFolder
 from ps_trainer.schedule import TARGET_MIOU, EvalSchedule, RunSummary, StopRule
 from ps_trainer.store import make_store
 

@@ -28,38 +28,38 @@ SLOW_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
 class ServerMetrics:
-    """Recorded by each parameter-server shard (label ``shard``)."""
+    """Recorded by each parameter-server actor (label ``server``: its index)."""
 
-    def __init__(self, shard: int):
+    def __init__(self, server: int):
         self.registry = r = CollectorRegistry(auto_describe=True)
-        s = str(shard)
+        s = str(server)
         self.applied = _bind(Counter("ps_updates_applied_total", "Updates applied, by task",
-                                     ["shard", "task"], registry=r), s)
+                                     ["server", "task"], registry=r), s)
         self.rejected = _bind(Counter("ps_updates_rejected_total",
                                       "Pushes rejected, by task and reason (stale, nonfinite)",
-                                      ["shard", "task", "reason"], registry=r), s)
+                                      ["server", "task", "reason"], registry=r), s)
         self.received = _bind(Counter("ps_pushes_received_total", "Pushes received, by task",
-                                      ["shard", "task"], registry=r), s)
+                                      ["server", "task"], registry=r), s)
         self.push_bytes = _bind(Counter("ps_server_push_bytes_total",
-                                        "Gradient bytes received", ["shard", "task"], registry=r), s)
+                                        "Gradient bytes received", ["server", "task"], registry=r), s)
         self.staleness = _bind(Histogram("ps_staleness_updates",
                                          "Staleness of pushes (server versions behind)",
-                                         ["shard", "task"], buckets=STALENESS_BUCKETS,
+                                         ["server", "task"], buckets=STALENESS_BUCKETS,
                                          registry=r), s)
         self.apply_seconds = Histogram("ps_apply_seconds", "Time to check, weight and apply a push",
-                                       ["shard"], buckets=FAST_BUCKETS, registry=r).labels(s)
+                                       ["server"], buckets=FAST_BUCKETS, registry=r).labels(s)
         self.publish_seconds = Histogram("ps_publish_seconds", "Time to publish a weight version",
-                                         ["shard"], buckets=FAST_BUCKETS, registry=r).labels(s)
+                                         ["server"], buckets=FAST_BUCKETS, registry=r).labels(s)
         self.version = Gauge("ps_server_version", "Server version (updates applied)",
-                             ["shard"], registry=r).labels(s)
-        self.lr = Gauge("ps_learning_rate", "Current learning rate", ["shard"], registry=r).labels(s)
+                             ["server"], registry=r).labels(s)
+        self.lr = Gauge("ps_learning_rate", "Current learning rate", ["server"], registry=r).labels(s)
         self.updates_per_s = Gauge("ps_updates_per_second",
                                    "Updates applied per second (all tasks), over the last report "
-                                   "interval", ["shard"], registry=r).labels(s)
+                                   "interval", ["server"], registry=r).labels(s)
         self.task_weight = _bind(Gauge("ps_task_weight", "Balancing weight per task",
-                                       ["shard", "task"], registry=r), s)
+                                       ["server", "task"], registry=r), s)
         self.task_loss = _bind(Gauge("ps_task_loss", "Latest reported loss per task (EMA)",
-                                     ["shard", "task"], registry=r), s)
+                                     ["server", "task"], registry=r), s)
 
 
 class WorkerMetrics:
@@ -146,14 +146,14 @@ class RateMeter:
             self._start = (now, count)
 
 
-def _bind(metric, shard: str) -> Callable[..., Any]:
-    """metric.labels(shard, *rest) with the shard fixed, cached per label set."""
+def _bind(metric, server: str) -> Callable[..., Any]:
+    """metric.labels(server, *rest) with the server actor fixed, cached per label set."""
     cache: dict[tuple, Any] = {}
 
     def labels(*rest: str):
         child = cache.get(rest)
         if child is None:
-            child = cache[rest] = metric.labels(shard, *rest)
+            child = cache[rest] = metric.labels(server, *rest)
         return child
 
     return labels

@@ -6,7 +6,7 @@ loop over parameters. Incoming gradients may be float32, float16 or bfloat16 and
 read (they are views of Ray's object store); state and weights stay float32.
 
 - sgd: heavy-ball momentum with L2 weight decay (PyTorch's SGD convention).
-- adam: Adam with decoupled weight decay (Loshchilov & Hutter, ICLR 2019, "AdamW").
+- adamw: Adam with decoupled weight decay (Loshchilov & Hutter, ICLR 2019, "AdamW").
 - rmsprop: RMSProp (Tieleman & Hinton 2012) with optional momentum and L2 weight decay.
 
 A push acts through two factors (see ParameterStore.push):
@@ -24,7 +24,7 @@ import math
 import numpy as np
 import torch
 
-from ps_trainer.config import OptimizerConfig
+from ps_trainer.config import RENAMED_VALUES, OptimizerConfig
 
 
 def learning_rate(cfg: OptimizerConfig, update: int, total_updates: int) -> float:
@@ -42,9 +42,9 @@ def learning_rate(cfg: OptimizerConfig, update: int, total_updates: int) -> floa
     return cfg.lr
 
 
-_STATE_NAMES = {"sgd": ("momentum",), "adam": ("exp_avg", "exp_avg_sq"),
+_STATE_NAMES = {"sgd": ("momentum",), "adamw": ("exp_avg", "exp_avg_sq"),
                 "rmsprop": ("square_avg", "momentum")}
-_SCRATCH_COUNT = {"sgd": 0, "adam": 1, "rmsprop": 2}
+_SCRATCH_COUNT = {"sgd": 0, "adamw": 1, "rmsprop": 2}
 
 
 def _fused_kernels_work() -> bool:
@@ -73,7 +73,7 @@ class FlatOptimizer:
         self.state: dict[str, dict[str, torch.Tensor]] = {}
         self.steps: dict[str, int] = {}
         self._scratch: dict[str, tuple[torch.Tensor, ...]] = {}
-        fused = fused and cfg.name in ("sgd", "adam")
+        fused = fused and cfg.name in ("sgd", "adamw")
         self._update = getattr(self, ("_fused_" if fused else "_") + cfg.name)
         self._step_tensors: dict[str, torch.Tensor] = {}
         self._widened: dict[str, torch.Tensor] = {}   # fused SGD's float32 copy of fp16/bf16 grads
@@ -109,7 +109,7 @@ class FlatOptimizer:
                               momentum=0.0, lr=lr * scale, dampening=0.0, nesterov=False,
                               maximize=False, is_first_step=False)
 
-    def _fused_adam(self, key, w, g, lr, scale, state) -> None:
+    def _fused_adamw(self, key, w, g, lr, scale, state) -> None:
         """One kernel pass (plus one scaled copy into scratch when scale != 1)."""
         cfg, (b1, b2) = self.cfg, self.cfg.betas
         if scale != 1.0 or g.dtype != torch.float32:
@@ -141,7 +141,7 @@ class FlatOptimizer:
                 w.mul_(1 - lr * cfg.weight_decay)
             w.add_(g, alpha=-lr * scale)
 
-    def _adam(self, key, w, g, lr, scale, state) -> None:
+    def _adamw(self, key, w, g, lr, scale, state) -> None:
         cfg, (b1, b2), t = self.cfg, self.cfg.betas, self.steps[key]
         m, v, (denom,) = state["exp_avg"], state["exp_avg_sq"], self._scratch[key]
         m.mul_(b1).add_(g, alpha=(1 - b1) * scale)
@@ -174,8 +174,10 @@ class FlatOptimizer:
                           for k, v in self.state.items()}}
 
     def load_state_dict(self, state: dict) -> None:
-        if state["name"] != self.cfg.name:
-            raise ValueError(f"checkpoint optimizer is {state['name']!r}, config asks for "
+        # Checkpoints of earlier versions name the optimizer by its old spelling ("adam").
+        saved = RENAMED_VALUES[("optimizer", "name")].get(state["name"], state["name"])
+        if saved != self.cfg.name:
+            raise ValueError(f"checkpoint optimizer is {saved!r}, config asks for "
                              f"{self.cfg.name!r}")
         for key, arrays in state["state"].items():
             if key not in self.state:

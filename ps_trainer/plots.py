@@ -7,18 +7,20 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-# A fixed palette (RGB) for class ids; 255 (ignore) is drawn black.
-_PALETTE = np.array([
-    [70, 130, 180], [152, 251, 152], [128, 64, 128], [220, 120, 60], [34, 139, 34],
+# The one palette (RGB) for class ids, in training previews and the synthetic-scenes preview:
+# the first six are the synthetic scenes' classes (sky, ground, road, building, vegetation,
+# object); 255 (ignore) is drawn black.
+CLASS_PALETTE = np.array([
+    [70, 130, 180], [152, 251, 152], [128, 64, 128], [70, 70, 70], [107, 142, 35],
     [220, 20, 60], [250, 170, 30], [0, 0, 142], [190, 153, 153], [255, 255, 0],
-    [0, 255, 255], [255, 0, 255], [119, 11, 32], [0, 80, 100], [107, 142, 35],
-    [70, 70, 70], [153, 153, 153], [0, 0, 230], [244, 35, 232], [102, 102, 156], [0, 60, 100],
+    [0, 255, 255], [255, 0, 255], [119, 11, 32], [0, 80, 100], [220, 120, 60],
+    [34, 139, 34], [153, 153, 153], [0, 0, 230], [244, 35, 232], [102, 102, 156], [0, 60, 100],
 ], dtype=np.uint8)
 
 
 def colorize(mask: np.ndarray) -> np.ndarray:
     """(H, W) class ids -> (H, W, 3) RGB; ids beyond the palette wrap, 255 is black."""
-    out = _PALETTE[mask.astype(np.int64) % len(_PALETTE)]
+    out = CLASS_PALETTE[mask.astype(np.int64) % len(CLASS_PALETTE)]
     out[mask == 255] = 0
     return out
 

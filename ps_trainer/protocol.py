@@ -7,7 +7,7 @@ from typing import Optional
 # PushResult.reason values; also the `reason` label of the rejected-updates metric.
 APPLIED = "applied"        # the update was applied
 QUEUED = "queued"          # accepted into the task's sync group; applied when the group fills
-STALE = "stale"            # staleness above server.max_staleness: dropped
+STALE = "stale"            # staleness above server.max_staleness_updates: dropped
 NONFINITE = "nonfinite"    # NaN or Inf in the gradient or the reported loss: rejected
 REJECT_REASONS = (STALE, NONFINITE)
 

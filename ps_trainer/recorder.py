@@ -16,7 +16,7 @@ import numpy as np
 from ps_trainer.checkpoint import CheckpointManager
 from ps_trainer.config import Config, config_to_dict
 from ps_trainer.plots import plot_curves, write_previews
-from ps_trainer.runlog import RunFolder
+from ps_trainer.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 

@@ -2,13 +2,13 @@
 
 - ``pull(keys, have_version) -> (version, {key: ObjectRef})``: weights are published with one
   ``ray.put`` per piece per published version (lazily, when someone pulls, and at most every
-  ``server.publish_every`` updates); every pull of that version gets the same reference, so
+  ``server.publish_every_updates`` updates); every pull of that version gets the same reference, so
   workers on the node read the object store without copies. A caller that is current gets
   ``(version, {})``; otherwise only the pieces changed since ``have_version``.
 - ``push(task, worker_id, base_version, grads, stats, norm_stats)`` hands the push to the store
   and returns a :class:`PushResult` (a model held by one actor).
 
-A model split over several actors (``server.shards > 1``) is pushed all-or-nothing: the worker
+A model split over several actors (``server.actors > 1``) is pushed all-or-nothing: the worker
 sends each actor but the first its part with ``stage`` (checked, its squared norm returned,
 held until decided) and the first actor its own part with ``push_first``, whose arguments
 include the staged norms, so Ray runs it only once every part is staged. Actor 0 makes the one
@@ -47,7 +47,7 @@ def _ema(old: Optional[float], new: float) -> float:
 
 
 class ParameterServer:
-    """Ray actor holding some pieces of the model (all of them when ``server.shards`` is 1)."""
+    """Ray actor holding some pieces of the model (all of them when ``server.actors`` is 1)."""
 
     def __init__(self, cfg: Config, index: int, weights: Mapping[str, np.ndarray],
                  task_keys: Mapping[str, tuple[str, ...]], state: Optional[dict] = None, hub=None,
@@ -58,7 +58,7 @@ class ParameterServer:
         self._store = make_store(cfg, own, task_keys)
         if state is not None:
             self._store.load_state(state)
-        self._publish_every = cfg.server.publish_every
+        self._publish_every = cfg.server.publish_every_updates
         self._published_version = -1
         self._refs: dict[str, ray.ObjectRef] = {}
         self._put_at: dict[str, int] = {}
@@ -152,7 +152,7 @@ class ParameterServer:
     def _drop_undecided(self) -> None:
         """Parts whose push can no longer be applied (too stale already: its worker died
         before asking actor 0) are let go, so that the staging area stays bounded."""
-        limit = self._store.version - self._store.server_cfg.max_staleness
+        limit = self._store.version - self._store.server_cfg.max_staleness_updates
         for push_id in [p for p, (base, _, _) in self._staged.items() if base < limit]:
             del self._staged[push_id]
 

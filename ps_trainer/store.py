@@ -5,14 +5,14 @@ actor, the model's own buffers in the single-process trainer), the optimizer sta
 and a version counter, and handles one push at a time (the actor in ``server.py`` adapts it
 to Ray; the local trainer calls it directly). A push goes: receive -> check -> weight -> apply:
 
-- staleness = version - base_version; above ``max_staleness`` (or from before a restore)
+- staleness = version - base_version; above ``max_staleness_updates`` (or from before a restore)
   the push is dropped; under the ``scale`` policy the step is scaled by 1/(1+staleness);
 - a NaN/Inf gradient or loss is rejected and counted, never applied;
 - the task's balancing weight and the staleness factor multiply the *step* (the learning rate
   of this push's update), so they act under Adam and RMSProp too; clipping scales the gradient;
 - ``sync: k`` for a task averages k accepted pushes of that task into one update (Doersch &
   Zisserman 2017 keep workers of one task synchronous and tasks asynchronous to each other);
-  a group whose oldest push has grown staler than ``max_staleness`` is dropped, not applied.
+  a group whose oldest push has grown staler than ``max_staleness_updates`` is dropped, not applied.
 
 The store only knows task names and the keys each task's pushes carry.
 """
@@ -98,7 +98,7 @@ class ParameterStore:
         factor, from `norm2`, the squared norm of the whole push (the sum of its parts when the
         model is split over several stores). Observes the balancer for accepted pushes."""
         staleness = self.version - base_version
-        if staleness < 0 or staleness > self.server_cfg.max_staleness:
+        if staleness < 0 or staleness > self.server_cfg.max_staleness_updates:
             return PushDecision(STALE, self.version, staleness)
         if not (math.isfinite(stats.loss) and math.isfinite(norm2)):
             return PushDecision(NONFINITE, self.version, staleness)
@@ -111,7 +111,7 @@ class ParameterStore:
             return PushDecision(APPLIED, self.version, staleness, grad_scale, step_factor)
         # The group's oldest push would be applied too stale: drop what the group holds.
         reset = bool(self._acc_count[task]) and \
-            self.version - self._acc_base[task] > self.server_cfg.max_staleness
+            self.version - self._acc_base[task] > self.server_cfg.max_staleness_updates
         count = (0 if reset else self._acc_count[task]) + 1
         reason = APPLIED if count >= self.sync[task] else QUEUED
         return PushDecision(reason, self.version, staleness, grad_scale, step_factor, reset)

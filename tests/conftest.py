@@ -13,7 +13,7 @@ TINY = [
     "run.max_minutes=3", "run.progress_every_s=1",
     "data.image_size=32", "data.labelled=8", "data.unlabelled=64", "data.val=16",
     "model.widths=[8,16]", "model.blocks=[1,1]", "model.stem_stride=2",
-    "optimizer.name=adam", "optimizer.lr=0.003", "optimizer.schedule=constant",
+    "optimizer.name=adamw", "optimizer.lr=0.003", "optimizer.schedule=constant",
     "server.num_cpus=0.25", "eval.num_cpus=0.25", "eval.every_s=2", "eval.batch_size=16",
     "eval.previews=2", "metrics.port=0", "metrics.report_every_s=0.5",
 ]

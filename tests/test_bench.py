@@ -21,12 +21,12 @@ def test_quick_bench_writes_the_documented_json(ray_session, tmp_path, capsys):
         assert trunk[key] > 0, key
     assert trunk["speedup_vs_naive"] == pytest.approx(
         trunk["updates_per_s"] / trunk["naive_updates_per_s"])
-    assert [(r["workers"], r["shards"]) for r in report["scaling"]] == [(1, 1), (2, 1), (2, 2)]
+    assert [(r["workers"], r["server_actors"]) for r in report["scaling"]] == [(1, 1), (2, 1), (2, 2)]
     assert report["memory"]["updates"] == 1000
     assert report["memcpy_gb_per_s"] > 0 and report["end_to_end"] is None
 
     hardware = report["hardware"]
-    assert [(r["shards"], r["workers"]) for r in hardware] == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    assert [(r["server_actors"], r["workers"]) for r in hardware] == [(1, 1), (1, 2), (2, 1), (2, 2)]
     for r in hardware:               # a step that waits 50 ms caps a worker at 20 updates/s
         assert 0 < r["updates_per_s"] <= r["ideal_updates_per_s"] * 1.05
         assert r["ideal_updates_per_s"] == pytest.approx(r["workers"] / 0.05)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ps_trainer.cli import main
-from ps_trainer.runlog import RunFolder
+from ps_trainer.run_folder import RunFolder
 
 
 def cli(*args, timeout=300):

@@ -284,7 +284,7 @@ def test_ray_up_submit_exec_and_down_on_a_local_provider(launcher, tiny):
                 return None
         text = wait_for(lambda: (t := scrape()) and 'ps_workers{run="launcher",task="rotation"} 2.0'
                         in t and t, 30, "the head's metrics endpoint")
-        assert re.search(r'ps_server_version\{run="launcher",shard="0"\} [1-9]', text)
+        assert re.search(r'ps_server_version\{run="launcher",server="0"\} [1-9]', text)
 
         submit.wait(timeout=left())
     finally:

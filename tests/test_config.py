@@ -49,7 +49,7 @@ def test_bool_is_not_an_int():
     ("optimizer.lr=0", "optimizer.lr"),
     ("optimizer.lr=-0.1", "optimizer.lr"),
     ("optimizer.momentum=1.0", "optimizer.momentum"),
-    ("server.max_staleness=-3", "server.max_staleness"),
+    ("server.max_staleness_updates=-3", "server.max_staleness_updates"),
     ("data.shifted_fraction=1.5", "data.shifted_fraction"),
     ("metrics.port=70000", "metrics.port"),
     ("model.blocks=[1,1]", "model.blocks"),
@@ -139,13 +139,13 @@ def test_shipped_configs_load(name):
 
 
 def test_publish_interval_longer_than_the_staleness_bound_is_refused():
-    """Pushes are computed on the last published version: with publish_every above
-    max_staleness + 1 every push is stale before the first publish and nothing is applied."""
-    err = error_of(["server.max_staleness=2", "server.publish_every=4"])
-    assert err.key == "server.publish_every"
-    assert "server.max_staleness + 1 (3)" in str(err) and "\n" not in str(err)
-    cfg = load_config(None, BASE + ["server.max_staleness=2", "server.publish_every=3"])
-    assert cfg.server.publish_every == 3                      # the bound itself is fine
+    """Pushes are computed on the last published version: with publish_every_updates above
+    max_staleness_updates + 1 every push is stale before the first publish and nothing is applied."""
+    err = error_of(["server.max_staleness_updates=2", "server.publish_every_updates=4"])
+    assert err.key == "server.publish_every_updates"
+    assert "server.max_staleness_updates + 1 (3)" in str(err) and "\n" not in str(err)
+    cfg = load_config(None, BASE + ["server.max_staleness_updates=2", "server.publish_every_updates=3"])
+    assert cfg.server.publish_every_updates == 3                      # the bound itself is fine
 
 
 @pytest.mark.parametrize("override,key", [
@@ -160,3 +160,34 @@ def test_publish_interval_longer_than_the_staleness_bound_is_refused():
 def test_non_finite_floats_are_refused_everywhere(override, key):
     err = error_of([override])
     assert err.key == key and "must be a finite number" in str(err)
+
+
+def test_old_spellings_load_with_a_deprecation_warning(tmp_path, caplog):
+    """YAML written for earlier versions keeps working: each old key or value is mapped to
+    the new one and named in a warning."""
+    old = tmp_path / "old.yaml"
+    old.write_text("server: {shards: 2, max_staleness: 9, publish_every: 3, "
+                   "staleness_policy: drop}\noptimizer: {name: adam}\nfinetune: {optimizer: adam}\n"
+                   "tasks: {rotation: {workers: 1}}\n")
+    with caplog.at_level("WARNING", logger="ps_trainer.config"):
+        cfg = load_config(old)
+    assert (cfg.server.actors, cfg.server.max_staleness_updates, cfg.server.publish_every_updates,
+            cfg.server.staleness_policy) == (2, 9, 3, "unscaled")
+    assert cfg.optimizer.name == "adamw" and cfg.finetune.optimizer == "adamw"
+    warned = caplog.text
+    for name in ("server.shards", "server.max_staleness", "server.publish_every",
+                 "'drop'", "'adam'"):
+        assert name in warned and "deprecated" in warned
+    # --set takes the old spelling too, and a saved config with old names round-trips
+    assert load_config(None, BASE + ["server.shards=4"]).server.actors == 4
+    assert config_from_dict(config_to_dict(cfg)) == cfg
+
+
+def test_an_old_and_a_new_spelling_together_are_refused():
+    err = error_of(["server.shards=2", "server.actors=3"])
+    assert err.key == "server.shards" and "server.actors" in str(err)
+
+
+def test_a_new_spelling_of_a_value_is_checked_like_any_other():
+    assert error_of(["server.staleness_policy=sometimes"]).key == "server.staleness_policy"
+    assert "unscaled" in str(error_of(["server.staleness_policy=sometimes"]))

@@ -16,7 +16,7 @@ import ray
 from ps_trainer.checkpoint import CheckpointManager
 from ps_trainer.launch import _log_progress, start_coordinator, start_metrics
 from ps_trainer.progress import Progress
-from ps_trainer.runlog import RunFolder
+from ps_trainer.run_folder import RunFolder
 from support import stop_run, wait_for
 
 pytestmark = [pytest.mark.ray]

@@ -17,7 +17,7 @@ import ray
 
 from ps_trainer.checkpoint import CheckpointManager
 from ps_trainer.launch import load_run_config, resume_from, start_coordinator, start_metrics
-from ps_trainer.runlog import RunFolder
+from ps_trainer.run_folder import RunFolder
 from support import stop_run, wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -66,7 +66,7 @@ def scrape(port: int) -> str:
 def test_metrics_endpoint_serves_the_run(run):
     def complete():
         text = scrape(run["port"])
-        names = ['ps_updates_applied_total{run="e2e",shard="0",task="rotation"}', "ps_staleness_updates_bucket",
+        names = ['ps_updates_applied_total{run="e2e",server="0",task="rotation"}', "ps_staleness_updates_bucket",
                  "ps_apply_seconds_bucket", 'ps_push_bytes_total{run="e2e",task="colorization"',
                  "ps_pull_bytes_total", "ps_worker_step_seconds_bucket", 'ps_task_loss{',
                  'ps_task_weight{', 'ps_workers{run="e2e",task="segmentation"} 1.0', "ps_server_version",

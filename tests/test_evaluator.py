@@ -12,7 +12,7 @@ from ps_trainer.evaluator import make_evaluation_loop
 from ps_trainer.recorder import RunRecorder
 from ps_trainer.launch import build_eval_model, initial_model
 from ps_trainer.params import plan_pieces
-from ps_trainer.runlog import RunFolder
+from ps_trainer.run_folder import RunFolder
 from ps_trainer.segmetrics import confusion_matrix, mean_iou
 
 
@@ -33,7 +33,7 @@ def test_evaluation_matches_an_independent_computation(tiny_config):
 
 
 def test_loading_server_pieces_sets_the_weights(tiny_config):
-    cfg = tiny_config(extra=["server.shards=2"])
+    cfg = tiny_config(extra=["server.actors=2"])
     _, flat = initial_model(cfg)
     plan = plan_pieces(flat.layout, 2)
     params = flat.param_arrays()

@@ -70,7 +70,7 @@ def test_ray_killed_worker_and_evaluator_are_replaced(started):
 
 def test_a_dead_server_actor_brings_every_server_actor_back_from_one_snapshot(started):
     # No checkpoint is ever written: the only way back to a version > 0 is the snapshot.
-    coordinator, _ = started(["server.shards=2", "server.snapshot_every_s=0.5",
+    coordinator, _ = started(["server.actors=2", "server.snapshot_every_s=0.5",
                               "eval.every_s=1e9"])
     wait_for(lambda: (status(coordinator)["snapshot_version"] or 0) >= 30, 120,
              what="a snapshot at version >= 30")
@@ -111,7 +111,7 @@ def test_sigkill_chaos_run_finishes_like_an_undisturbed_run(ray_session, tmp_pat
     the same seed undisturbed."""
     def config(name):
         return load_run_config(None, tiny(tmp_path / name, TASKS, extra=[
-            f"run.name={name}", "run.max_updates=450", "server.shards=2",
+            f"run.name={name}", "run.max_updates=450", "server.actors=2",
             "server.snapshot_every_s=1", "metrics.enabled=false"]))
 
     calm, _ = run_with_kills(config("calm"))

@@ -118,10 +118,10 @@ def test_head_runs_the_server_and_writes_the_run_folder_to_the_volume():
     cfg = _run_config()
     head = _cluster()["headGroupSpec"]
     resources = yaml.safe_load(yaml.safe_load(head["rayStartParams"]["resources"]))
-    assert 0 < cfg.server.resources["ps_server"] * cfg.server.shards <= resources["ps_server"]
+    assert 0 < cfg.server.resources["ps_server"] * cfg.server.actors <= resources["ps_server"]
     # no task worker fits next to the server and the evaluator on the head
     head_cpus = float(head["rayStartParams"]["num-cpus"])
-    spare = head_cpus - cfg.server.num_cpus * cfg.server.shards - cfg.eval.num_cpus
+    spare = head_cpus - cfg.server.num_cpus * cfg.server.actors - cfg.eval.num_cpus
     assert 0 <= spare < min(t.num_cpus for t in cfg.tasks.values() if t.workers)
     spec = head["template"]["spec"]
     claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in spec["volumes"]

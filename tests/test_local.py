@@ -8,7 +8,7 @@ import torch
 
 from ps_trainer.checkpoint import CheckpointManager
 from ps_trainer.launch import resume_from, run_local
-from ps_trainer.runlog import RunFolder
+from ps_trainer.run_folder import RunFolder
 
 
 def test_local_run_writes_metrics_checkpoints_and_pictures(tiny_config):

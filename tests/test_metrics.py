@@ -28,11 +28,11 @@ def test_hub_serves_merged_snapshots_from_several_sources():
         for source, m in (("server/0", server), ("worker/rotation/0", w0), ("worker/rotation/1", w1)):
             Reporter(source, m.registry, hub.report, every_s=60).now()
         text = scrape(port)["__text__"]
-        assert 'ps_updates_applied_total{run="r1",shard="0",task="rotation"} 7.0' in text
-        assert 'ps_updates_rejected_total{reason="stale",run="r1",shard="0",task="rotation"} 2.0' in text
+        assert 'ps_updates_applied_total{run="r1",server="0",task="rotation"} 7.0' in text
+        assert 'ps_updates_rejected_total{reason="stale",run="r1",server="0",task="rotation"} 2.0' in text
         assert 'ps_push_bytes_total{run="r1",task="rotation",worker="0"} 100.0' in text
         assert 'ps_push_bytes_total{run="r1",task="rotation",worker="1"} 50.0' in text
-        assert 'ps_staleness_updates_bucket{le="4.0",run="r1",shard="0",task="rotation"} 1.0' in text
+        assert 'ps_staleness_updates_bucket{le="4.0",run="r1",server="0",task="rotation"} 1.0' in text
         # a replaced actor reports under the same source: its series are replaced, not duplicated
         w0b = WorkerMetrics("rotation", 0)
         w0b.push_bytes.inc(5)

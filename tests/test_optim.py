@@ -12,7 +12,7 @@ from ps_trainer.optim import FUSED, FlatOptimizer, learning_rate
 REFERENCES = {
     "sgd": lambda p, cfg: torch.optim.SGD([p], lr=cfg.lr, momentum=cfg.momentum,
                                           weight_decay=cfg.weight_decay),
-    "adam": lambda p, cfg: torch.optim.AdamW([p], lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
+    "adamw": lambda p, cfg: torch.optim.AdamW([p], lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
                                              weight_decay=cfg.weight_decay),
     "rmsprop": lambda p, cfg: torch.optim.RMSprop([p], lr=cfg.lr, alpha=cfg.alpha, eps=cfg.eps,
                                                   momentum=cfg.momentum,
@@ -41,7 +41,7 @@ def test_matches_torch_optim(name, momentum, decay, fused):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("name", ["sgd", "adam"])
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
 def test_low_precision_gradients_accumulate_in_float32(dtype, name):
     cfg = OptimizerConfig(name=name, lr=0.1, momentum=0.9, weight_decay=0.0)
     exact, low = torch.zeros(64), torch.zeros(64)
@@ -57,7 +57,7 @@ def test_low_precision_gradients_accumulate_in_float32(dtype, name):
     torch.testing.assert_close(low, exact, atol=2e-2, rtol=1e-2)
 
 
-@pytest.mark.parametrize("name", ["sgd", "adam", "rmsprop"])
+@pytest.mark.parametrize("name", ["sgd", "adamw", "rmsprop"])
 def test_incoming_gradient_is_never_written(name):
     """Gradients are read-only views of Ray's object store: the update must only read them."""
     cfg = OptimizerConfig(name=name, lr=0.1, momentum=0.9, weight_decay=1e-2)
@@ -93,7 +93,7 @@ def test_schedules_by_hand():
 
 
 def test_state_dict_round_trip_and_wrong_optimizer():
-    cfg = OptimizerConfig(name="adam")
+    cfg = OptimizerConfig(name="adamw")
     w = torch.randn(10)
     opt = FlatOptimizer(cfg)
     opt.add_piece("w", w)
@@ -105,5 +105,10 @@ def test_state_dict_round_trip_and_wrong_optimizer():
     torch.testing.assert_close(other.state["w"]["exp_avg"], opt.state["w"]["exp_avg"])
     sgd = FlatOptimizer(OptimizerConfig(name="sgd"))
     sgd.add_piece("w", w)
-    with pytest.raises(ValueError, match="adam"):
+    with pytest.raises(ValueError, match="adamw"):
         sgd.load_state_dict(opt.state_dict())
+    saved = {**opt.state_dict(), "name": "adam"}     # written before the optimizer was 'adamw'
+    older = FlatOptimizer(cfg)
+    older.add_piece("w", torch.zeros(10))
+    older.load_state_dict(saved)
+    torch.testing.assert_close(older.state["w"]["exp_avg_sq"], opt.state["w"]["exp_avg_sq"])

@@ -11,7 +11,7 @@ from ps_trainer.checkpoint import CheckpointManager
 from ps_trainer.config import ConfigError
 from ps_trainer.finetune import finetune, finetune_config
 from ps_trainer.launch import initial_model, run_distributed, run_local
-from ps_trainer.runlog import RunFolder
+from ps_trainer.run_folder import RunFolder
 from workers.assembly import task_shards
 
 SEMI = ("rotation", "segmentation", "self_training")

@@ -64,7 +64,7 @@ def test_head_of_another_task_is_not_resent(server):
 
 
 def test_stale_push_dropped_over_ray(server):
-    cfg, spec, handle = server(extra=["server.staleness_policy=drop", "server.max_staleness=1"])
+    cfg, spec, handle = server(extra=["server.staleness_policy=unscaled", "server.max_staleness_updates=1"])
     for _ in range(3):
         ray.get(handle.push.remote("rotation", 0, ray.get(handle.ping.remote()),
                                    grads_for(spec, "rotation"), STATS))
@@ -106,7 +106,7 @@ def split(ray_session, tiny_config):
 
     def make(extra=()):
         cfg = tiny_config(tasks=("rotation", "segmentation"),
-                          extra=["server.shards=2", "optimizer.name=sgd", "optimizer.lr=1.0",
+                          extra=["server.actors=2", "optimizer.name=sgd", "optimizer.lr=1.0",
                                  "optimizer.momentum=0", "optimizer.weight_decay=0", *extra])
         spec = _runtime_spec(cfg, None)
         make_server = lambda i, peers=(): spec.server_cls.options(num_cpus=0.25).remote(  # noqa: E731
@@ -175,8 +175,8 @@ def test_a_split_push_is_clipped_by_the_norm_of_the_whole_push(split):
 
 
 def test_split_actors_take_one_staleness_decision_and_snapshot_one_point(split):
-    cfg, spec, servers, client, flat = split(extra=["server.staleness_policy=drop",
-                                                    "server.max_staleness=1"])
+    cfg, spec, servers, client, flat = split(extra=["server.staleness_policy=unscaled",
+                                                    "server.max_staleness_updates=1"])
     for _ in range(3):
         client.connect()                      # a blocking pull: the newest weights
         assert push_and_wait(client, flat, 0.01).reason == APPLIED
@@ -199,7 +199,7 @@ def test_split_sync_groups_close_together(split):
 
 
 def test_parts_never_decided_are_let_go(split):
-    cfg, spec, servers, client, flat = split(extra=["server.max_staleness=2"])
+    cfg, spec, servers, client, flat = split(extra=["server.max_staleness_updates=2"])
     second = [p for p in spec.plan if p.server == 1 and p.shard == "trunk"]
     orphan = {p.key: np.zeros(p.stop - p.start, np.float32) for p in second}
     ray.get(servers[1].stage.remote(12345, "rotation", 0, orphan, STATS))   # its worker died

@@ -17,12 +17,12 @@ SGD = OptimizerConfig(name="sgd", lr=1.0, momentum=0.0, weight_decay=0.0, schedu
 STATS = PushStats(loss=1.0, shared_grad_norm=1.0)
 
 
-def make_store(policy="scale", max_staleness=8, sync=None, balancing="equal", options=None,
+def make_store(policy="scale", max_staleness_updates=8, sync=None, balancing="equal", options=None,
                optimizer=SGD, verify=True):
     weights = {"trunk": torch.zeros(4), "head/a": torch.zeros(2), "head/b": torch.zeros(3)}
     keys = {"a": ("trunk", "head/a"), "b": ("trunk", "head/b")}
     return ParameterStore(weights, keys, optimizer,
-                          ServerConfig(staleness_policy=policy, max_staleness=max_staleness,
+                          ServerConfig(staleness_policy=policy, max_staleness_updates=max_staleness_updates,
                                        verify_gradients=verify),
                           make_balancer(balancing, ("a", "b"), options), sync or {}, 100)
 
@@ -50,8 +50,8 @@ def test_scale_policy_divides_by_one_plus_staleness():
     np.testing.assert_allclose(store.weights["head/b"].numpy(), -1.0 / 4)
 
 
-def test_drop_policy_drops_above_max_staleness_and_keeps_weights():
-    store = make_store(policy="drop", max_staleness=2)
+def test_pushes_above_max_staleness_are_dropped_and_keep_the_weights():
+    store = make_store(policy="unscaled", max_staleness_updates=2)
     for _ in range(3):
         store.push("a", store.version, grads("a", 0.0), STATS)
     before = store.weights["trunk"].clone()
@@ -127,13 +127,13 @@ def test_wrong_shape_and_unknown_task_raise_with_names():
 
 
 def test_state_round_trip_restores_weights_optimizer_balancer_and_version():
-    store = make_store(optimizer=OptimizerConfig(name="adam", schedule="constant"),
+    store = make_store(optimizer=OptimizerConfig(name="adamw", schedule="constant"),
                        balancing="uncertainty")
     for v in range(5):
         store.push("a" if v % 2 else "b", store.version, grads("a" if v % 2 else "b", v + 1.0),
                    PushStats(loss=2.0 + v, shared_grad_norm=1.0))
     state = store.state()
-    fresh = make_store(optimizer=OptimizerConfig(name="adam", schedule="constant"),
+    fresh = make_store(optimizer=OptimizerConfig(name="adamw", schedule="constant"),
                        balancing="uncertainty")
     fresh.load_state(state)
     assert fresh.version == 5
@@ -165,7 +165,7 @@ def test_state_restores_from_read_only_arrays_without_warning():
         assert torch.equal(fresh.weights[key], store.weights[key])
 
 
-ADAM = OptimizerConfig(name="adam", lr=0.01, weight_decay=0.0, schedule="constant")
+ADAM = OptimizerConfig(name="adamw", lr=0.01, weight_decay=0.0, schedule="constant")
 
 
 def _head_a_travel(weight: float, pushes: int = 50) -> float:
@@ -185,7 +185,7 @@ def test_balancing_weight_scales_the_step_under_adam():
     assert ratio == pytest.approx(100.0, rel=0.02)
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "rmsprop", "sgd"])
+@pytest.mark.parametrize("optimizer", ["adamw", "rmsprop", "sgd"])
 def test_scale_policy_halves_the_step_at_staleness_one(optimizer):
     cfg = OptimizerConfig(name=optimizer, lr=0.01, momentum=0.0, weight_decay=0.0,
                           schedule="constant")
@@ -200,7 +200,7 @@ def test_scale_policy_halves_the_step_at_staleness_one(optimizer):
 
 
 def test_sync_group_whose_oldest_push_went_stale_is_dropped():
-    store = make_store(policy="drop", max_staleness=8, sync={"a": 2})
+    store = make_store(policy="unscaled", max_staleness_updates=8, sync={"a": 2})
     assert store.push("a", 0, grads("a"), STATS).reason == QUEUED          # made at version 0
     for _ in range(50):
         store.push("b", store.version, grads("b", 0.0), STATS)

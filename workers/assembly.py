@@ -8,7 +8,7 @@ import torch
 from ps_trainer.config import Config, ConfigError
 from ps_trainer.data.splits import num_classes_of
 from ps_trainer.model import MultiTaskModel, shards_of_head
-from workers.tasks import TASKS, Task, TaskContext
+from workers.tasks import TASKS, Task, TaskContext, make_task
 
 
 def task_context(cfg: Config) -> TaskContext:
@@ -22,12 +22,10 @@ def build_task(cfg: Config, name: str) -> Task:
     if name not in TASKS:
         raise ConfigError(f"tasks.{name}", f"unknown task {name!r}: choose from "
                                            f"{', '.join(TASKS.names())}")
-    cls = TASKS.get(name)
     try:
-        options = cls.Options.from_mapping(cfg.tasks[name].options)
+        return make_task(name, task_context(cfg), cfg.tasks[name].options)
     except ConfigError as err:
         raise err.under(f"tasks.{name}.options") from None
-    return cls(task_context(cfg), options)
 
 
 def build_tasks(cfg: Config, names: Optional[Iterable[str]] = None) -> dict[str, Task]:

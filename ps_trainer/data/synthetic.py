@@ -9,12 +9,12 @@ A scene is made in two steps from one random stream:
    polygon or ellipse in image-relative coordinates with a *material* (asphalt, foliage,
    glass, ...) that belongs to one class. Rasterising the parts in order gives a segment-id
    map; the mask is the class of each pixel's segment, so occlusion in the mask is exact.
-2. **Painting** (the later draws): per-image colours for every segment from wide, overlapping
+2. **Painting** (the later draws): per-image colors for every segment from wide, overlapping
    per-material distributions (the domain's palette), a texture family with random
    parameters per segment, a lighting gradient, cast shadows, sensor noise and blur.
 
 The layout never looks at the domain, and the painting makes the same draws in every domain
-(the domain only changes how draws map to colours and strengths), so one seed gives the same
+(the domain only changes how draws map to colors and strengths), so one seed gives the same
 mask -- and corresponding textures -- in the source and the shifted domain.
 
     python -m ps_trainer.data.synthetic --out previews/ --count 16 --size 128 --domain shifted
@@ -34,11 +34,10 @@ import numpy as np
 
 from ps_trainer.config import SHIFTED_DOMAIN, DomainConfig
 from ps_trainer.data.base import SegmentationDataset, Sample
+from ps_trainer.plots import colorize
 
 CLASS_NAMES = ("sky", "ground", "road", "building", "vegetation", "object")
 SKY, GROUND, ROAD, BUILDING, VEGETATION, OBJECT = range(len(CLASS_NAMES))
-CLASS_COLOURS = np.array([[70, 130, 180], [152, 251, 152], [128, 64, 128], [70, 70, 70],
-                          [107, 142, 35], [220, 20, 60]], dtype=np.uint8)  # RGB, for previews
 
 # Materials: how a surface is painted. Each belongs to one class.
 (M_SKY, M_GROUND, M_HILL, M_ROAD, M_FACADE, M_ROOF, M_FOLIAGE, M_TRUNK,
@@ -540,7 +539,7 @@ def segment_boxes(layout: Layout) -> np.ndarray:
 # --------------------------------------------------------------------------- palettes
 
 # Per material: (weight, hue range in degrees, saturation range, value range) modes. Ranges
-# are wide and overlap across classes on purpose: colour alone should not give the class.
+# are wide and overlap across classes on purpose: color alone should not give the class.
 _ANY = (0, 360)
 SOURCE_PALETTE = {
     M_SKY: [(0.35, (190, 230), (0.15, 0.65), (0.55, 0.98)),   # clear blue
@@ -596,11 +595,11 @@ SHIFTED_PALETTE = {
     M_TYRE: [(1.0, _ANY, (0.0, 0.1), (0.03, 0.2))],
     M_SKIN: [(1.0, (8, 35), (0.2, 0.6), (0.25, 0.95))],
 }
-# Global colour cast of each palette (RGB gain at full strength).
+# Global color cast of each palette (RGB gain at full strength).
 PALETTE_TINT = {"source": (1.0, 1.0, 1.0), "shifted": (1.1, 0.93, 0.78)}
-# The second colour of a segment (windows, mortar, clouds, lane paint, shade) relative to the
+# The second color of a segment (windows, mortar, clouds, lane paint, shade) relative to the
 # first: (hue shift degrees, saturation shift, value shift) ranges.
-SECOND_COLOUR = {
+SECOND_COLOR = {
     M_SKY: ((-10, 10), (-0.35, -0.05), (0.05, 0.3)),
     M_GROUND: ((-15, 15), (-0.15, 0.15), (-0.25, 0.15)),
     M_HILL: ((-10, 10), (-0.1, 0.1), (-0.15, 0.1)),
@@ -614,9 +613,9 @@ SECOND_COLOUR = {
     M_TYRE: ((0, 0), (0.0, 0.0), (0.0, 0.1)),
     M_SKIN: ((-5, 5), (-0.1, 0.1), (-0.2, 0.0)),
 }
-# How far each segment's colour strays from its material's image-wide colour (0: all segments
+# How far each segment's color strays from its material's image-wide color (0: all segments
 # of the material share it, 1: independent); buildings and objects differ, foliage agrees.
-COLOUR_INDEPENDENCE = np.array([0, 0, 0, 0, 0.8, 0.5, 0.15, 0.2, 1.0, 0.6, 0.3, 0.6])
+COLOR_INDEPENDENCE = np.array([0, 0, 0, 0, 0.8, 0.5, 0.15, 0.2, 1.0, 0.6, 0.3, 0.6])
 
 
 def _compile_palette(palette: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -635,8 +634,8 @@ def _compile_palette(palette: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 PALETTES = {"source": _compile_palette(SOURCE_PALETTE),
             "shifted": _compile_palette(SHIFTED_PALETTE)}
-SECOND_LOW = np.array([[r[0] for r in SECOND_COLOUR[m]] for m in range(NUM_MATERIALS)])
-SECOND_HIGH = np.array([[r[1] for r in SECOND_COLOUR[m]] for m in range(NUM_MATERIALS)])
+SECOND_LOW = np.array([[r[0] for r in SECOND_COLOR[m]] for m in range(NUM_MATERIALS)])
+SECOND_HIGH = np.array([[r[1] for r in SECOND_COLOR[m]] for m in range(NUM_MATERIALS)])
 
 
 def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
@@ -647,13 +646,13 @@ def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
     return v[..., None] - (v * s)[..., None] * np.clip(np.minimum(k, 4 - k), 0, 1)
 
 
-def _segment_colours(materials: np.ndarray, rng, palette: str) -> tuple[np.ndarray, np.ndarray]:
-    """(first, second) float32 RGB colours per segment, (K, 3) each."""
+def _segment_colors(materials: np.ndarray, rng, palette: str) -> tuple[np.ndarray, np.ndarray]:
+    """(first, second) float32 RGB colors per segment, (K, 3) each."""
     count = len(materials)
     draws = rng.random(NUM_MATERIALS * 4 + count * 7)
     shared = draws[:NUM_MATERIALS * 4].reshape(NUM_MATERIALS, 4)[materials]
     own = draws[NUM_MATERIALS * 4:].reshape(count, 7)
-    mixed = shared + COLOUR_INDEPENDENCE[materials, None] * (own[:, :4] - shared)
+    mixed = shared + COLOR_INDEPENDENCE[materials, None] * (own[:, :4] - shared)
     cum, low, high = PALETTES[palette]
     mode = np.minimum((mixed[:, :1] > cum[materials]).sum(1), cum.shape[1] - 1)
     lo, hi = low[materials, mode], high[materials, mode]
@@ -675,7 +674,7 @@ FAMILY_PARAMS = {
     SKYLIGHT: ("haze", "clouds", "cloud_level", "cloud_scale"),
 }
 # Per material: (weight, family, amplitude range, grain range, parameter ranges). The
-# amplitude is how far the texture goes from the first colour to the second (times
+# amplitude is how far the texture goes from the first color to the second (times
 # domain.texture); grain is multiplicative per-pixel noise.
 TEXTURES = {
     M_SKY: [(1.0, SKYLIGHT, (0.5, 1.0), (0.0, 0.02),
@@ -882,7 +881,7 @@ TEXTURE_FAMILIES = {NOISE: _texture_noise, STRIPES: _texture_stripes, GRID: _tex
 
 
 def _texture_map(canvas: _Canvas, families: np.ndarray, raw: np.ndarray) -> np.ndarray:
-    """(N,) texture position in [0, 1] (0: first colour, 1: second) of every pixel; each
+    """(N,) texture position in [0, 1] (0: first color, 1: second) of every pixel; each
     family is evaluated only on the pixels of its segments."""
     pixel_family = families[canvas.ids]
     texture = np.empty(len(canvas.ids), dtype=np.float32)
@@ -953,7 +952,7 @@ def _paint(layout: Layout, ids: np.ndarray, classes: np.ndarray, rng,
     """The RGB uint8 image of a rasterised layout. Makes the same draws in every domain."""
     size = ids.shape[0]
     materials = np.array([s.material for s in layout.segments])
-    first, second = _segment_colours(materials, rng, domain.palette)
+    first, second = _segment_colors(materials, rng, domain.palette)
     families, raw = _segment_textures(materials, rng)
     x, y = _pixel_grid(size)
     flat_ids = ids.ravel().astype(np.intp)
@@ -1016,22 +1015,15 @@ class SyntheticScenes(SegmentationDataset):
 
 # --------------------------------------------------------------------------- previews
 
-def colourise(mask: np.ndarray) -> np.ndarray:
-    """RGB picture of a class mask (ignore pixels black)."""
-    lut = np.zeros((256, 3), dtype=np.uint8)
-    lut[:len(CLASS_COLOURS)] = CLASS_COLOURS
-    return lut[mask]
-
-
 def preview_grid(dataset: SegmentationDataset, count: int, columns: int = 4) -> np.ndarray:
-    """An RGB grid of (image | colourised mask) pairs with a 2-pixel gutter."""
+    """An RGB grid of (image | colorized mask) pairs with a 2-pixel gutter."""
     tiles = []
     for i in range(count):
         sample = dataset[i]
         mask = sample.mask
         if mask is None:
             mask = np.full(sample.image.shape[:2], 255, dtype=np.uint8)
-        tiles.append(np.concatenate([sample.image, colourise(mask)], axis=1))
+        tiles.append(np.concatenate([sample.image, colorize(mask)], axis=1))
     h, w = tiles[0].shape[:2]
     rows = -(-count // columns)
     grid = np.full((rows * (h + 2), columns * (w + 2), 3), 255, dtype=np.uint8)

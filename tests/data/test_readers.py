@@ -9,7 +9,7 @@ import pytest
 
 from ps_trainer.data.base import UnreadableImage
 from ps_trainer.data.readers import CityscapesDataset, FolderDataset, VOCDataset, open_dataset
-from ps_trainer.data.readers.voc import voc_colour
+from ps_trainer.data.readers.voc import voc_color
 
 H, W = 12, 16
 RED_BGR, BLUE_BGR = (0, 0, 255), (255, 0, 0)
@@ -136,11 +136,11 @@ def test_folder_rejects_out_of_range_mask_values(tmp_path):
         narrow[0]
 
 
-def test_folder_rejects_colour_mask(tmp_path):
+def test_folder_rejects_color_mask(tmp_path):
     write_image(tmp_path / "images" / "a.png")
     write_image(tmp_path / "images" / "b.png")
     write_mask(tmp_path / "masks" / "b.png", np.full((H, W, 3), (0, 0, 128), np.uint8))
-    with pytest.raises(UnreadableImage, match="colour"):
+    with pytest.raises(UnreadableImage, match="color"):
         FolderDataset(tmp_path, "train", 2)[0]
 
 
@@ -275,26 +275,26 @@ def test_cityscapes_size_mismatch(tmp_path):
 
 # --------------------------------------------------------------------------- voc
 
-# Colours of the standard VOC palette, written out independently of the reader.
-VOC_COLOURS = {0: (0, 0, 0), 1: (128, 0, 0), 2: (0, 128, 0), 3: (128, 128, 0), 7: (128, 128, 128),
+# Colors of the standard VOC palette, written out independently of the reader.
+VOC_COLORS = {0: (0, 0, 0), 1: (128, 0, 0), 2: (0, 128, 0), 3: (128, 128, 0), 7: (128, 128, 128),
                15: (192, 128, 128), 20: (0, 64, 128), 255: (224, 224, 192)}
-UNKNOWN_COLOUR = (10, 20, 30)
+UNKNOWN_COLOR = (10, 20, 30)
 
 
-def voc_colour_mask():
-    """An RGB mask of known palette colours (and one colour off the map) and its indices."""
-    keys = list(VOC_COLOURS) + [None]
+def voc_color_mask():
+    """An RGB mask of known palette colors (and one color off the map) and its indices."""
+    keys = list(VOC_COLORS) + [None]
     indices = index_mask(range(len(keys)))
     rgb = np.zeros((H, W, 3), np.uint8)
     expected = np.zeros((H, W), np.uint8)
     for slot, key in enumerate(keys):
-        rgb[indices == slot] = VOC_COLOURS[key] if key is not None else UNKNOWN_COLOUR
+        rgb[indices == slot] = VOC_COLORS[key] if key is not None else UNKNOWN_COLOR
         expected[indices == slot] = key if key is not None else 255
     return rgb, expected
 
 
 def make_voc(root, train_ids=("2007_000032", "2007_000039"), val_ids=("2007_000033",)):
-    rgb, _ = voc_colour_mask()
+    rgb, _ = voc_color_mask()
     for split, ids in (("train", train_ids), ("val", val_ids)):
         lists = root / "ImageSets" / "Segmentation"
         lists.mkdir(parents=True, exist_ok=True)
@@ -305,14 +305,14 @@ def make_voc(root, train_ids=("2007_000032", "2007_000039"), val_ids=("2007_0000
     return root
 
 
-def test_voc_colour_map():
-    for index, colour in VOC_COLOURS.items():
-        assert voc_colour(index) == colour
+def test_voc_color_map():
+    for index, color in VOC_COLORS.items():
+        assert voc_color(index) == color
 
 
-def test_voc_decodes_colour_mask(tmp_path):
+def test_voc_decodes_color_mask(tmp_path):
     data = VOCDataset(make_voc(tmp_path), "train")
-    _, expected = voc_colour_mask()
+    _, expected = voc_color_mask()
     assert len(data) == 2 and data.num_classes == 21 and data.class_names[15] == "person"
     halves = np.zeros((H, W, 3), np.uint8)
     halves[:, : W // 2], halves[:, W // 2:] = RED_BGR, BLUE_BGR
@@ -328,14 +328,14 @@ def test_voc_decodes_colour_mask(tmp_path):
 def test_voc_decodes_true_palette_png(tmp_path):
     Image = pytest.importorskip("PIL.Image")
     root = make_voc(tmp_path)
-    _, expected = voc_colour_mask()
+    _, expected = voc_color_mask()
     palette = [0] * 768
     for index in range(256):
-        palette[3 * index: 3 * index + 3] = voc_colour(index)
-    # The colour off the map is stored as palette entry 100, redefined to that colour.
-    palette[300:303] = UNKNOWN_COLOUR
+        palette[3 * index: 3 * index + 3] = voc_color(index)
+    # The color off the map is stored as palette entry 100, redefined to that color.
+    palette[300:303] = UNKNOWN_COLOR
     indices = expected.copy()
-    indices[index_mask(range(len(VOC_COLOURS) + 1)) == len(VOC_COLOURS)] = 100
+    indices[index_mask(range(len(VOC_COLORS) + 1)) == len(VOC_COLORS)] = 100
     image = Image.fromarray(indices)
     image.putpalette(palette)  # an "L" image with a palette becomes a "P" image
     path = root / "SegmentationClass" / "2007_000033.png"

@@ -37,7 +37,7 @@ def test_render_gives_uint8_image_and_mask_of_the_requested_size(size):
     assert image.shape == (size, size, 3) and image.dtype == np.uint8
     assert mask.shape == (size, size) and mask.dtype == np.uint8
     assert mask.max() < NUM_CLASSES
-    assert image.std() > 5, "a scene is not a flat colour"
+    assert image.std() > 5, "a scene is not a flat color"
 
 
 def test_sizes_below_16_are_refused():
@@ -108,7 +108,7 @@ def test_mask_does_not_depend_on_the_domain_but_the_image_does():
             assert np.abs(samples[0].image.astype(int) - other.image).mean() > 5
 
 
-def test_shifted_palette_moves_the_colour_of_the_sky():
+def test_shifted_palette_moves_the_color_of_the_sky():
     """Source skies lean blue (B > R on average); shifted (dusk) skies lean red."""
     def sky_blue_minus_red(domain):
         pixels = []

@@ -1,4 +1,4 @@
-"""Colorization as classification of quantised ab colours (Zhang, Isola & Efros, ECCV 2016,
+"""Colorization as classification of quantised ab colors (Zhang, Isola & Efros, ECCV 2016,
 "Colorful Image Colorization")."""
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ class AbQuantizer:
         self.num_bins = self.bins_per_axis ** 2
 
     def encode(self, ab: torch.Tensor) -> torch.Tensor:
-        """(B, 2, h, w) ab -> (B, h, w) int64 nearest bin (colours beyond the grid clamp)."""
+        """(B, 2, h, w) ab -> (B, h, w) int64 nearest bin (colors beyond the grid clamp)."""
         index = torch.round(ab / self.grid_size).long().clamp(-self.half, self.half) + self.half
         return index[:, 0] * self.bins_per_axis + index[:, 1]
 
@@ -76,7 +76,7 @@ def gaussian_smooth_grid(grid: torch.Tensor, sigma: float) -> torch.Tensor:
 
 @TASKS.register("colorization")
 class Colorization(Task):
-    """Predict each pixel's ab colour bin from its lightness.
+    """Predict each pixel's ab color bin from its lightness.
 
     Inputs: the L channel rendered as grey RGB (as ``lightness_as_rgb``), full resolution.
     Targets: ab averaged over `target_stride` x `target_stride` blocks, hard-encoded to the

@@ -33,7 +33,7 @@ def _check_range(key: str, value: tuple[float, float], low: float, high: float) 
 class ExemplarOptions(Options):
     views: int = 2                      # augmented views per image (>= 2: see the loss)
     # Dosovitskiy et al.: scale 0.7-1.4, rotation up to 20 degrees, translation up to 0.2 of
-    # the patch, contrast (power) and colour (saturation, value x 0.7-1.4, hue +-0.1).
+    # the patch, contrast (power) and color (saturation, value x 0.7-1.4, hue +-0.1).
     crop_range: tuple[float, float] = (0.6, 1.0)       # crop side / image side (zoom 1-1.7)
     rotation_degrees: float = 20.0
     flip: bool = True
@@ -83,7 +83,7 @@ def _geometry(n: int, o: ExemplarOptions, rng: np.random.Generator) -> torch.Ten
     return torch.from_numpy(theta).float()
 
 
-def _colour_matrices(n: int, o: ExemplarOptions, rng: np.random.Generator) -> torch.Tensor:
+def _color_matrices(n: int, o: ExemplarOptions, rng: np.random.Generator) -> torch.Tensor:
     """(N, 3, 3) RGB maps: brightness scales Y, I, Q; saturation scales and hue rotates I, Q."""
     brightness = torch.from_numpy(rng.uniform(*o.brightness_range, size=n)).float()
     saturation = torch.from_numpy(rng.uniform(*o.saturation_range, size=n)).float()
@@ -125,8 +125,8 @@ class Exemplar(Task):
         grid = F.affine_grid(theta, [n, 3, h, w], align_corners=False)
         views = F.grid_sample(repeated, grid, mode="bilinear", padding_mode="reflection",
                               align_corners=False)
-        colour = _colour_matrices(n, o, rng).to(images.device)
-        views = torch.einsum("nij,njhw->nihw", colour, views)
+        color = _color_matrices(n, o, rng).to(images.device)
+        views = torch.einsum("nij,njhw->nihw", color, views)
         contrast = torch.from_numpy(rng.uniform(*o.contrast_range, size=n)).float()
         contrast = contrast.to(images.device).view(n, 1, 1, 1)
         grey = torch.einsum("c,nchw->nhw", _LUMA.to(images.device), views).mean(dim=(-2, -1))

@@ -34,8 +34,8 @@ class InpaintingOptions(Options):
 class Inpainting(Task):
     """Reconstruct an erased square from its context.
 
-    Inputs: each image with one square hole filled with the mean colour of the pixels left
-    visible (no colour leaks from the hole). Targets: (B, 4, H, W), the original RGB image and
+    Inputs: each image with one square hole filled with the mean color of the pixels left
+    visible (no color leaks from the hole). Targets: (B, 4, H, W), the original RGB image and
     the hole mask (1 inside the hole) as channel 3.
     Head: :class:`DenseDecoder` to RGB at full resolution (learned upsampling, then a
     sub-pixel convolution); the loss bilinearly resizes (align_corners=False) any output of

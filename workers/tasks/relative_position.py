@@ -26,7 +26,7 @@ class RelativePositionOptions(Options):
     # and the patch side is the largest whose 3x3 layout (gaps, jitter) fits the image.
     gap_ratio: float = 0.5
     jitter_ratio: float = 7 / 96
-    # Paper's "colour dropping" against chromatic aberration: keep one random channel per
+    # Paper's "color dropping" against chromatic aberration: keep one random channel per
     # patch, replace the other two with Gaussian noise of ~1/100 the kept channel's std.
     color_dropping: bool = True
     dropped_noise_ratio: float = 0.01

@@ -4,7 +4,7 @@ predictions, made on a weak view and imposed on strongly perturbed views.
 FixMatch (Sohn et al., NeurIPS 2020) for images, carried to segmentation by UniMatch (Yang et
 al., CVPR 2023, "Revisiting Weak-to-Strong Consistency in Semi-Supervised Semantic
 Segmentation"): per-pixel pseudo-labels from the weak view, kept where the confidence is at
-least ``threshold`` (UniMatch: 0.95); the student predicts them on a strong view (colour
+least ``threshold`` (UniMatch: 0.95); the student predicts them on a strong view (color
 jitter, grayscale, blur, CutMix) and, with ``feature_dropout`` > 0, from the weak view's
 features perturbed by channel dropout (UniMatch's "FP" stream, Dropout2d(0.5)). S4L (Zhai et
 al., ICCV 2019) trains such a semi-supervised objective beside self-supervised pretext tasks;
@@ -39,7 +39,7 @@ from ps_trainer.options import Options, check, check_choice
 from workers.tasks.base import Task, TaskModel
 from workers.tasks.heads import resize_like
 from workers.tasks.registry import TASKS
-from workers.tasks.views import (colour_jitter, cutmix_sources, flip_and_zoom, gather_pixels,
+from workers.tasks.views import (color_jitter, cutmix_sources, flip_and_zoom, gather_pixels,
                                  gaussian_blur, random_grayscale)
 
 TEACHERS = ("pulled", "ema")
@@ -52,7 +52,7 @@ class SelfTrainingOptions(Options):
     fp_weight: float = 0.5               # share of the FP stream in the loss (UniMatch: 0.5)
     flip_probability: float = 0.5        # weak view
     scale_range: tuple[float, float] = (1.0, 1.0)   # weak view zoom-in factors
-    jitter_probability: float = 0.8      # strong view: colour jitter (UniMatch: p = 0.8, 0.5)
+    jitter_probability: float = 0.8      # strong view: color jitter (UniMatch: p = 0.8, 0.5)
     jitter_strength: float = 0.5
     grayscale_probability: float = 0.2
     blur_probability: float = 0.5
@@ -106,7 +106,7 @@ class SelfTraining(Task):
                    masks: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         o = self.options
         weak = flip_and_zoom(images, rng, o.flip_probability, o.scale_range)
-        strong = colour_jitter(weak, rng, o.jitter_probability, o.jitter_strength)
+        strong = color_jitter(weak, rng, o.jitter_probability, o.jitter_strength)
         strong = random_grayscale(strong, rng, o.grayscale_probability)
         strong = gaussian_blur(strong, rng, o.blur_probability)
         source = cutmix_sources(images.shape[0], tuple(images.shape[-2:]), rng,

@@ -1,5 +1,5 @@
 """Batched image views for consistency training: a weak view (flip, zoom) and strong
-photometric perturbations (colour jitter, grayscale, Gaussian blur) plus CutMix boxes.
+photometric perturbations (color jitter, grayscale, Gaussian blur) plus CutMix boxes.
 
 Every random choice is drawn from the caller's numpy generator, so a view depends only on
 it (not on torch's global seed). Images are float32 (B, 3, H, W) RGB in [0, 1].
@@ -54,7 +54,7 @@ def zoom_grid(shape, scale_range: tuple[float, float], rng: np.random.Generator,
                          align_corners=False)
 
 
-def colour_jitter(images: torch.Tensor, rng: np.random.Generator, probability: float,
+def color_jitter(images: torch.Tensor, rng: np.random.Generator, probability: float,
                   strength: float) -> torch.Tensor:
     """Brightness, contrast and saturation each scaled by a factor in [1 - s, 1 + s], for a
     `probability` share of the images (the others pass unchanged)."""

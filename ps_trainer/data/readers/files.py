@@ -55,14 +55,14 @@ def read_mask_file(path: Path) -> np.ndarray:
 
 
 def as_index_mask(raw: np.ndarray, path: Path) -> np.ndarray:
-    """A stored mask as uint8 (H, W) indices; raises UnreadableImage for a colour mask."""
+    """A stored mask as uint8 (H, W) indices; raises UnreadableImage for a color mask."""
     if raw.ndim == 3:
-        colour = raw[..., :3]  # alpha, if any, carries no labels
-        if not (np.array_equal(colour[..., 0], colour[..., 1])
-                and np.array_equal(colour[..., 0], colour[..., 2])):
+        color = raw[..., :3]  # alpha, if any, carries no labels
+        if not (np.array_equal(color[..., 0], color[..., 1])
+                and np.array_equal(color[..., 0], color[..., 2])):
             raise UnreadableImage(
-                f"{path}: mask has colours (a palette PNG?); expected single-channel class indices")
-        raw = colour[..., 0]
+                f"{path}: mask has colors (a palette PNG?); expected single-channel class indices")
+        raw = color[..., 0]
     if raw.dtype == np.uint16:
         if raw.size and int(raw.max()) > np.iinfo(np.uint8).max:
             raise UnreadableImage(f"{path}: 16-bit mask has values above 255")

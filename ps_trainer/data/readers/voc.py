@@ -1,12 +1,12 @@
-"""PASCAL VOC segmentation: JPEG images, colour-coded class masks, id lists per split.
+"""PASCAL VOC segmentation: JPEG images, color-coded class masks, id lists per split.
 
 Layout::
 
     root/JPEGImages/<id>.jpg   root/SegmentationClass/<id>.png
     root/ImageSets/Segmentation/<split>.txt   (one id per line)
 
-The masks are palette PNGs; cv2 expands them to colour, so colours are mapped back to
-indices through the standard VOC colour map. A mask stored as single-channel indices (as in
+The masks are palette PNGs; cv2 expands them to color, so colors are mapped back to
+indices through the standard VOC color map. A mask stored as single-channel indices (as in
 the SBD-augmented "SegmentationClassAug" sets) is used as it is.
 """
 from __future__ import annotations
@@ -28,8 +28,8 @@ IMAGE_DIR, MASK_DIR, LIST_DIR = "JPEGImages", "SegmentationClass", "ImageSets/Se
 IMAGE_EXTENSION, MASK_EXTENSION = ".jpg", ".png"
 
 
-def voc_colour(index: int) -> tuple[int, int, int]:
-    """The RGB colour of palette `index` in the VOC colour map (bits of the index interleaved)."""
+def voc_color(index: int) -> tuple[int, int, int]:
+    """The RGB color of palette `index` in the VOC color map (bits of the index interleaved)."""
     r = g = b = 0
     for bit in range(8):
         r |= ((index >> (3 * bit)) & 1) << (7 - bit)
@@ -39,27 +39,27 @@ def voc_colour(index: int) -> tuple[int, int, int]:
 
 
 def _pack(r, g, b):
-    """Red, green and blue (scalars or arrays) as one int32 key per colour."""
+    """Red, green and blue (scalars or arrays) as one int32 key per color."""
     r, g, b = (np.asarray(c, dtype=np.int32) for c in (r, g, b))
     return (r << 16) | (g << 8) | b
 
 
-def _colour_table() -> tuple[np.ndarray, np.ndarray]:
-    # Class colours plus the border colour (palette index 255); all map to what they index.
+def _color_table() -> tuple[np.ndarray, np.ndarray]:
+    # Class colors plus the border color (palette index 255); all map to what they index.
     indices = list(range(len(CLASS_NAMES))) + [IGNORE_INDEX]
-    keys = np.array([_pack(*voc_colour(i)) for i in indices], dtype=np.int32)
+    keys = np.array([_pack(*voc_color(i)) for i in indices], dtype=np.int32)
     order = np.argsort(keys)
     return keys[order], np.array(indices, dtype=np.uint8)[order]
 
 
-COLOUR_KEYS, COLOUR_INDICES = _colour_table()  # sorted packed RGB -> class index
+COLOR_KEYS, COLOR_INDICES = _color_table()  # sorted packed RGB -> class index
 
 
-def colours_to_indices(rgb: np.ndarray) -> np.ndarray:
-    """uint8 (H, W) indices of a (H, W, 3) RGB mask; colours not in the map become 255."""
+def colors_to_indices(rgb: np.ndarray) -> np.ndarray:
+    """uint8 (H, W) indices of a (H, W, 3) RGB mask; colors not in the map become 255."""
     keys = _pack(rgb[..., 0], rgb[..., 1], rgb[..., 2])
-    slot = np.minimum(np.searchsorted(COLOUR_KEYS, keys), len(COLOUR_KEYS) - 1)
-    return np.where(COLOUR_KEYS[slot] == keys, COLOUR_INDICES[slot],
+    slot = np.minimum(np.searchsorted(COLOR_KEYS, keys), len(COLOR_KEYS) - 1)
+    return np.where(COLOR_KEYS[slot] == keys, COLOR_INDICES[slot],
                     np.uint8(IGNORE_INDEX)).astype(np.uint8)
 
 
@@ -94,4 +94,4 @@ class VOCDataset(ImageMaskFiles):
                                       f"(e.g. {int(bad[0])})")
             return np.ascontiguousarray(raw_mask)
         bgr = raw_mask[..., :3]  # alpha, if any, carries no labels
-        return colours_to_indices(bgr[..., ::-1])
+        return colors_to_indices(bgr[..., ::-1])

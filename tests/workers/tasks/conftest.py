@@ -22,7 +22,7 @@ NUM_CLASSES = 6
 
 
 def smooth_images(batch: int, size: int = IMAGE_SIZE, seed: int = 0) -> torch.Tensor:
-    """(B, 3, size, size) float32 in [0, 1]: smooth random colour fields with a sharp box each."""
+    """(B, 3, size, size) float32 in [0, 1]: smooth random color fields with a sharp box each."""
     rng = np.random.default_rng(seed)
     images = []
     for _ in range(batch):
@@ -35,7 +35,7 @@ def smooth_images(batch: int, size: int = IMAGE_SIZE, seed: int = 0) -> torch.Te
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
 
 
-def masks_from_colours(images: torch.Tensor, ignore_fraction: float = 0.1,
+def masks_from_colors(images: torch.Tensor, ignore_fraction: float = 0.1,
                        seed: int = 0) -> torch.Tensor:
     """(B, H, W) int64 labels that a tiny model can learn: the dominant channel (3) times
     brightness above or below 0.5 (2) = 6 classes, with a random `ignore_fraction` set to 255."""
@@ -88,7 +88,7 @@ def make_images() -> Callable[..., torch.Tensor]:
 
 @pytest.fixture
 def make_masks() -> Callable[..., torch.Tensor]:
-    return masks_from_colours
+    return masks_from_colors
 
 
 @pytest.fixture

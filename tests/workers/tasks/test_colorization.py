@@ -72,7 +72,7 @@ def test_rebalancing_weights_match_the_formula(context, make_images):
     assert weights[rare] > weights[common]
 
 
-def test_single_colour_prior_by_hand(context):
+def test_single_color_prior_by_hand(context):
     # Every pixel grey: p = one-hot, so w_grey = 1 and every other w = (1/2 + 1/2Q) / (1/2Q)
     # = Q + 1.
     task = make_task("colorization", context, {"prior_sigma": 0.0})
@@ -90,7 +90,7 @@ def test_single_colour_prior_by_hand(context):
     assert task.loss(logits, targets).item() == pytest.approx(plain.item(), rel=1e-6)
 
 
-def test_smoothed_prior_still_up_weights_rare_colours(context):
+def test_smoothed_prior_still_up_weights_rare_colors(context):
     task = make_task("colorization", context, {"target_stride": 1})   # prior_sigma 5
     images = torch.full((4, 3, 32, 32), 0.5)
     images[:, :, :4, :4] = torch.tensor([0.9, 0.1, 0.1]).view(3, 1, 1)  # a little red

@@ -51,7 +51,7 @@ def test_color_dropping_keeps_exactly_one_channel(context):
     images = noise_images(16, 32)
     plain = make_task("relative_position", context, {"color_dropping": False})
     dropped = make_task("relative_position", context, {})
-    # Colour dropping draws after the geometry, so the same seed cuts the same patches.
+    # Color dropping draws after the geometry, so the same seed cuts the same patches.
     reference, targets = plain.make_batch(images, np.random.default_rng(3))
     inputs, same_targets = dropped.make_batch(images, np.random.default_rng(3))
     assert torch.equal(targets, same_targets)

@@ -16,7 +16,7 @@ def test_flips_keep_images_and_masks_aligned(context, make_images, make_masks):
     flipped = [torch.equal(inputs[b], images[b].flip(-1)) for b in range(16)]
     kept = [torch.equal(inputs[b], images[b]) for b in range(16)]
     assert all(f or k for f, k in zip(flipped, kept)) and any(flipped) and any(kept)
-    # The labels are a function of the pixel colours, so aligned masks are recomputable.
+    # The labels are a function of the pixel colors, so aligned masks are recomputable.
     assert torch.equal(targets, make_masks(inputs, ignore_fraction=0.0))
 
 
