@@ -33,8 +33,8 @@ from ps_trainer.run_folder import RunFolder
 from ps_trainer.runtime import on_this_node, pick_device, set_threads
 from ps_trainer.schedule import RunSummary
 from ps_trainer.server import ParameterServer
-from workers.assembly import build_model, build_task, build_tasks, check_tasks, task_shards
-from workers.worker import TaskLoop, TaskWorker, task_inputs
+from ps_trainer_workers.assembly import build_model, build_task, build_tasks, check_tasks, task_shards
+from ps_trainer_workers.worker import TaskLoop, TaskWorker, task_inputs
 
 log = logging.getLogger(__name__)
 COORDINATOR_PREFIX = "coordinator:"

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 class StepLoop(Protocol):
-    """What the trainer needs of a task's loop (workers.worker.TaskLoop)."""
+    """What the trainer needs of a task's loop (ps_trainer_workers.worker.TaskLoop)."""
     shards: tuple[str, ...]
 
     def step(self) -> PushStats: ...

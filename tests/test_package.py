@@ -4,6 +4,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -27,8 +28,37 @@ def imported_modules(path: Path) -> set[str]:
 def test_ps_trainer_imports_workers_only_in_launch():
     offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "ps_trainer").rglob("*.py")
                  if p.name != "launch.py"
-                 and any(m == "workers" or m.startswith("workers.") for m in imported_modules(p))]
+                 and any(m.split(".")[0] in ("workers", "ps_trainer_workers")
+                         for m in imported_modules(p))]
     assert offenders == []
+
+
+def test_nothing_imports_the_folder_name_workers():
+    """The folder workers/ is installed as ps_trainer_workers; `import workers` would only
+    work from a checkout."""
+    offenders = [str(p.relative_to(ROOT)) for folder in ("ps_trainer", "workers", "tests")
+                 for p in (ROOT / folder).rglob("*.py")
+                 if any(m.split(".")[0] == "workers" for m in imported_modules(p))]
+    assert offenders == []
+
+
+def test_the_wheel_installs_ps_trainer_and_ps_trainer_workers_only(tmp_path):
+    """What `pip install` puts into site-packages: the two packages, every subpackage of the
+    source tree, the map; no top-level `workers` that could clash with another project."""
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
+                          "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    [wheel] = tmp_path.glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {n.split("/")[0] for n in names if ".dist-info" not in n} == {"ps_trainer",
+                                                                          "ps_trainer_workers"}
+    for folder, package in (("ps_trainer", "ps_trainer"), ("workers", "ps_trainer_workers")):
+        for init in (ROOT / folder).rglob("__init__.py"):
+            inside = init.relative_to(ROOT / folder).as_posix()
+            assert f"{package}/{inside}" in names, f"{folder}/{inside} is not in the wheel"
+    assert "ps_trainer/ARCHITECTURE.md" in names
+    assert "ps_trainer_workers/tasks/self_training.py" in names
 
 
 def test_server_side_modules_know_no_task():
@@ -39,8 +69,8 @@ def test_server_side_modules_know_no_task():
 
 
 def test_import_is_light_and_public_names_resolve_lazily():
-    code = ("import sys, ps_trainer; print('workers' in sys.modules, 'ray' in sys.modules); "
-            "ps_trainer.run_local; print('workers' in sys.modules)")
+    code = ("import sys, ps_trainer; print('ps_trainer_workers' in sys.modules, "
+            "'ray' in sys.modules); ps_trainer.run_local; print('ps_trainer_workers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["False", "False", "True"], out.stderr
     for name in ps_trainer.__all__:

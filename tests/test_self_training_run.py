@@ -12,7 +12,7 @@ from ps_trainer.config import ConfigError
 from ps_trainer.finetune import finetune, finetune_config
 from ps_trainer.launch import initial_model, run_distributed, run_local
 from ps_trainer.run_folder import RunFolder
-from workers.assembly import task_shards
+from ps_trainer_workers.assembly import task_shards
 
 SEMI = ("rotation", "segmentation", "self_training")
 CONFIDENT = ["tasks.self_training.options.threshold=0.2"]      # tiny models are unsure

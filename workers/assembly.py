@@ -8,7 +8,7 @@ import torch
 from ps_trainer.config import Config, ConfigError
 from ps_trainer.data.splits import num_classes_of
 from ps_trainer.model import MultiTaskModel, shards_of_head
-from workers.tasks import TASKS, Task, TaskContext, make_task
+from ps_trainer_workers.tasks import TASKS, Task, TaskContext, make_task
 
 
 def task_context(cfg: Config) -> TaskContext:

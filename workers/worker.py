@@ -29,9 +29,9 @@ from ps_trainer.client import ParameterClient
 from ps_trainer.params import FlatModel, Piece, ShardLayout
 from ps_trainer.protocol import NONFINITE, STALE, PushResult, PushStats
 from ps_trainer.runtime import set_threads
-from workers.assembly import build_model, build_task
-from workers.tasks import Task
-from workers.tasks.base import TaskModel
+from ps_trainer_workers.assembly import build_model, build_task
+from ps_trainer_workers.tasks import Task
+from ps_trainer_workers.tasks.base import TaskModel
 
 log = logging.getLogger(__name__)
 # A dead server shows as a failed call, or as lost weights it had published (it owned them).

@@ -7,7 +7,7 @@ import ray
 
 from ps_trainer.params import encode_grad
 from ps_trainer.protocol import APPLIED
-from workers.worker import make_task_loop
+from ps_trainer_workers.worker import make_task_loop
 
 
 def test_task_loop_step_fills_only_its_own_shards(tiny_config):

@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Optional
 
-from workers.tasks import (colorization, denoising, exemplar, inpainting, jigsaw,  # noqa: F401
+from ps_trainer_workers.tasks import (colorization, denoising, exemplar, inpainting, jigsaw,  # noqa: F401
                            relative_position, rotation, segmentation, self_training)
-from workers.tasks.base import Task, TaskContext
-from workers.tasks.registry import TASKS
+from ps_trainer_workers.tasks.base import Task, TaskContext
+from ps_trainer_workers.tasks.registry import TASKS
 
 __all__ = ["TASKS", "Task", "TaskContext", "make_task"]
 

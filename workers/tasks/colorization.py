@@ -13,9 +13,9 @@ from torch import nn
 
 from ps_trainer.color import lab_to_rgb, rgb_to_lab
 from ps_trainer.options import Options, check
-from workers.tasks.base import Task, TaskContext
-from workers.tasks.registry import TASKS
-from workers.tasks.heads import DenseDecoder, resize_like
+from ps_trainer_workers.tasks.base import Task, TaskContext
+from ps_trainer_workers.tasks.registry import TASKS
+from ps_trainer_workers.tasks.heads import DenseDecoder, resize_like
 
 
 @dataclass(frozen=True)

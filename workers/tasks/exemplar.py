@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ps_trainer.options import Options, check
-from workers.tasks.base import Task
-from workers.tasks.registry import TASKS
+from ps_trainer_workers.tasks.base import Task
+from ps_trainer_workers.tasks.registry import TASKS
 
 # RGB -> YIQ (NTSC): hue rotates and saturation scales the (I, Q) chroma plane around grey.
 _RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114],

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from ps_trainer.options import Options, check, check_choice
-from workers.tasks.base import Task
-from workers.tasks.registry import TASKS
-from workers.tasks.heads import DenseDecoder, resize_like
+from ps_trainer_workers.tasks.base import Task
+from ps_trainer_workers.tasks.registry import TASKS
+from ps_trainer_workers.tasks.heads import DenseDecoder, resize_like
 
 HOLE_POSITIONS = ("random", "centre")
 

@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ps_trainer.options import Options, check
-from workers.tasks.base import Task, TaskContext
-from workers.tasks.heads import PatchGroupClassifier, crop_patches
-from workers.tasks.registry import TASKS
+from ps_trainer_workers.tasks.base import Task, TaskContext
+from ps_trainer_workers.tasks.heads import PatchGroupClassifier, crop_patches
+from ps_trainer_workers.tasks.registry import TASKS
 
 GRID = 3
 NUM_TILES = GRID * GRID

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ps_trainer.options import Options, check
-from workers.tasks.base import Task, TaskContext
-from workers.tasks.heads import PatchGroupClassifier, crop_patches
-from workers.tasks.registry import TASKS
+from ps_trainer_workers.tasks.base import Task, TaskContext
+from ps_trainer_workers.tasks.heads import PatchGroupClassifier, crop_patches
+from ps_trainer_workers.tasks.registry import TASKS
 
 # The 8 neighbours of the centre patch as (row, col) steps, row-major: target i <-> NEIGHBOURS[i].
 NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ps_trainer.options import Options
-from workers.tasks.base import Task
-from workers.tasks.registry import TASKS
-from workers.tasks.heads import conv_block
+from ps_trainer_workers.tasks.base import Task
+from ps_trainer_workers.tasks.registry import TASKS
+from ps_trainer_workers.tasks.heads import conv_block
 
 NUM_ROTATIONS = 4
 

@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ps_trainer.options import Options, check
-from workers.tasks.base import Task
-from workers.tasks.heads import DenseDecoder, resize_like
-from workers.tasks.registry import TASKS
-from workers.tasks.views import zoom_grid
+from ps_trainer_workers.tasks.base import Task
+from ps_trainer_workers.tasks.heads import DenseDecoder, resize_like
+from ps_trainer_workers.tasks.registry import TASKS
+from ps_trainer_workers.tasks.views import zoom_grid
 
 IGNORE_INDEX = 255
 

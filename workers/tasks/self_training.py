@@ -36,10 +36,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ps_trainer.options import Options, check, check_choice
-from workers.tasks.base import Task, TaskModel
-from workers.tasks.heads import resize_like
-from workers.tasks.registry import TASKS
-from workers.tasks.views import (color_jitter, cutmix_sources, flip_and_zoom, gather_pixels,
+from ps_trainer_workers.tasks.base import Task, TaskModel
+from ps_trainer_workers.tasks.heads import resize_like
+from ps_trainer_workers.tasks.registry import TASKS
+from ps_trainer_workers.tasks.views import (color_jitter, cutmix_sources, flip_and_zoom, gather_pixels,
                                  gaussian_blur, random_grayscale)
 
 TEACHERS = ("pulled", "ema")

@@ -11,7 +11,7 @@ import torch
 from ps_trainer.config import ModelConfig
 from ps_trainer.model.multitask import MultiTaskModel
 from ps_trainer.model.trunk import Trunk
-from workers.tasks import Task, TaskContext
+from ps_trainer_workers.tasks import Task, TaskContext
 
 torch.set_num_threads(1)  # the test machine's cores are shared
 

@@ -4,7 +4,7 @@ import torch
 
 from ps_trainer.color import lab_to_rgb, rgb_to_lab
 from ps_trainer.options import ConfigError
-from workers.tasks import make_task
+from ps_trainer_workers.tasks import make_task
 
 
 def test_grid_bins_by_hand(context):

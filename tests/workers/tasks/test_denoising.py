@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from ps_trainer.options import ConfigError
-from workers.tasks import make_task
+from ps_trainer_workers.tasks import make_task
 
 
 @pytest.mark.parametrize("std", [0.05, 0.1])

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from ps_trainer.options import ConfigError
-from workers.tasks import make_task
+from ps_trainer_workers.tasks import make_task
 
 IDENTITY = {"crop_range": [1.0, 1.0], "rotation_degrees": 0.0, "flip": False,
             "brightness_range": [1.0, 1.0], "contrast_range": [1.0, 1.0],

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from ps_trainer.options import ConfigError
-from workers.tasks import make_task
+from ps_trainer_workers.tasks import make_task
 
 
 def test_hole_is_a_square_filled_with_the_visible_mean(context, make_images):

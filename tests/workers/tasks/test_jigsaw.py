@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from workers.tasks import TaskContext, make_task
-from workers.tasks.heads import crop_patches
-from workers.tasks.jigsaw import max_min_hamming_permutations
+from ps_trainer_workers.tasks import TaskContext, make_task
+from ps_trainer_workers.tasks.heads import crop_patches
+from ps_trainer_workers.tasks.jigsaw import max_min_hamming_permutations
 
 
 def pairwise_hamming(perms: np.ndarray) -> np.ndarray:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ps_trainer.options import ConfigError
-from workers.tasks import TASKS, Task, TaskContext, make_task
+from ps_trainer_workers.tasks import TASKS, Task, TaskContext, make_task
 
 PAPER_TASKS = {"rotation", "jigsaw", "relative_position", "colorization", "inpainting",
                "denoising", "exemplar", "segmentation"}

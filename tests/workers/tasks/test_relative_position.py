@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from ps_trainer.options import ConfigError
-from workers.tasks import TaskContext, make_task
+from ps_trainer_workers.tasks import TaskContext, make_task
 
 # Target -> (row step, col step) of the second patch, row-major around the centre.
 EXPECTED_DIRECTION = {0: (-1, -1), 1: (-1, 0), 2: (-1, 1), 3: (0, -1),

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from ps_trainer.options import ConfigError
-from workers.tasks import make_task
+from ps_trainer_workers.tasks import make_task
 
 
 def test_all_rotations_layout_and_undo(context, images):

@@ -3,8 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from workers.tasks import make_task
-from workers.tasks.heads import DenseDecoder
+from ps_trainer_workers.tasks import make_task
+from ps_trainer_workers.tasks.heads import DenseDecoder
 
 
 def test_flips_keep_images_and_masks_aligned(context, make_images, make_masks):

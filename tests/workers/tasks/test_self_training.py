@@ -11,9 +11,9 @@ import torch.nn.functional as F
 
 from ps_trainer.config import ModelConfig
 from ps_trainer.model.multitask import MultiTaskModel
-from workers.tasks import make_task
-from workers.tasks.base import TaskModel
-from workers.tasks.views import cutmix_sources, gather_pixels, gaussian_blur
+from ps_trainer_workers.tasks import make_task
+from ps_trainer_workers.tasks.base import TaskModel
+from ps_trainer_workers.tasks.views import cutmix_sources, gather_pixels, gaussian_blur
 
 PLAIN = {"jitter_probability": 0.0, "grayscale_probability": 0.0, "blur_probability": 0.0,
          "cutmix_probability": 0.0, "flip_probability": 0.0}
