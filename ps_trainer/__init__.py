@@ -5,7 +5,7 @@
     summary = run_local(cfg)             # or run_distributed(cfg)
     print(summary.miou)
 
-The runners, which assemble tasks from the ``workers`` package, are imported on first use
+The runners, which assemble tasks from ``ps_trainer_workers``, are imported on first use
 so that ``import ps_trainer`` stays light.
 """
 from ps_trainer.config import Config, ConfigError, load_config
@@ -13,7 +13,7 @@ from ps_trainer.config import Config, ConfigError, load_config
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_run_config": "ps_trainer.launch", "run_local": "ps_trainer.launch",
+    "load_run_config": "ps_trainer.run_config", "run_local": "ps_trainer.launch",
     "run_distributed": "ps_trainer.launch", "evaluate_checkpoint": "ps_trainer.launch",
     "finetune": "ps_trainer.finetune", "Experiment": "ps_trainer.experiment",
     "load_experiment": "ps_trainer.experiment", "ParameterStore": "ps_trainer.store",

@@ -407,7 +407,8 @@ def memory(plan: BenchPlan) -> dict:
 
 def end_to_end(target: float, out_dir: str) -> dict:
     """Seconds for the quickstart to reach `target` mIoU, distributed vs. --mode local."""
-    from ps_trainer.launch import load_run_config, run_distributed, run_local
+    from ps_trainer.launch import run_distributed, run_local
+    from ps_trainer.run_config import load_run_config
 
     overrides = [f"run.target_miou={target}", "eval.every_s=5", "run.max_minutes=8",
                  "metrics.enabled=false", "run.progress_every_s=30"]

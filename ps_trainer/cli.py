@@ -128,11 +128,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _train(args) -> int:
     from ps_trainer import launch
+    from ps_trainer.run_config import load_run_config
 
     if args.resume:
         cfg, checkpoint = launch.resume_from(args.resume, args.overrides)
     elif args.config:
-        cfg, checkpoint = launch.load_run_config(args.config, args.overrides), None
+        cfg, checkpoint = load_run_config(args.config, args.overrides), None
     else:
         raise ConfigError("", "train needs --config FILE or --resume RUN_DIR")
     if args.mode == "local":
@@ -295,11 +296,12 @@ def _bench(args) -> int:
 
 def _chaos(args) -> int:
     from ps_trainer import launch
+    from ps_trainer.run_config import load_run_config
     from ps_trainer.chaos import chaos
 
     if args.kill_every_s <= 0:
         raise ValueError(f"--kill-every-s must be > 0, got {args.kill_every_s}")
-    cfg = launch.load_run_config(args.config, args.overrides)
+    cfg = load_run_config(args.config, args.overrides)
     launch.connect(cfg, None)
     report = chaos(cfg, args.kill_every_s)
     text = json.dumps(report, indent=2)

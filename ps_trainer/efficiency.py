@@ -81,7 +81,8 @@ def statistical_efficiency(config: str, workers: Sequence[int], updates: int, ev
                            out_dir: str, target: Optional[float], extra: Sequence[str] = ()
                            ) -> dict:
     """mIoU against updates: the local loop, then the runtime with `workers` per task."""
-    from ps_trainer.launch import load_run_config, run_distributed, run_local
+    from ps_trainer.launch import run_distributed, run_local
+    from ps_trainer.run_config import load_run_config
 
     shutil.rmtree(out_dir, ignore_errors=True)     # records append: start each bench afresh
     every = max(updates // evals, 1)

@@ -23,7 +23,7 @@ from typing import Optional
 from ps_trainer.checkpoint import CheckpointManager
 from ps_trainer.config import Config, ConfigError, FrozenDict, TaskConfig, read_yaml_mapping
 from ps_trainer.finetune import finetune
-from ps_trainer.launch import check_tasks, load_run_config, run_distributed, run_local
+from ps_trainer.run_config import check_run_config, load_run_config
 from ps_trainer.options import Options, build_dataclass, check, check_choice
 
 log = logging.getLogger(__name__)
@@ -112,9 +112,9 @@ class Experiment:
                 raise ConfigError(f"runs.{run.name}.tasks", f"{unknown} are not in the base "
                                                             f"config {self.base_path}")
             if run.joint:
-                check_tasks(self.joint_config(run, self.exp.seeds[0], self.exp.labels[0]))
+                check_run_config(self.joint_config(run, self.exp.seeds[0], self.exp.labels[0]))
             else:
-                check_tasks(self.pretrain_config(run, self.exp.seeds[0]))
+                check_run_config(self.pretrain_config(run, self.exp.seeds[0]))
             self._base((*run.set, *run.finetune_set))
 
     def _base(self, overrides=()) -> Config:
@@ -186,6 +186,8 @@ class Experiment:
         start = time.monotonic()
         log.info("%s seed %d: pretraining %s (%s)", run.name, seed, ", ".join(run.tasks),
                  run.balancing)
+        from ps_trainer.launch import run_distributed, run_local   # the launcher only to train
+
         (run_local if self.exp.mode == "local" else run_distributed)(cfg)
         latest = manager.latest()
         if latest is None:
@@ -206,6 +208,8 @@ class Experiment:
         log.info("%s seed %d, %d labels: training %s jointly", run.name, seed, labels,
                  ", ".join(cfg.task_names))
         start = time.monotonic()
+        from ps_trainer.launch import run_local
+
         summary = run_local(cfg)
         self._record(run, seed, labels, summary.miou, summary.updates,
                      time.monotonic() - start, 0.0)

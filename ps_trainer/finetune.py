@@ -23,7 +23,7 @@ from typing import Optional
 import numpy as np
 
 from ps_trainer.config import (Config, FrozenDict, OptimizerConfig, TaskConfig, config_from_dict)
-from ps_trainer.launch import check_tasks, run_local
+from ps_trainer.run_config import check_run_config
 from ps_trainer.params import Piece
 from ps_trainer.schedule import RunSummary
 
@@ -75,9 +75,11 @@ def finetune(base: Config, checkpoint: Optional[dict], labels: int, out_dir: str
     if checkpoint is not None:
         base = model_config_of(checkpoint, base)
     cfg = finetune_config(base, labels, out_dir, seed)
-    check_tasks(cfg)
+    check_run_config(cfg)
     initial = {"trunk": trunk_of(checkpoint)} if checkpoint is not None else None
     frozen = ("trunk",) if (checkpoint is not None and not cfg.finetune.train_trunk) else ()
+    from ps_trainer.launch import run_local   # the launcher only to train
+
     summary = run_local(cfg, initial=initial, frozen=frozen)
     source = "pretrained" if checkpoint is not None else "random"
     extra = f" with {', '.join(cfg.finetune.unlabelled_tasks)}" if cfg.finetune.unlabelled_tasks else ""

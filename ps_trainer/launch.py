@@ -11,7 +11,6 @@ import functools
 import logging
 import signal
 import threading
-from pathlib import Path
 from dataclasses import replace
 from typing import Optional
 
@@ -20,8 +19,7 @@ import ray
 import torch
 
 from ps_trainer.checkpoint import CheckpointManager, load_checkpoint
-from ps_trainer.config import (Config, ConfigError, apply_overrides, config_from_dict,
-                               load_config)
+from ps_trainer.config import Config, ConfigError
 from ps_trainer.coordinator import Coordinator, RuntimeSpec
 from ps_trainer.evaluator import EvalResult, Evaluator, make_evaluation_loop
 from ps_trainer.local import LocalTrainer
@@ -29,32 +27,16 @@ from ps_trainer.metrics import MetricsHub
 from ps_trainer.model import MultiTaskModel, shard_of
 from ps_trainer.params import FlatModel, Piece, ShardLayout, plan_pieces
 from ps_trainer.progress import Progress
+from ps_trainer.run_config import load_run_config, saved_run_config
 from ps_trainer.run_folder import RunFolder
 from ps_trainer.runtime import on_this_node, pick_device, set_threads
 from ps_trainer.schedule import RunSummary
 from ps_trainer.server import ParameterServer
-from ps_trainer_workers.assembly import build_model, build_task, build_tasks, check_tasks, task_shards
+from ps_trainer_workers.assembly import build_model, build_task, build_tasks, task_shards
 from ps_trainer_workers.worker import TaskLoop, TaskWorker, task_inputs
 
 log = logging.getLogger(__name__)
 COORDINATOR_PREFIX = "coordinator:"
-
-
-def load_run_config(path: Optional[str], overrides=()) -> Config:
-    """load_config plus the checks that need the task registry; paths made absolute here,
-    in the driver, because actors run in other working directories (on other nodes)."""
-    cfg = load_config(path, overrides)
-    check_tasks(cfg)
-    return absolute_paths(cfg)
-
-
-def absolute_paths(cfg: Config) -> Config:
-    """run.out_dir and data.root resolved against the driver's working directory."""
-    run = replace(cfg.run, out_dir=str(Path(cfg.run.out_dir).expanduser().resolve()))
-    data = cfg.data
-    if data.root:
-        data = replace(data, root=str(Path(data.root).expanduser().resolve()))
-    return cfg.replace(run=run, data=data)
 
 
 def build_eval_model(cfg: Config) -> MultiTaskModel:
@@ -282,9 +264,7 @@ def checkpoint_config(payload: Optional[dict], config_path: Optional[str] = None
         return load_run_config(config_path, overrides)
     if payload is None:
         raise ValueError("without a checkpoint a config file is needed (the data and model to use)")
-    cfg = config_from_dict(apply_overrides(payload["config"], overrides))
-    check_tasks(cfg)
-    return absolute_paths(cfg)
+    return saved_run_config(payload["config"], overrides)
 
 
 def evaluate_checkpoint(path: str, config_path: Optional[str] = None, overrides=()) -> EvalResult:

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+import subprocess
+import sys
 
 import pytest
 
 from ps_trainer.config import (Config, ConfigError, config_from_dict, config_to_dict, dump_config,
                                load_config)
 from ps_trainer.experiment import load_experiment
-from ps_trainer.launch import load_run_config
+from ps_trainer.run_config import load_run_config, saved_run_config
 
 BASE = ["tasks.rotation.workers=1"]
 
@@ -61,7 +63,7 @@ def test_out_of_range(override, key):
 
 
 def test_unknown_norm_lists_choices():
-    err = error_of(["model.norm=btach"])
+    err = error_of(["model.norm=btach"], loader=load_run_config)
     assert err.key == "model.norm"
     assert "did you mean 'batch'" in str(err) and "switchable" in str(err)
 
@@ -84,9 +86,30 @@ def test_segmentation_without_labels():
 
 
 def test_unknown_balancing_method_and_bad_static_weight():
-    assert error_of(["balancing.method=gradnrom"]).key == "balancing.method"
-    err = error_of(["balancing.method=static", "balancing.options.weights.rotation=-1"])
+    assert error_of(["balancing.method=gradnrom"], loader=load_run_config).key == "balancing.method"
+    err = error_of(["balancing.method=static", "balancing.options.weights.rotation=-1"],
+                   loader=load_run_config)
     assert err.key == "balancing.options.weights.rotation"
+
+
+def test_the_gate_checks_a_saved_config_and_a_task_that_trains_a_missing_head():
+    """A checkpoint's config passes the same checks as a file's; self-training without the
+    segmentation task it trains is refused by name."""
+    saved = config_to_dict(load_config(None, BASE))
+    saved["model"]["norm"] = "btach"
+    with pytest.raises(ConfigError, match="model.norm"):
+        saved_run_config(saved)
+    err = error_of(["tasks.self_training.workers=1"], loader=load_run_config)
+    assert err.key == "tasks.self_training" and "tasks.segmentation" in str(err)
+
+
+def test_the_schema_imports_no_plugin():
+    """config.py checks keys, types and ranges only: importing it loads no registry."""
+    code = ("import sys, ps_trainer.config; "
+            "print(sorted(m for m in sys.modules if m.startswith(('ps_trainer.model', "
+            "'ps_trainer.balancing', 'ps_trainer_workers'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "[]", out.stderr
 
 
 def test_disk_source_needs_root():

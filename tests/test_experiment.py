@@ -124,6 +124,6 @@ def test_gap_closed_is_the_gain_over_the_baseline_to_ceiling_gap():
 
 def test_pretraining_that_leaves_no_checkpoint_fails_by_name(grid, monkeypatch):
     exp, base_dir = load_experiment(grid([{"name": "rot", "tasks": ["rotation"]}], baseline=""))
-    monkeypatch.setattr("ps_trainer.experiment.run_local", lambda cfg: None)   # trains nothing
+    monkeypatch.setattr("ps_trainer.launch.run_local", lambda cfg: None)   # trains nothing
     with pytest.raises(RuntimeError, match="rot seed 0: pretraining left no valid checkpoint"):
         Experiment(exp, base_dir).run()

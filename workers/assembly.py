@@ -32,15 +32,6 @@ def build_tasks(cfg: Config, names: Optional[Iterable[str]] = None) -> dict[str,
     return {name: build_task(cfg, name) for name in (names or cfg.task_names)}
 
 
-def check_tasks(cfg: Config) -> None:
-    """Fail at start, with the key path, on unknown tasks, bad task options, or a task that
-    trains another task's head when that task is not in the run."""
-    for name, task in build_tasks(cfg).items():
-        if task.head_of is not None and task.head_of not in cfg.tasks:
-            raise ConfigError(f"tasks.{name}", f"{name!r} trains the {task.head_of!r} head: "
-                                               f"add tasks.{task.head_of} to the run")
-
-
 def task_shards(cfg: Config) -> dict[str, tuple[str, str]]:
     """Task name -> the shards its pushes carry (the trunk and the head it trains)."""
     return {name: shards_of_head(task.head_name) for name, task in build_tasks(cfg).items()}
