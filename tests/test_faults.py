@@ -86,7 +86,10 @@ def test_a_dead_server_actor_brings_every_server_actor_back_from_one_snapshot(st
     assert new[0] != old[0] and new[1] != old[1]          # the survivor was replaced too
     with pytest.raises(ray.exceptions.RayActorError):
         ray.get(old[0].ping.remote(), timeout=30)
-    assert {s["version"] for s in after["servers"]} == {after["version"]}   # one point in time
+    # One point in time: a snapshot (which actor 0 takes through its ordered channel to the
+    # other actor) finds both at one version. Their status replies may differ by a push that
+    # is being committed, since training goes on at once.
+    assert len({s["version"] for s in ray.get(new[0].snapshot.remote(), timeout=60)}) == 1
     wait_for(lambda: version(coordinator) > restore["to"] + 20, 90, what="training to resume")
     assert status(coordinator)["restarts"]["worker"] == 0  # workers re-pulled, none replaced
 
