@@ -43,6 +43,7 @@ from ps_trainer.params import FlatModel, ShardLayout, plan_pieces
 from ps_trainer.protocol import PushStats
 from ps_trainer.runtime import set_threads
 from ps_trainer.server import ParameterServer
+from ps_trainer.shards import TRUNK_SHARD, head_shard
 
 log = logging.getLogger(__name__)
 TASK = "bench"
@@ -110,7 +111,7 @@ class StubTrunk(nn.Module):
 
 
 def _shard(name: str) -> str:
-    return "trunk" if name.startswith("trunk.") else f"head/{TASK}"
+    return TRUNK_SHARD if name.startswith("trunk.") else head_shard(TASK)
 
 
 def _bench_config(actors: int = 1, grad_dtype: str = "float32", verify: bool = True,

@@ -26,6 +26,7 @@ from ps_trainer.config import (Config, FrozenDict, OptimizerConfig, TaskConfig, 
 from ps_trainer.run_config import check_run_config
 from ps_trainer.params import Piece
 from ps_trainer.schedule import RunSummary
+from ps_trainer.shards import TRUNK_SHARD
 
 log = logging.getLogger(__name__)
 SEGMENTATION = "segmentation"
@@ -51,9 +52,9 @@ def finetune_config(base: Config, labels: int, out_dir: str, seed: Optional[int]
 
 def trunk_of(checkpoint: dict) -> np.ndarray:
     """The full trunk shard from a checkpoint, assembled from its server pieces."""
-    pieces = [Piece(**p) for p in checkpoint.get("plan", ()) if p["shard"] == "trunk"]
+    pieces = [Piece(**p) for p in checkpoint.get("plan", ()) if p["shard"] == TRUNK_SHARD]
     if not pieces:
-        raise ValueError("the checkpoint holds no trunk (its plan has no 'trunk' pieces)")
+        raise ValueError(f"the checkpoint holds no trunk (its plan has no {TRUNK_SHARD!r} pieces)")
     size = max(p.stop for p in pieces)
     trunk = np.empty(size, np.float32)
     for p in pieces:
@@ -76,8 +77,8 @@ def finetune(base: Config, checkpoint: Optional[dict], labels: int, out_dir: str
         base = model_config_of(checkpoint, base)
     cfg = finetune_config(base, labels, out_dir, seed)
     check_run_config(cfg)
-    initial = {"trunk": trunk_of(checkpoint)} if checkpoint is not None else None
-    frozen = ("trunk",) if (checkpoint is not None and not cfg.finetune.train_trunk) else ()
+    initial = {TRUNK_SHARD: trunk_of(checkpoint)} if checkpoint is not None else None
+    frozen = (TRUNK_SHARD,) if (checkpoint is not None and not cfg.finetune.train_trunk) else ()
     from ps_trainer.launch import run_local   # the launcher only to train
 
     summary = run_local(cfg, initial=initial, frozen=frozen)

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ps_trainer.shards import TRUNK_SHARD
+
 TRANSPORT_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
 
 
@@ -101,11 +103,11 @@ def plan_pieces(layout: ShardLayout, servers: int) -> tuple[Piece, ...]:
     pieces, load = [], [0] * servers
     for shard in layout.shards:
         size = layout.size(shard)
-        if shard == "trunk":
+        if shard == TRUNK_SHARD:
             bounds = np.linspace(0, size, servers + 1).astype(np.int64)
             for i in range(servers):
                 start, stop = int(bounds[i]), int(bounds[i + 1])
-                pieces.append(Piece(f"trunk@{start}:{stop}", shard, start, stop, i))
+                pieces.append(Piece(f"{shard}@{start}:{stop}", shard, start, stop, i))
                 load[i] += stop - start
         else:
             server = int(np.argmin(load))

@@ -7,7 +7,8 @@ import torch
 
 from ps_trainer.config import Config, ConfigError
 from ps_trainer.data.splits import num_classes_of
-from ps_trainer.model import MultiTaskModel, shards_of_head
+from ps_trainer.model import MultiTaskModel
+from ps_trainer.shards import shards_of_head
 from ps_trainer_workers.tasks import TASKS, Task, TaskContext, make_task
 
 

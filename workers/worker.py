@@ -24,7 +24,8 @@ from ps_trainer.config import Config
 from ps_trainer.data.sampler import ImageSampler
 from ps_trainer.data.splits import build_splits
 from ps_trainer.metrics import Reporter, WorkerMetrics
-from ps_trainer.model import MultiTaskModel, shard_of, shards_of_head
+from ps_trainer.model import MultiTaskModel, shard_of
+from ps_trainer.shards import shards_of_head
 from ps_trainer.client import ParameterClient
 from ps_trainer.params import FlatModel, Piece, ShardLayout
 from ps_trainer.protocol import NONFINITE, STALE, PushResult, PushStats

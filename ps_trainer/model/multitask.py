@@ -16,6 +16,7 @@ from ps_trainer.color import lightness_as_rgb
 from ps_trainer.config import ModelConfig
 from ps_trainer.model.lasso import Lasso
 from ps_trainer.model.trunk import Trunk
+from ps_trainer.shards import TRUNK_SHARD, head_shard
 
 # Fixed input normalisation: images are in [0, 1]; centre and scale to roughly unit variance.
 _INPUT_MEAN = 0.45
@@ -52,19 +53,6 @@ class MultiTaskModel(nn.Module):
         if task in self.lasso and self.lasso_l1 > 0:
             return self.lasso_l1 * self.lasso[task].penalty()
         return 0.0
-
-
-TRUNK_SHARD = "trunk"
-
-
-def head_shard(head: str) -> str:
-    """The shard of a head's parameters (and of its lasso)."""
-    return "head/" + head
-
-
-def shards_of_head(head: str) -> tuple[str, str]:
-    """The shards a task that trains `head` pushes gradients for."""
-    return (TRUNK_SHARD, head_shard(head))
 
 
 def shard_of(param_name: str) -> str:
