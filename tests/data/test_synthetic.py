@@ -8,6 +8,8 @@ import pytest
 from ps_trainer.config import SHIFTED_DOMAIN, DomainConfig
 from ps_trainer.data import synthetic as S
 from ps_trainer.data.base import SegmentationDataset
+from ps_trainer.data.scenes.raster import _fill
+from ps_trainer.data.scenes.scenery import _draw_layout
 from ps_trainer.data.synthetic import CLASS_NAMES, SyntheticScenes, render_scene
 
 NUM_CLASSES = len(CLASS_NAMES)
@@ -24,7 +26,7 @@ def footprints(layout: S.Layout, size: int) -> list[np.ndarray]:
     for segment in layout.segments:
         canvas = np.zeros((size, size), dtype=np.uint8)
         for shape in segment.shapes:
-            S._fill(canvas, shape, 1, size)
+            _fill(canvas, shape, 1, size)
         result.append(canvas.astype(bool))
     return result
 
@@ -142,7 +144,7 @@ def test_appearance_knobs_act_in_the_expected_direction():
 def test_mask_shows_each_segment_exactly_where_no_later_segment_covers_it():
     size = 48
     for index in range(25):
-        layout = S._draw_layout(np.random.default_rng([6, index]))
+        layout = _draw_layout(np.random.default_rng([6, index]))
         ids = S.rasterise(layout, size)
         covered_later = np.zeros((size, size), dtype=bool)
         for k, footprint in reversed(list(enumerate(footprints(layout, size)))):
@@ -156,7 +158,7 @@ def test_mask_shows_each_segment_exactly_where_no_later_segment_covers_it():
 def test_props_are_drawn_from_far_to_near():
     """A prop's lowest point is where it stands; nearer props stand lower in the image."""
     for index in range(100):
-        layout = S._draw_layout(np.random.default_rng([7, index]))
+        layout = _draw_layout(np.random.default_rng([7, index]))
         boxes, groups = S.segment_boxes(layout), np.array([s.group for s in layout.segments])
         assert np.all(np.diff(groups[groups > 0]) >= 0)
         bottoms = [boxes[groups == g, 3].max() for g in np.unique(groups[groups > 0])]
@@ -166,7 +168,7 @@ def test_props_are_drawn_from_far_to_near():
 def test_objects_are_often_partly_hidden_by_nearer_props():
     size, scenes_with_partial = 48, 0
     for index in range(60):
-        layout = S._draw_layout(np.random.default_rng([2, index]))
+        layout = _draw_layout(np.random.default_rng([2, index]))
         prints = footprints(layout, size)
         for k, segment in enumerate(layout.segments):
             if S.MATERIAL_CLASS[segment.material] != S.OBJECT or prints[k].sum() < 8:
