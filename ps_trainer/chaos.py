@@ -22,6 +22,7 @@ import ray
 
 from ps_trainer.checkpoint import CheckpointManager, CorruptCheckpoint, load_checkpoint
 from ps_trainer.config import Config
+from ps_trainer.protocol import CoordinatorStatus
 from ps_trainer.run_folder import RunFolder
 from ps_trainer.schedule import RunSummary
 
@@ -63,17 +64,17 @@ def kill_one(coordinator, role: str, pick: int = 0, before_version: Optional[int
         if where["node"] != here:
             continue
         status = ray.get(coordinator.status.remote())
-        if status["done"] or (before_version is not None
-                              and (status["version"] or 0) >= before_version):
+        if status.done or (before_version is not None
+                           and (status.version or 0) >= before_version):
             return None              # the run is finishing: a kill now tests nothing
         os.kill(where["pid"], signal.SIGKILL)
         log.warning("chaos: SIGKILL %s (pid %d) at version %s", name, where["pid"],
-                    status["version"])
-        return Kill(role, name, where["pid"], status["version"], status["snapshot_version"])
+                    status.version)
+        return Kill(role, name, where["pid"], status.version, status.snapshot_version)
     return None
 
 
-def run_with_kills(cfg: Config, due: Optional[Callable[[dict], bool]] = None,
+def run_with_kills(cfg: Config, due: Optional[Callable[[CoordinatorStatus], bool]] = None,
                    roles: tuple[str, ...] = ROLES) -> tuple[RunSummary, list[Kill]]:
     """Run `cfg` on the connected Ray; whenever ``due(status)`` is true, SIGKILL one actor of
     the next role in `roles`. Returns the run's summary and the kills."""
@@ -88,8 +89,8 @@ def run_with_kills(cfg: Config, due: Optional[Callable[[dict], bool]] = None,
             if due is None:
                 continue
             status = ray.get(coordinator.status.remote())
-            finishing = (status["version"] or 0) >= cfg.run.max_updates
-            if status["done"] or finishing or not due(status):
+            finishing = (status.version or 0) >= cfg.run.max_updates
+            if status.done or finishing or not due(status):
                 continue
             role = next(order)
             kill = kill_one(coordinator, role, pick=len(kills),
@@ -102,11 +103,11 @@ def run_with_kills(cfg: Config, due: Optional[Callable[[dict], bool]] = None,
     return summary, kills
 
 
-def every_seconds(seconds: float) -> Callable[[dict], bool]:
+def every_seconds(seconds: float) -> Callable[[CoordinatorStatus], bool]:
     """A kill schedule: one kill every `seconds` of wall time."""
     last = [time.monotonic()]
 
-    def due(status: dict) -> bool:
+    def due(status: CoordinatorStatus) -> bool:
         if time.monotonic() - last[0] < seconds:
             return False
         last[0] = time.monotonic()
@@ -137,14 +138,14 @@ def chaos(cfg: Config, kill_every_s: float) -> dict:
                                        out_dir=cfg.run.out_dir + "-calm"))
     calm, _ = run_with_kills(calm_cfg)
     stormy, kills = run_with_kills(cfg, every_seconds(kill_every_s))
-    restores = stormy.runtime["restores"]
+    restores = stormy.runtime.restores
     valid, total = checkpoints_valid(cfg.run.out_dir, cfg.eval.keep_last)
     by_role = {r: sum(k.role == r for k in kills) for r in ROLES}
     lost = [r["from"] - r["to"] for r in restores if r["from"] is not None]
     return {
         "kill_every_s": kill_every_s,
         "snapshot_every_s": cfg.server.snapshot_every_s,
-        "kills": by_role, "restarts": stormy.runtime["restarts"],
+        "kills": by_role, "restarts": stormy.runtime.restarts,
         "undisturbed": {"seconds": round(calm.elapsed_s, 1), "version": calm.updates,
                         "miou": calm.miou},
         "disturbed": {"seconds": round(stormy.elapsed_s, 1), "version": stormy.updates,

@@ -215,7 +215,7 @@ def _status(args) -> int:
     from ps_trainer.launch import find_coordinator
 
     _connect(args)
-    status = ray.get(find_coordinator(args.namespace, args.run).status.remote())
+    status = ray.get(find_coordinator(args.namespace, args.run).status.remote()).to_dict()
     status.pop("latest_eval", None)
     print(json.dumps(status, indent=2, default=str))
     return 0

@@ -36,6 +36,7 @@ from ps_trainer.checkpoint import CheckpointManager
 from ps_trainer.config import Config
 from ps_trainer.metrics import CoordinatorMetrics, Reporter
 from ps_trainer.params import Piece
+from ps_trainer.protocol import CoordinatorStatus, ServerStatus
 from ps_trainer.run_folder import RunFolder
 from ps_trainer.schedule import STOPPED, TARGET_MIOU, RunSummary, StopRule
 
@@ -140,7 +141,7 @@ class Coordinator:
 
     # ------------------------------------------------------------------ starting actors
 
-    def start(self) -> dict:
+    def start(self) -> CoordinatorStatus:
         self._start_servers(self._spec.resume_states)
         self._start_evaluator()
         for task, task_cfg in self._cfg.tasks.items():
@@ -250,7 +251,7 @@ class Coordinator:
     def stop(self) -> None:
         self._stop.set()
 
-    def status(self) -> dict:
+    def status(self) -> CoordinatorStatus:
         with self._lock:
             servers = self._server_status()
             latest = None
@@ -261,20 +262,21 @@ class Coordinator:
                     latest = None
             counts = self._worker_counts()
             # While the server actors are down (being restored) the last version seen stands.
-            return {"version": servers[0]["version"] if servers else self._last_version,
-                    "servers": servers,
-                    "workers": {t: c["running"] for t, c in counts.items()},
-                    "pending_workers": {t: c["pending"] for t, c in counts.items()},
-                    "miou": latest.get("miou") if latest else None,
-                    "latest_eval": latest,
-                    "restarts": dict(self._stats.restarts),
-                    "recovery_s": list(self._stats.recovery_s),
-                    "restores": list(self._stats.restores),
-                    "snapshot_version": self._snapshots.ready[0] if self._snapshots.ready else None,
-                    "elapsed_s": time.monotonic() - self._start_time + self._spec.time_offset_s,
-                    "done": self._done}
+            return CoordinatorStatus(
+                version=servers[0].version if servers else self._last_version,
+                servers=servers,
+                workers={t: c["running"] for t, c in counts.items()},
+                pending_workers={t: c["pending"] for t, c in counts.items()},
+                miou=latest.get("miou") if latest else None,
+                latest_eval=latest,
+                restarts=dict(self._stats.restarts),
+                recovery_s=list(self._stats.recovery_s),
+                restores=list(self._stats.restores),
+                snapshot_version=self._snapshots.ready[0] if self._snapshots.ready else None,
+                elapsed_s=time.monotonic() - self._start_time + self._spec.time_offset_s,
+                done=self._done)
 
-    def _server_status(self) -> list:
+    def _server_status(self) -> list[ServerStatus]:
         try:
             return ray.get([s.status.remote() for s in self._servers], timeout=10)
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
@@ -436,12 +438,12 @@ class Coordinator:
             self._done = True
             status = self.status()
             self._reporter.now()
-            servers = status["servers"]
+            servers = status.servers
             return RunSummary(
-                updates=status["version"] or 0, elapsed_s=status["elapsed_s"],
+                updates=status.version or 0, elapsed_s=status.elapsed_s,
                 miou=final.get("miou") if final else None,
                 reached_target_s=stop_rule.reached(final), stopped_by=stopped_by,
-                applied=dict(servers[0]["applied"]) if servers else {}, final=final,
+                applied=dict(servers[0].applied) if servers else {}, final=final,
                 runtime=status)
 
     def _final_evaluation(self, stopped_by: str) -> Optional[dict]:

@@ -174,9 +174,9 @@ class Evaluator:
             self._metrics.miou.set(result.miou)
             self._metrics.eval_seconds.observe(result.seconds)
         step = int(states[0]["version"])
-        info = {"losses": statuses[0]["losses"], "weights": statuses[0]["weights"],
-                "applied": statuses[0]["applied"], "lr": statuses[0]["lr"],
-                "staleness": statuses[0]["staleness"], **extra}
+        s0 = statuses[0]
+        info = {"losses": s0.losses, "weights": s0.weights, "applied": s0.applied, "lr": s0.lr,
+                "staleness": s0.staleness, **extra}
         payload = {"servers": states, "plan": [asdict(p) for p in self._plan]}
         record = self._recorder.record(step, time.monotonic() - self._start, payload, result,
                                        self._loop, info)

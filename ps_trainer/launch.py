@@ -27,6 +27,7 @@ from ps_trainer.metrics import MetricsHub
 from ps_trainer.model import MultiTaskModel, shard_of
 from ps_trainer.params import FlatModel, Piece, ShardLayout, plan_pieces
 from ps_trainer.progress import Progress
+from ps_trainer.protocol import CoordinatorStatus
 from ps_trainer.run_config import load_run_config, saved_run_config
 from ps_trainer.run_folder import RunFolder
 from ps_trainer.runtime import on_this_node, pick_device, set_threads
@@ -215,18 +216,15 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _log_progress(progress: Progress, status: dict, cfg: Config) -> None:
-    servers = status["servers"]
-    if not servers:
+def _log_progress(progress: Progress, status: CoordinatorStatus, cfg: Config) -> None:
+    if not status.servers:
         log.info("server unreachable; waiting for recovery")
         return
-    s0 = servers[0]
-    pending = status.get("pending_workers", {})
+    s0, pending = status.servers[0], status.pending_workers
     workers = " ".join(f"{t}x{n}" + (f"(+{pending[t]} pending)" if pending.get(t) else "")
-                       for t, n in status["workers"].items())
-    progress.maybe_log(s0["version"], s0["losses"], s0["weights"], status["miou"], 0.0,
-                       per_task=s0["applied"],
-                       extra=f"staleness {s0['staleness']:.1f} | workers {workers}")
+                       for t, n in status.workers.items())
+    progress.maybe_log(s0.version, s0.losses, s0.weights, status.miou, 0.0,
+                       per_task=s0.applied, extra=f"staleness {s0.staleness:.1f} | workers {workers}")
 
 
 def find_coordinator(namespace: str = "ps_trainer", run_name: Optional[str] = None):

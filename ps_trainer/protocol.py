@@ -1,7 +1,7 @@
 """The small messages that cross actor boundaries besides the numpy arrays themselves."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Optional
 
 # PushResult.reason values; also the `reason` label of the rejected-updates metric.
@@ -55,3 +55,59 @@ class PushDecision:
     @property
     def result(self) -> PushResult:
         return PushResult(self.reason, self.version + (self.reason == APPLIED), self.staleness)
+
+
+# --------------------------------------------------------------------------- status replies
+
+@dataclass(frozen=True)
+class ServerStatus:
+    """A server actor's answer to ``status()``."""
+    index: int                        # the actor's place in the plan (0 decides split pushes)
+    node: str                         # Ray node id
+    version: int                      # updates applied
+    lr: float                         # the current learning rate
+    applied: dict                     # task -> pushes applied
+    rejected: dict                    # "task/reason" -> pushes rejected
+    staleness: float                  # moving average of the staleness of decided pushes
+    losses: dict                      # task -> moving average of its reported loss
+    weights: dict                     # task -> balancing weight
+    lost_parts: int                   # decided parts of split pushes never staged here (a bug)
+    staged: int                       # staged parts held now
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    """A task worker's answer to ``status()`` (and what its ``run()`` returns)."""
+    task: str
+    replica: int
+    steps: int                        # steps computed and pushed
+    node: str                         # Ray node id
+    results: dict                     # push result reason -> count
+    skipped_images: int               # unreadable images its sampler skipped
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class CoordinatorStatus:
+    """The coordinator's answer to ``status()``: the run as a whole (``ps-trainer status``)."""
+    version: Optional[int]            # server version; while servers are restored, the last seen
+    servers: list                     # [ServerStatus], empty while a server is unreachable
+    workers: dict                     # task -> workers running (answered a ping)
+    pending_workers: dict             # task -> workers asked for but not running yet
+    miou: Optional[float]             # of the newest evaluation
+    latest_eval: Optional[dict]       # the newest metrics.jsonl record
+    restarts: dict                    # role -> actors replaced
+    recovery_s: list                  # seconds of the last server recoveries
+    restores: list                    # the last server restores: {from, to, source, seconds}
+    snapshot_version: Optional[int]   # version of the newest consistent server snapshot
+    elapsed_s: float
+    done: bool
+
+    def to_dict(self) -> dict:
+        """Plain data for JSON (the server statuses included)."""
+        return asdict(self)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from ps_trainer.config import Config
+from ps_trainer.protocol import CoordinatorStatus
 
 MAX_UPDATES, MAX_MINUTES, TARGET_MIOU, STOPPED = "max_updates", "max_minutes", "target_miou", "stopped"
 
@@ -93,4 +94,4 @@ class RunSummary:
     stopped_by: str                      # MAX_UPDATES | MAX_MINUTES | TARGET_MIOU | STOPPED
     applied: dict                        # pushes applied per task
     final: Optional[dict]                # the final metrics.jsonl record
-    runtime: Optional[dict] = None       # distributed runs: the coordinator's last status
+    runtime: Optional[CoordinatorStatus] = None   # distributed runs: the coordinator's last status

@@ -33,7 +33,7 @@ import torch
 from ps_trainer.config import Config
 from ps_trainer.metrics import RateMeter, Reporter, ServerMetrics
 from ps_trainer.protocol import (APPLIED, QUEUED, REJECT_REASONS, PushDecision, PushResult,
-                                 PushStats)
+                                 PushStats, ServerStatus)
 from ps_trainer.runtime import set_threads
 from ps_trainer.store import make_store
 
@@ -205,16 +205,15 @@ class ParameterServer:
         """This actor's state for a checkpoint (views: Ray serialises the reply at once)."""
         return self._store.state(copy=False)
 
-    def status(self) -> dict:
+    def status(self) -> ServerStatus:
         self._rate.update(self._store.version)   # falls to 0 when no push comes
         self._reporter.maybe()                     # ... and the endpoint hears of it
-        return {"index": self._index, "node": ray.get_runtime_context().get_node_id(),
-                "version": self._store.version, "lr": self._store.lr,
-                "applied": dict(self._applied), "rejected": dict(self._rejected),
-                "staleness": self._staleness_ema,
-                "losses": dict(self._loss_ema),
-                "weights": self._store.balancer.weights(), "lost_parts": self.lost_parts,
-                "staged": len(self._staged)}
+        return ServerStatus(
+            index=self._index, node=ray.get_runtime_context().get_node_id(),
+            version=self._store.version, lr=self._store.lr, applied=dict(self._applied),
+            rejected=dict(self._rejected), staleness=self._staleness_ema,
+            losses=dict(self._loss_ema), weights=self._store.balancer.weights(),
+            lost_parts=self.lost_parts, staged=len(self._staged))
 
     def ping(self) -> int:
         return self._store.version

@@ -3,6 +3,7 @@ are reported as pending, not running; an evaluator whose loop fails is stopped a
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 import subprocess
@@ -16,6 +17,7 @@ import ray
 from ps_trainer.checkpoint import CheckpointManager
 from ps_trainer.launch import _log_progress, start_coordinator, start_metrics
 from ps_trainer.progress import Progress
+from ps_trainer.protocol import CoordinatorStatus, ServerStatus
 from ps_trainer.run_folder import RunFolder
 from support import stop_run, wait_for
 
@@ -39,7 +41,7 @@ def started(ray_session):
         stop_run(coordinator, done, hub)
 
 
-def status(coordinator) -> dict:
+def status(coordinator) -> CoordinatorStatus:
     return ray.get(coordinator.status.remote(), timeout=30)
 
 
@@ -49,11 +51,16 @@ def test_workers_that_do_not_fit_are_pending_not_running(started, tiny_config, c
         "run.name=pending", "run.max_updates=100000", "eval.every_s=600",
         "tasks.rotation.num_cpus=1.0"])
     coordinator, _, port = started(cfg)
-    wait_for(lambda: status(coordinator)["workers"]["rotation"] == 1, what="the first worker")
+    wait_for(lambda: status(coordinator).workers["rotation"] == 1, what="the first worker")
 
     assert ray.get(coordinator.scale.remote("rotation", 2, 1.0)) == {"running": 1, "pending": 1}
     s = status(coordinator)
-    assert s["workers"]["rotation"] == 1 and s["pending_workers"]["rotation"] == 1
+    assert s.workers["rotation"] == 1 and s.pending_workers["rotation"] == 1
+    # the reply is typed all the way down, and its plain form is what `ps-trainer status` prints
+    assert isinstance(s, CoordinatorStatus) and isinstance(s.servers[0], ServerStatus)
+    plain = json.loads(json.dumps(s.to_dict(), default=str))
+    assert plain["servers"][0]["version"] == s.servers[0].version >= 0
+    assert plain["pending_workers"] == {"rotation": 1} and "snapshot_version" in plain
 
     def scraped():
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
@@ -77,7 +84,7 @@ def test_workers_that_do_not_fit_are_pending_not_running(started, tiny_config, c
     start = time.monotonic()                 # a pending worker has nothing to drain
     assert ray.get(coordinator.scale.remote("rotation", 1)) == {"running": 1, "pending": 0}
     assert time.monotonic() - start < 5
-    assert status(coordinator)["pending_workers"]["rotation"] == 0
+    assert status(coordinator).pending_workers["rotation"] == 0
 
 
 def test_a_failed_evaluator_is_stopped_and_its_replacement_checkpoints(started, tiny_config):
@@ -93,7 +100,7 @@ def test_a_failed_evaluator_is_stopped_and_its_replacement_checkpoints(started, 
     failed = ray.get(coordinator.handles.remote())["evaluator"]
 
     with checkpoints_broken(folder):        # the next checkpoint raises NotADirectoryError
-        wait_for(lambda: status(coordinator)["restarts"]["evaluator"] >= 1, what="a restart")
+        wait_for(lambda: status(coordinator).restarts["evaluator"] >= 1, what="a restart")
     with pytest.raises(ray.exceptions.RayActorError):
         ray.get(failed.ping.remote(), timeout=60)
     broken_at = manager.latest()[1]["step"]
@@ -103,7 +110,7 @@ def test_a_failed_evaluator_is_stopped_and_its_replacement_checkpoints(started, 
     with checkpoints_broken(folder):        # the final evaluation fails: the run still ends
         coordinator.stop.remote()
         summary = ray.get(done, timeout=120)
-    assert summary.runtime["done"] and summary.final is None and summary.miou is None
+    assert summary.runtime.done and summary.final is None and summary.miou is None
     assert summary.stopped_by == "stopped"
 
 

@@ -37,7 +37,7 @@ def run(ray_session, tmp_path_factory, tiny):
     stop_run(coordinator, done, hub)
 
 
-def status(run) -> dict:
+def status(run):
     return ray.get(run["coordinator"].status.remote())
 
 
@@ -47,10 +47,10 @@ def handles(run) -> dict:
 
 def test_trains_evaluates_and_checkpoints(run):
     folder = RunFolder(run["cfg"].run.out_dir)
-    wait_for(lambda: (status(run)["version"] or 0) >= 300, 150, what="300 updates")
+    wait_for(lambda: (status(run).version or 0) >= 300, 150, what="300 updates")
     wait_for(lambda: any(r.get("miou") is not None for r in folder.records()), what="an evaluation")
     s = status(run)
-    assert all(s["servers"][0]["applied"][t] > 0 for t in TASKS)
+    assert all(s.servers[0].applied[t] > 0 for t in TASKS)
     record = folder.records()[-1]
     assert 0.0 <= record["miou"] <= 1.0 and len(record["per_class_iou"]) == 6
     assert set(record["losses"]) == set(TASKS)
@@ -162,7 +162,7 @@ def _free_port() -> int:
 
 
 def applied(run, task) -> int:
-    return status(run)["servers"][0]["applied"][task]
+    return status(run).servers[0].applied[task]
 
 
 def test_scale_up_and_down_changes_live_workers(run):
@@ -170,9 +170,9 @@ def test_scale_up_and_down_changes_live_workers(run):
     assert sum(ray.get(coordinator.scale.remote("rotation", 3)).values()) == 3
     workers = handles(run)["workers"]["rotation"]
     assert len(workers) == 3
-    wait_for(lambda: all(ray.get(w.status.remote())["steps"] > 0 for w in workers), 90,
+    wait_for(lambda: all(ray.get(w.status.remote()).steps > 0 for w in workers), 90,
              what="the new rotation workers to push")
-    assert status(run)["workers"]["rotation"] == 3 and status(run)["pending_workers"]["rotation"] == 0
+    assert status(run).workers["rotation"] == 3 and status(run).pending_workers["rotation"] == 0
     assert ray.get(coordinator.scale.remote("rotation", 1)) == {"running": 1, "pending": 0}
     assert len(handles(run)["workers"]["rotation"]) == 1
     for gone in workers[1:]:
@@ -194,14 +194,14 @@ def test_cli_status_and_scale_reach_the_running_coordinator(run):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "segmentation: 2 workers running"
-    assert status(run)["workers"]["segmentation"] == 2
+    assert status(run).workers["segmentation"] == 2
     assert ray.get(run["coordinator"].scale.remote("segmentation", 1)) == {"running": 1, "pending": 0}
 
 
 def test_stop_writes_a_final_evaluation_then_resume_continues(run, tmp_path):
     run["coordinator"].stop.remote()
     summary = ray.get(run["done"], timeout=120)
-    assert summary.runtime["done"] and summary.final["final"] is True
+    assert summary.runtime.done and summary.final["final"] is True
     assert summary.stopped_by == "stopped" and summary.miou == summary.final["miou"] is not None
     final_version = summary.final["step"]
 
@@ -210,7 +210,7 @@ def test_stop_writes_a_final_evaluation_then_resume_continues(run, tmp_path):
     assert checkpoint["servers"][0]["version"] == final_version
     coordinator = start_coordinator(cfg, checkpoint)
     try:
-        assert ray.get(coordinator.status.remote())["version"] >= final_version
+        assert ray.get(coordinator.status.remote()).version >= final_version
         resumed = ray.get(coordinator.run.remote(), timeout=180)
         assert resumed.stopped_by == "max_updates" and resumed.final["step"] >= final_version + 60
     finally:

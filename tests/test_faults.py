@@ -33,7 +33,7 @@ def started(ray_session, tmp_path, tiny):
         ray.kill(coordinator)
 
 
-def status(coordinator) -> dict:
+def status(coordinator):
     return ray.get(coordinator.status.remote())
 
 
@@ -42,12 +42,12 @@ def handles(coordinator) -> dict:
 
 
 def version(coordinator) -> int:
-    return status(coordinator)["version"] or 0
+    return status(coordinator).version or 0
 
 
 def applied(coordinator, task) -> int:
-    servers = status(coordinator)["servers"]
-    return servers[0]["applied"][task] if servers else 0
+    servers = status(coordinator).servers
+    return servers[0].applied[task] if servers else 0
 
 
 def test_ray_killed_worker_and_evaluator_are_replaced(started):
@@ -55,16 +55,16 @@ def test_ray_killed_worker_and_evaluator_are_replaced(started):
     wait_for(lambda: version(coordinator) >= 20, 120, what="training to start")
     victim = handles(coordinator)["workers"]["colorization"][0]
     ray.kill(victim, no_restart=True)
-    wait_for(lambda: status(coordinator)["restarts"]["worker"] == 1, what="a replacement worker")
+    wait_for(lambda: status(coordinator).restarts["worker"] == 1, what="a replacement worker")
     assert handles(coordinator)["workers"]["colorization"][0] != victim
     count = applied(coordinator, "colorization")
     wait_for(lambda: applied(coordinator, "colorization") > count + 5, 90,
              what="colorization updates from the new worker")
 
     ray.kill(handles(coordinator)["evaluator"], no_restart=True)
-    wait_for(lambda: status(coordinator)["restarts"]["evaluator"] == 1, what="a new evaluator")
-    evaluated = status(coordinator)["latest_eval"]
-    wait_for(lambda: (status(coordinator)["latest_eval"] or {}).get("step", -1) >
+    wait_for(lambda: status(coordinator).restarts["evaluator"] == 1, what="a new evaluator")
+    evaluated = status(coordinator).latest_eval
+    wait_for(lambda: (status(coordinator).latest_eval or {}).get("step", -1) >
              (evaluated or {}).get("step", -1), 60, what="an evaluation by the new evaluator")
 
 
@@ -72,16 +72,16 @@ def test_a_dead_server_actor_brings_every_server_actor_back_from_one_snapshot(st
     # No checkpoint is ever written: the only way back to a version > 0 is the snapshot.
     coordinator, _ = started(["server.actors=2", "server.snapshot_every_s=0.5",
                               "eval.every_s=1e9"])
-    wait_for(lambda: (status(coordinator)["snapshot_version"] or 0) >= 30, 120,
+    wait_for(lambda: (status(coordinator).snapshot_version or 0) >= 30, 120,
              what="a snapshot at version >= 30")
     before = status(coordinator)
     old = handles(coordinator)["servers"]
     ray.kill(old[1], no_restart=True)                     # the actor that does not decide
-    wait_for(lambda: status(coordinator)["restarts"]["server"] == 1, 60,
+    wait_for(lambda: status(coordinator).restarts["server"] == 1, 60,
              what="the server actors to be replaced")
     after = status(coordinator)
-    restore = after["restores"][-1]
-    assert restore["source"] == "snapshot" and restore["to"] >= before["snapshot_version"]
+    restore = after.restores[-1]
+    assert restore["source"] == "snapshot" and restore["to"] >= before.snapshot_version
     new = handles(coordinator)["servers"]
     assert new[0] != old[0] and new[1] != old[1]          # the survivor was replaced too
     with pytest.raises(ray.exceptions.RayActorError):
@@ -91,7 +91,7 @@ def test_a_dead_server_actor_brings_every_server_actor_back_from_one_snapshot(st
     # is being committed, since training goes on at once.
     assert len({s["version"] for s in ray.get(new[0].snapshot.remote(), timeout=60)}) == 1
     wait_for(lambda: version(coordinator) > restore["to"] + 20, 90, what="training to resume")
-    assert status(coordinator)["restarts"]["worker"] == 0  # workers re-pulled, none replaced
+    assert status(coordinator).restarts["worker"] == 0  # workers re-pulled, none replaced
 
 
 def every_updates(n: int):
@@ -99,9 +99,9 @@ def every_updates(n: int):
     (versions, not seconds: the same schedule on a fast or a loaded machine)."""
     last = [0]
 
-    def due(status: dict) -> bool:
-        v = status["version"]
-        if v is None or not status["servers"] or v < last[0] + n:
+    def due(status) -> bool:
+        v = status.version
+        if v is None or not status.servers or v < last[0] + n:
             return False
         last[0] = v
         return True
@@ -124,9 +124,9 @@ def test_sigkill_chaos_run_finishes_like_an_undisturbed_run(ray_session, tmp_pat
     assert {k.role for k in kills} == {"server", "worker", "evaluator"}
     assert stormy.updates >= 450 and stormy.final is not None
     for role in ("server", "worker", "evaluator"):
-        assert stormy.runtime["restarts"][role] >= sum(k.role == role for k in kills) >= 1
+        assert stormy.runtime.restarts[role] >= sum(k.role == role for k in kills) >= 1
     server_kills = [k for k in kills if k.role == "server"]
-    restores = stormy.runtime["restores"]
+    restores = stormy.runtime.restores
     assert len(restores) == len(server_kills)
     for kill, restore in zip(server_kills, restores):
         assert restore["to"] >= (kill.snapshot_version or 0)   # no further back than the snapshot

@@ -73,7 +73,7 @@ def test_stale_push_dropped_over_ray(server):
                                         STATS))
     assert result.reason == STALE and result.staleness == 3
     np.testing.assert_array_equal(pulled(handle)[1], before)
-    assert ray.get(handle.status.remote())["rejected"] == {"segmentation/stale": 1}
+    assert ray.get(handle.status.remote()).rejected == {"segmentation/stale": 1}
 
 
 def test_nan_push_rejected_counted_weights_unchanged(server):
@@ -84,7 +84,7 @@ def test_nan_push_rejected_counted_weights_unchanged(server):
     result = ray.get(handle.push.remote("rotation", 0, 0, bad, STATS))
     assert result.reason == NONFINITE
     status = ray.get(handle.status.remote())
-    assert status["version"] == 0 and status["rejected"] == {"rotation/nonfinite": 1}
+    assert status.version == 0 and status.rejected == {"rotation/nonfinite": 1}
     np.testing.assert_array_equal(pulled(handle)[1], before)
 
 
@@ -93,7 +93,7 @@ def test_sync_group_turns_k_pushes_into_one_update(server):
     reasons = [ray.get(handle.push.remote("rotation", i, 0, grads_for(spec, "rotation", 1.0),
                                           STATS)).reason for i in range(3)]
     assert reasons == [QUEUED, QUEUED, APPLIED]
-    assert ray.get(handle.status.remote())["version"] == 1
+    assert ray.get(handle.status.remote()).version == 1
 
 
 # --------------------------------------------------------------------------- a split model
@@ -203,9 +203,9 @@ def test_parts_never_decided_are_let_go(split):
     second = [p for p in spec.plan if p.server == 1 and p.shard == "trunk"]
     orphan = {p.key: np.zeros(p.stop - p.start, np.float32) for p in second}
     ray.get(servers[1].stage.remote(12345, "rotation", 0, orphan, STATS))   # its worker died
-    assert ray.get(servers[1].status.remote())["staged"] == 1
+    assert ray.get(servers[1].status.remote()).staged == 1
     for _ in range(4):
         client.connect()                      # a blocking pull: the newest weights
         push_and_wait(client, flat, 0.01)
-    assert ray.get(servers[1].status.remote())["staged"] == 0
-    assert ray.get(servers[1].status.remote())["lost_parts"] == 0
+    assert ray.get(servers[1].status.remote()).staged == 0
+    assert ray.get(servers[1].status.remote()).lost_parts == 0

@@ -26,7 +26,7 @@ def main(out_dir: str) -> None:
             overrides += [f"tasks.{task}.workers=1", f"tasks.{task}.batch_size=4",
                           f"tasks.{task}.num_cpus=0.3", f"tasks.{task}.resources.workers_here=0.1"]
         summary = run_distributed(load_run_config(None, overrides))
-        nodes = {"server": summary.runtime["servers"][0]["node"],
+        nodes = {"server": summary.runtime.servers[0].node,
                  "head": ray.get_runtime_context().get_node_id()}
         print("RESULT " + json.dumps({"nodes": nodes, "version": summary.updates,
                                       "miou": summary.miou,

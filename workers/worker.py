@@ -28,7 +28,7 @@ from ps_trainer.model import MultiTaskModel, shard_of
 from ps_trainer.shards import shards_of_head
 from ps_trainer.client import ParameterClient
 from ps_trainer.params import FlatModel, Piece, ShardLayout
-from ps_trainer.protocol import NONFINITE, STALE, PushResult, PushStats
+from ps_trainer.protocol import NONFINITE, STALE, PushResult, PushStats, WorkerStatus
 from ps_trainer.runtime import set_threads
 from ps_trainer_workers.assembly import build_model, build_task
 from ps_trainer_workers.tasks import Task
@@ -129,10 +129,11 @@ class TaskWorker:
         """Point at replacement server actors; the loop re-pulls before its next step."""
         self._servers = servers
 
-    def status(self) -> dict:
-        return {"task": self._task, "replica": self._replica, "steps": self._steps,
-                "node": ray.get_runtime_context().get_node_id(),
-                "results": dict(self._results), "skipped_images": self._loop.sampler.skipped}
+    def status(self) -> WorkerStatus:
+        return WorkerStatus(task=self._task, replica=self._replica, steps=self._steps,
+                            node=ray.get_runtime_context().get_node_id(),
+                            results=dict(self._results),
+                            skipped_images=self._loop.sampler.skipped)
 
     def ping(self) -> bool:
         return True
@@ -143,7 +144,7 @@ class TaskWorker:
 
     # ------------------------------------------------------------------ loop thread
 
-    def run(self, max_steps: Optional[int] = None) -> dict:
+    def run(self, max_steps: Optional[int] = None) -> WorkerStatus:
         """Train until stopped (or `max_steps`); returns the worker's status."""
         servers = None
         while not self._stop.is_set() and (max_steps is None or self._steps < max_steps):

@@ -57,9 +57,9 @@ def test_worker_actor_pushes_to_a_server_and_stops(ray_session, tiny_config):
     worker = spec.worker_cls.options(num_cpus=0.25, max_concurrency=2).remote(
         cfg, "rotation", 0, [server], spec.plan)
     status = ray.get(worker.run.remote(max_steps=12), timeout=120)
-    assert status["steps"] == 12
-    assert status["results"].get(APPLIED, 0) == 12          # all pushes applied, none stale
+    assert status.steps == 12
+    assert status.results.get(APPLIED, 0) == 12             # all pushes applied, none stale
     server_status = ray.get(server.status.remote())
-    assert server_status["version"] == 12 and server_status["applied"]["rotation"] == 12
+    assert server_status.version == 12 and server_status.applied["rotation"] == 12
     for actor in (worker, server):
         ray.kill(actor)
