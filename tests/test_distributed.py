@@ -188,7 +188,12 @@ def test_cli_status_and_scale_reach_the_running_coordinator(run):
     out = subprocess.run(base + ["status", "--address", address], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["workers"]["segmentation"] == 1
+    printed = json.loads(out.stdout)              # the typed status, printed as before
+    assert printed["workers"]["segmentation"] == 1
+    assert set(printed) == {"version", "servers", "workers", "pending_workers", "miou", "restarts",
+                            "recovery_s", "restores", "snapshot_version", "elapsed_s", "done"}
+    assert set(printed["servers"][0]) == {"index", "node", "version", "lr", "applied", "rejected",
+                                          "staleness", "losses", "weights", "lost_parts", "staged"}
     out = subprocess.run(base + ["scale", "--address", address, "--run", "e2e", "--task",
                                  "segmentation", "--workers", "2", "--wait-s", "90"],
                          capture_output=True, text=True, timeout=120)
