@@ -26,7 +26,7 @@ from ps_trainer.data.sampler import iterate_eval
 from ps_trainer.data.splits import build_splits
 from ps_trainer.metrics import EvaluatorMetrics, Reporter
 from ps_trainer.model import MultiTaskModel, shard_of
-from ps_trainer.params import FlatModel, Piece, ShardLayout
+from ps_trainer.params import FlatModel, Piece, ShardLayout, load_pieces
 from ps_trainer.recorder import RunRecorder
 from ps_trainer.run_folder import RunFolder
 from ps_trainer.runtime import set_threads
@@ -61,9 +61,7 @@ class EvaluationLoop:
 
     def load_pieces(self, states: Sequence[dict], plan: Sequence[Piece]) -> None:
         """Weights from server states (one per server actor, as in a checkpoint)."""
-        for piece in plan:
-            if piece.shard in self.flat.params:
-                self.flat.load(piece.shard, states[piece.server]["weights"][piece.key], piece.start)
+        load_pieces(self.flat, states, plan)
         stats = states[0].get("norm_stats", {}).get(SEGMENTATION, {})
         for shard, array in stats.items():
             if shard in self.flat.stats:

@@ -4,10 +4,13 @@ A grid is named runs x seeds x label counts. A run picks pretext tasks from the 
 config (none = the supervised-only baseline from a random trunk), a balancing method and
 any overrides; each (run, seed) pretrains once, then fine-tunes on every label count
 (see :mod:`ps_trainer.finetune`; ``finetune_set: ["finetune.unlabelled_tasks=[self_training]"]``
-makes that semi-supervised). A ``joint`` run has no separate stages: its tasks train together
-with segmentation on the N labelled images from the start, and its final mIoU is the row's. Results are appended to ``results.csv`` as they come, so an
-interrupted grid resumes where it stopped; ``results.md`` (mean ± std over seeds) and
-``results.png`` summarise them.
+makes that semi-supervised). ``{seed}``, ``{labels}`` and ``{out}`` in ``finetune_set`` are
+filled in per cell, so that a row can use an earlier row's fine-tuned model of the same seed
+and N, e.g. as the fixed teacher of self-training in rounds (``semi.yaml``). A ``joint`` run
+has no separate stages: its tasks train together with segmentation on the N labelled images
+from the start, and its final mIoU is the row's. Results are appended to ``results.csv`` as
+they come, so an interrupted grid resumes where it stopped; ``results.md`` (mean ± std over
+seeds) and ``results.png`` summarise them.
 """
 from __future__ import annotations
 
@@ -39,7 +42,8 @@ class RunSpec(Options):
     balancing: str = "equal"
     balancing_options: FrozenDict = FrozenDict()
     set: tuple[str, ...] = ()                # overrides for pretraining and fine-tuning
-    finetune_set: tuple[str, ...] = ()       # overrides for fine-tuning only
+    finetune_set: tuple[str, ...] = ()       # overrides for fine-tuning only; {seed}, {labels}
+                                             # and {out} (the grid's out_dir) are filled in
     labels: tuple[int, ...] = ()             # replaces the grid's label counts for this run
     joint: bool = False                      # train tasks + segmentation together on N labels
     pretrain_from: str = ""                  # share this earlier run's pretraining (same tasks)
@@ -115,10 +119,20 @@ class Experiment:
                 check_run_config(self.joint_config(run, self.exp.seeds[0], self.exp.labels[0]))
             else:
                 check_run_config(self.pretrain_config(run, self.exp.seeds[0]))
-            self._base((*run.set, *run.finetune_set))
+            self._base(self.finetune_overrides(run, self.exp.seeds[0], self.exp.labels[0]))
 
     def _base(self, overrides=()) -> Config:
         return load_run_config(str(self.base_path), (*self.exp.set, *self.extra, *overrides))
+
+    def finetune_overrides(self, run: RunSpec, seed: int, labels: int) -> tuple[str, ...]:
+        """The run's overrides for fine-tuning on `labels` images with `seed`, e.g. an earlier
+        row's fine-tuned checkpoint of the same cell as a fixed self-training teacher."""
+        fill = {"seed": seed, "labels": labels, "out": str(self.out)}
+        try:
+            return (*run.set, *(o.format(**fill) for o in run.finetune_set))
+        except (KeyError, IndexError, ValueError) as err:
+            raise ConfigError(f"runs.{run.name}.finetune_set",
+                              f"{err}: only {{seed}}, {{labels}} and {{out}} are filled in") from None
 
     def pretrain_config(self, run: RunSpec, seed: int) -> Config:
         base = self._base(run.set)
@@ -196,7 +210,7 @@ class Experiment:
         return latest[1], latest[1]["servers"][0]["version"], time.monotonic() - start
 
     def _finetune(self, run: RunSpec, seed: int, labels: int, checkpoint, pre_updates, pre_s):
-        base = self._base((*run.set, *run.finetune_set))
+        base = self._base(self.finetune_overrides(run, seed, labels))
         out = self.out / run.name / f"seed-{seed}" / f"finetune-N{labels}"
         start = time.monotonic()
         summary = finetune(base, checkpoint, labels, str(out), seed)

@@ -166,6 +166,10 @@ def _build(cls: type, data: Mapping, key: str) -> Any:
 class Options:
     """Mixin for a component's frozen options dataclass, built from a config mapping."""
 
+    # Options that name files: the config gate makes them absolute in the driver, because
+    # actors run in other working directories.
+    path_keys: typing.ClassVar[tuple[str, ...]] = ()
+
     @classmethod
     def from_mapping(cls, data: Mapping | None):
         return _build(cls, data or {}, "")

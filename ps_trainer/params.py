@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Collection, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -183,6 +183,23 @@ class FlatModel:
 
     def param_arrays(self) -> dict[str, np.ndarray]:
         return {shard: flat.detach().cpu().numpy() for shard, flat in self.params.items()}
+
+
+def load_pieces(flat: FlatModel, states: Sequence[dict], plan: Sequence[Piece],
+                shards: Optional[Collection[str]] = None) -> set[str]:
+    """Copy saved weights into `flat`: the pieces of `plan` (one state per server actor, as in
+    a checkpoint or a snapshot) of the `shards` named, default every shard the model has.
+    Returns the shards loaded; a shard whose saved size differs from the model's is a
+    ValueError (the weights come from a different model config)."""
+    wanted = [p for p in plan if p.shard in flat.params and (shards is None or p.shard in shards)]
+    for shard in {p.shard for p in wanted}:
+        saved = max(p.stop for p in wanted if p.shard == shard)
+        if saved != flat.layout.size(shard):
+            raise ValueError(f"shard {shard!r} holds {saved} saved weights where the model has "
+                             f"{flat.layout.size(shard)}: they come from a different model config")
+    for piece in wanted:
+        flat.load(piece.shard, states[piece.server]["weights"][piece.key], piece.start)
+    return {p.shard for p in wanted}
 
 
 def _set_buffer(model: nn.Module, name: str, value: torch.Tensor) -> None:

@@ -16,7 +16,7 @@ from typing import Optional
 from ps_trainer.balancing import BALANCERS
 from ps_trainer.config import Config, ConfigError, apply_overrides, config_from_dict, load_config
 from ps_trainer.model.norms import NORMS
-from ps_trainer.options import check_choice
+from ps_trainer.options import FrozenDict, check_choice
 from ps_trainer.registry import Registry
 
 
@@ -49,12 +49,24 @@ def task_registry() -> Registry:
 
 
 def absolute_paths(cfg: Config) -> Config:
-    """run.out_dir and data.root resolved against the driver's working directory."""
-    run = dataclasses.replace(cfg.run, out_dir=str(Path(cfg.run.out_dir).expanduser().resolve()))
+    """run.out_dir, data.root and the tasks' file options (their ``path_keys``) resolved
+    against the driver's working directory."""
+    run = dataclasses.replace(cfg.run, out_dir=_absolute(cfg.run.out_dir))
     data = cfg.data
     if data.root:
-        data = dataclasses.replace(data, root=str(Path(data.root).expanduser().resolve()))
-    return cfg.replace(run=run, data=data)
+        data = dataclasses.replace(data, root=_absolute(data.root))
+    tasks, registry = {}, task_registry()
+    for name, task_cfg in cfg.tasks.items():
+        options = dict(task_cfg.options)
+        for key in registry.get(name).Options.path_keys:
+            if options.get(key):
+                options[key] = _absolute(options[key])
+        tasks[name] = dataclasses.replace(task_cfg, options=FrozenDict(options))
+    return cfg.replace(run=run, data=data, tasks=FrozenDict(tasks))
+
+
+def _absolute(path: str) -> str:
+    return str(Path(path).expanduser().resolve())
 
 
 def _check_balancing(cfg: Config) -> None:

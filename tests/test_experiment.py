@@ -127,3 +127,31 @@ def test_pretraining_that_leaves_no_checkpoint_fails_by_name(grid, monkeypatch):
     monkeypatch.setattr("ps_trainer.launch.run_local", lambda cfg: None)   # trains nothing
     with pytest.raises(RuntimeError, match="rot seed 0: pretraining left no valid checkpoint"):
         Experiment(exp, base_dir).run()
+
+
+def test_a_row_can_learn_from_an_earlier_rows_model_of_the_same_cell(grid, tmp_path, tiny):
+    """{out}, {seed} and {labels} in finetune_set name the earlier row's checkpoint of the same
+    (seed, N): self-training in rounds."""
+    base = load_run_config(None, tiny(tmp_path, ("rotation", "segmentation"), extra=[
+        "finetune.steps=6", "finetune.batch_size=4", "finetune.warmup_updates=0"]))
+    (tmp_path / "base.yaml").write_text(dump_config(base))
+    st = ["finetune.unlabelled_tasks=[self_training]", "tasks.self_training.options.threshold=0.2"]
+    teacher = ("tasks.self_training.options.teacher_checkpoint="
+               "{out}/st/seed-{seed}/finetune-N{labels}/checkpoints/best.pt")
+    exp, base_dir = load_experiment(grid([
+        {"name": "st", "finetune_set": st},
+        {"name": "st-r2", "finetune_set": [*st, "tasks.self_training.options.teacher=checkpoint",
+                                           teacher]}], baseline="", seeds=[1], labels=[4]))
+    experiment = Experiment(exp, base_dir)
+    cfg = experiment._base(experiment.finetune_overrides(exp.runs[1], 1, 4))
+    assert cfg.tasks["self_training"].options["teacher_checkpoint"] == str(
+        tmp_path / "out" / "st" / "seed-1" / "finetune-N4" / "checkpoints" / "best.pt")
+    out = experiment.run()
+    assert {r["run"] for r in read_results(out / "results.csv")} == {"st", "st-r2"}
+
+
+def test_unknown_placeholders_in_finetune_set_are_named(grid):
+    exp, base_dir = load_experiment(grid([{"name": "x", "finetune_set": ["run.name={run}"]}],
+                                         baseline=""))
+    with pytest.raises(ConfigError, match=r"runs.x.finetune_set.*\{seed\}"):
+        Experiment(exp, base_dir)

@@ -71,3 +71,23 @@ def test_finetune_with_unlabelled_tasks_trains_both(tiny_config, tmp_path):
     assert cfg.run.max_updates == 16                         # 8 steps for each task
     summary = finetune(base, None, labels=4, out_dir=str(tmp_path / "ft"))
     assert summary.applied == {"segmentation": 8, "self_training": 8}
+
+
+def test_self_training_in_rounds_learns_from_the_last_rounds_model(tiny_config, tmp_path,
+                                                                  monkeypatch):
+    """Round 1 fine-tunes with the pulled teacher; round 2 starts again and learns from round
+    1's checkpoint, named by a relative path that the config gate makes absolute."""
+    extra = ["finetune.steps=6", "finetune.batch_size=4", "finetune.warmup_updates=0",
+             "finetune.unlabelled_tasks=[self_training]", *CONFIDENT]
+    first = finetune(tiny_config(tasks=SEMI, extra=extra), None, labels=4,
+                     out_dir=str(tmp_path / "round-1"))
+    assert first.applied == {"segmentation": 6, "self_training": 6}
+    monkeypatch.chdir(tmp_path)
+    second = tiny_config(tasks=SEMI, extra=[
+        *extra, "tasks.self_training.options.teacher=checkpoint",
+        "tasks.self_training.options.teacher_checkpoint=round-1/checkpoints/best.pt"])
+    path = second.tasks["self_training"].options["teacher_checkpoint"]
+    assert path == str(tmp_path / "round-1" / "checkpoints" / "best.pt")
+    summary = finetune(second, None, labels=4, out_dir=str(tmp_path / "round-2"))
+    assert summary.applied == {"segmentation": 6, "self_training": 6}
+    assert 0.0 <= summary.miou <= 1.0

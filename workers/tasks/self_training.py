@@ -22,7 +22,12 @@ Teacher (``teacher``): ``pulled`` uses the weights the worker computes with — 
 model, as in FixMatch and UniMatch; in the asynchronous runtime that is the last pulled
 version, already a step or more behind the server. ``ema`` keeps an exponential moving
 average of the weights the task has seen (Mean Teacher, Tarvainen & Valpola, NeurIPS 2017),
-in the worker, updated once per step.
+in the worker, updated once per step. ``checkpoint`` is a fixed teacher: the trunk and
+segmentation head of ``teacher_checkpoint`` (a run's checkpoint, e.g. the result of an
+earlier semi-supervised fine-tuning), never updated, in eval mode — self-training in rounds,
+each round's student starting again from the pretrained trunk and learning from the previous
+round's model (ST++, Yang et al., CVPR 2022; Noisy Student, Xie et al., CVPR 2020). The file
+must be readable where the task's workers run.
 """
 from __future__ import annotations
 
@@ -35,14 +40,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ps_trainer.checkpoint import load_checkpoint
+from ps_trainer.model import shard_of
 from ps_trainer.options import Options, check, check_choice
+from ps_trainer.params import FlatModel, Piece, ShardLayout, load_pieces
+from ps_trainer.shards import TRUNK_SHARD, head_shard
 from ps_trainer_workers.tasks.base import Task, TaskModel
 from ps_trainer_workers.tasks.heads import resize_like
 from ps_trainer_workers.tasks.registry import TASKS
 from ps_trainer_workers.tasks.views import (color_jitter, cutmix_sources, flip_and_zoom, gather_pixels,
                                  gaussian_blur, random_grayscale)
 
-TEACHERS = ("pulled", "ema")
+TEACHERS = ("pulled", "ema", "checkpoint")
 
 
 @dataclass(frozen=True)
@@ -59,8 +68,11 @@ class SelfTrainingOptions(Options):
     cutmix_probability: float = 0.5
     class_quantile: float = 0.0          # > 0: also keep each class's most confident share
     rampup_steps: int = 0                # loss ramps linearly from 0 over the task's first steps
-    teacher: str = "pulled"              # pulled | ema
+    teacher: str = "pulled"              # pulled | ema | checkpoint
     ema_decay: float = 0.99
+    teacher_checkpoint: str = ""         # teacher: checkpoint: the fixed teacher's file
+
+    path_keys = ("teacher_checkpoint",)  # made absolute by the config gate
 
     def __post_init__(self):
         check(0.0 <= self.threshold < 1.0, "threshold", self.threshold, "must be in [0, 1)")
@@ -80,6 +92,9 @@ class SelfTrainingOptions(Options):
         check(self.rampup_steps >= 0, "rampup_steps", self.rampup_steps, "must be >= 0")
         check_choice("teacher", self.teacher, TEACHERS)
         check(0.0 < self.ema_decay < 1.0, "ema_decay", self.ema_decay, "must be in (0, 1)")
+        check(bool(self.teacher_checkpoint) == (self.teacher == "checkpoint"),
+              "teacher_checkpoint", self.teacher_checkpoint,
+              "a checkpoint file with teacher: checkpoint, and only then")
 
 
 @TASKS.register("self_training")
@@ -100,6 +115,7 @@ class SelfTraining(Task):
     def __init__(self, context, options=None):
         super().__init__(context, options)
         self._ema: Optional[nn.Module] = None
+        self._fixed: Optional[nn.Module] = None
         self._steps = 0
 
     def make_batch(self, images: torch.Tensor, rng: np.random.Generator,
@@ -164,7 +180,7 @@ class SelfTraining(Task):
             streams.append(F.dropout2d(features[:b], o.feature_dropout, training=True))
         outputs = model.decode(torch.cat(streams))
         weak, strong, perturbed = outputs[:b], outputs[b: 2 * b], outputs[2 * b:]
-        teacher = self._teacher(model, inputs[:b]) if o.teacher == "ema" else weak.detach()
+        teacher = weak.detach() if o.teacher == "pulled" else self._teacher(model, inputs[:b])
         loss = self.consistency(teacher, strong, source)
         if len(perturbed):
             identity = torch.arange(b, device=device).view(b, 1, 1).expand_as(source)
@@ -176,6 +192,38 @@ class SelfTraining(Task):
         return loss
 
     def _teacher(self, model: TaskModel, weak: torch.Tensor) -> torch.Tensor:
+        """Weak-view logits of the ``ema`` or ``checkpoint`` teacher."""
+        if self.options.teacher == "checkpoint":
+            if self._fixed is None:
+                self._fixed = self._load_fixed_teacher(model)
+            with torch.no_grad():
+                return self._fixed(model.head, weak)
+        return self._ema_teacher(model, weak)
+
+    def _load_fixed_teacher(self, model: TaskModel) -> nn.Module:
+        """A copy of the model holding `teacher_checkpoint`'s trunk and segmentation head
+        (and that head's norm statistics), frozen, in eval mode."""
+        path = self.options.teacher_checkpoint
+        payload = load_checkpoint(path)
+        teacher = copy.deepcopy(model.model)
+        flat = FlatModel(teacher, ShardLayout.of(teacher, shard_of))  # before freezing: the
+        teacher.requires_grad_(False)                                 # layout takes trainables
+        wanted = {TRUNK_SHARD, head_shard(self.head_name)}
+        try:
+            loaded = load_pieces(flat, payload["servers"], [Piece(**p) for p in payload["plan"]],
+                                 wanted)
+        except ValueError as err:
+            raise ValueError(f"teacher checkpoint {path}: {err}") from None
+        if loaded != wanted:
+            raise ValueError(f"teacher checkpoint {path} holds no {sorted(wanted - loaded)} "
+                             f"weights: it must hold a trained {self.head_name} head")
+        stats = payload["servers"][0].get("norm_stats", {}).get(self.head_name, {})
+        for shard, array in stats.items():
+            if shard in wanted and shard in flat.stats:
+                flat.load_stats(shard, array)
+        return teacher.eval()
+
+    def _ema_teacher(self, model: TaskModel, weak: torch.Tensor) -> torch.Tensor:
         """Weak-view logits of the moving average of the weights this task has trained with."""
         with torch.no_grad():
             if self._ema is None:

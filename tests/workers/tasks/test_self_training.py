@@ -3,14 +3,17 @@ the teacher, and the borrowed segmentation head."""
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from ps_trainer.config import ModelConfig
-from ps_trainer.model.multitask import MultiTaskModel
+from ps_trainer.checkpoint import CorruptCheckpoint, save_checkpoint
+from ps_trainer.config import ConfigError, ModelConfig
+from ps_trainer.model.multitask import MultiTaskModel, shard_of
+from ps_trainer.params import FlatModel, ShardLayout, plan_pieces
 from ps_trainer_workers.tasks import make_task
 from ps_trainer_workers.tasks.base import TaskModel
 from ps_trainer_workers.tasks.views import cutmix_sources, gather_pixels, gaussian_blur
@@ -182,3 +185,66 @@ def test_rampup_scales_the_first_steps(context, images):
         a = full.training_loss(view, images, np.random.default_rng(step))
         b = ramped.training_loss(view, images, np.random.default_rng(step))
         torch.testing.assert_close(b, a * min(step / 4, 1.0))
+
+
+def saved_model(path, model, shards=("trunk", "head/segmentation")):
+    """`model`'s weights of `shards` as a one-actor checkpoint at `path`."""
+    flat = FlatModel(model, ShardLayout.of(model, shard_of))
+    plan = [asdict(p) for p in plan_pieces(flat.layout, 1) if p.shard in shards]
+    weights = {p["key"]: flat.params[p["shard"]].numpy().copy() for p in plan}
+    save_checkpoint(path, {"servers": [{"version": 1, "weights": weights, "norm_stats": {}}],
+                           "plan": plan})
+    return str(path)
+
+
+def test_checkpoint_teacher_is_the_saved_model_and_stays_fixed(context, images, tmp_path):
+    teacher_model = model_for(context, seed=1)
+    path = saved_model(tmp_path / "teacher.pt", teacher_model)
+    task = make_task("self_training", context, {**PLAIN, "threshold": 0.0, "feature_dropout": 0.0,
+                                                "teacher": "checkpoint",
+                                                "teacher_checkpoint": path})
+    student = model_for(context, seed=2)
+    view = TaskModel(student, "segmentation")
+    with torch.no_grad():
+        expected = teacher_model.eval()("segmentation", images)
+        own = student("segmentation", images)
+    assert not torch.allclose(own, expected)                 # the student is another model
+    loss = task.training_loss(view, images, np.random.default_rng(0))
+    identity = torch.arange(8).view(8, 1, 1).expand(8, 32, 32)
+    torch.testing.assert_close(loss, task.consistency(expected, student("segmentation", images),
+                                                      identity))
+    with torch.no_grad():                                    # the student moves on ...
+        for p in student.parameters():
+            p.add_(0.5)
+    task.training_loss(view, images, np.random.default_rng(1))
+    torch.testing.assert_close(task._teacher(view, images), expected)   # ... the teacher does not
+    assert not any(p.requires_grad for p in task._fixed.parameters())
+
+
+def test_checkpoint_teacher_needs_a_matching_checkpoint_with_the_head(context, images,
+                                                                       tmp_path):
+    student = TaskModel(model_for(context), "segmentation")
+
+    def teacher_from(path):
+        return make_task("self_training", context, {"teacher": "checkpoint",
+                                                    "teacher_checkpoint": str(path)})
+
+    with pytest.raises(CorruptCheckpoint, match="no such checkpoint file"):
+        teacher_from(tmp_path / "missing.pt").training_loss(student, images,
+                                                            np.random.default_rng(0))
+    trunk_only = saved_model(tmp_path / "trunk.pt", model_for(context), shards=("trunk",))
+    with pytest.raises(ValueError, match=r"holds no \['head/segmentation'\].*segmentation head"):
+        teacher_from(trunk_only).training_loss(student, images, np.random.default_rng(0))
+    seg = make_task("segmentation", context, {})
+    wider = MultiTaskModel(ModelConfig(widths=(8, 24), blocks=(1, 1), stem_stride=2),
+                           {"segmentation": seg.head(24)})
+    other = saved_model(tmp_path / "wider.pt", wider)
+    with pytest.raises(ValueError, match="different model config"):
+        teacher_from(other).training_loss(student, images, np.random.default_rng(0))
+
+
+def test_checkpoint_teacher_and_its_file_go_together():
+    with pytest.raises(ConfigError, match="teacher_checkpoint"):
+        make_task("self_training", None, {"teacher": "checkpoint"})
+    with pytest.raises(ConfigError, match="teacher_checkpoint"):
+        make_task("self_training", None, {"teacher_checkpoint": "x.pt"})
