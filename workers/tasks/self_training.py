@@ -27,11 +27,13 @@ segmentation head of ``teacher_checkpoint`` (a run's checkpoint, e.g. the result
 earlier semi-supervised fine-tuning), never updated, in eval mode — self-training in rounds,
 each round's student starting again from the pretrained trunk and learning from the previous
 round's model (ST++, Yang et al., CVPR 2022; Noisy Student, Xie et al., CVPR 2020). The file
-must be readable where the task's workers run.
+must be readable where the task's workers run. With ``teacher_flip`` such a teacher also
+predicts the mirrored view and the two are averaged: cheaper pseudo-labels than more rounds.
 """
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -71,6 +73,7 @@ class SelfTrainingOptions(Options):
     teacher: str = "pulled"              # pulled | ema | checkpoint
     ema_decay: float = 0.99
     teacher_checkpoint: str = ""         # teacher: checkpoint: the fixed teacher's file
+    teacher_flip: bool = False           # ema | checkpoint: average with the mirrored view
 
     path_keys = ("teacher_checkpoint",)  # made absolute by the config gate
 
@@ -95,6 +98,8 @@ class SelfTrainingOptions(Options):
         check(bool(self.teacher_checkpoint) == (self.teacher == "checkpoint"),
               "teacher_checkpoint", self.teacher_checkpoint,
               "a checkpoint file with teacher: checkpoint, and only then")
+        check(not self.teacher_flip or self.teacher != "pulled", "teacher_flip", self.teacher_flip,
+              "with teacher: ema or checkpoint (the pulled teacher is the student's own pass)")
 
 
 @TASKS.register("self_training")
@@ -192,13 +197,21 @@ class SelfTraining(Task):
         return loss
 
     def _teacher(self, model: TaskModel, weak: torch.Tensor) -> torch.Tensor:
-        """Weak-view logits of the ``ema`` or ``checkpoint`` teacher."""
+        """Weak-view logits of the ``ema`` or ``checkpoint`` teacher; with ``teacher_flip``,
+        its class probabilities averaged with those of the mirrored view, as log-probabilities
+        (the pseudo-labels' softmax gives back the average)."""
         if self.options.teacher == "checkpoint":
             if self._fixed is None:
                 self._fixed = self._load_fixed_teacher(model)
-            with torch.no_grad():
-                return self._fixed(model.head, weak)
-        return self._ema_teacher(model, weak)
+            teacher = self._fixed
+        else:
+            teacher = self._ema_teacher(model)
+        with torch.no_grad():
+            logits = teacher(model.head, weak)
+            if self.options.teacher_flip:
+                mirrored = teacher(model.head, weak.flip(-1)).flip(-1)
+                logits = torch.logaddexp(logits.log_softmax(1), mirrored.log_softmax(1)) - math.log(2)
+            return logits
 
     def _load_fixed_teacher(self, model: TaskModel) -> nn.Module:
         """A copy of the model holding `teacher_checkpoint`'s trunk and segmentation head
@@ -223,13 +236,12 @@ class SelfTraining(Task):
                 flat.load_stats(shard, array)
         return teacher.eval()
 
-    def _ema_teacher(self, model: TaskModel, weak: torch.Tensor) -> torch.Tensor:
-        """Weak-view logits of the moving average of the weights this task has trained with."""
+    def _ema_teacher(self, model: TaskModel) -> nn.Module:
+        """The moving average of the weights this task has trained with, updated by one step."""
         with torch.no_grad():
             if self._ema is None:
                 self._ema = copy.deepcopy(model.model).requires_grad_(False)
             else:
                 for avg, now in zip(self._ema.parameters(), model.model.parameters()):
                     avg.lerp_(now, 1.0 - self.options.ema_decay)
-            self._ema.train(model.model.training)
-            return self._ema(model.head, weak)
+        return self._ema.train(model.model.training)

@@ -248,3 +248,19 @@ def test_checkpoint_teacher_and_its_file_go_together():
         make_task("self_training", None, {"teacher": "checkpoint"})
     with pytest.raises(ConfigError, match="teacher_checkpoint"):
         make_task("self_training", None, {"teacher_checkpoint": "x.pt"})
+
+
+def test_flip_teacher_averages_the_view_and_its_mirror(context, images, tmp_path):
+    teacher_model = model_for(context, seed=1).eval()
+    path = saved_model(tmp_path / "teacher.pt", teacher_model)
+    view = TaskModel(model_for(context, seed=2), "segmentation")
+    flip = make_task("self_training", context, {"teacher": "checkpoint", "teacher_checkpoint": path,
+                                                "teacher_flip": True})
+    with torch.no_grad():
+        probs = (teacher_model("segmentation", images).softmax(1)
+                 + teacher_model("segmentation", images.flip(-1)).flip(-1).softmax(1)) / 2
+    torch.testing.assert_close(flip._teacher(view, images).softmax(1), probs)
+    plain = make_task("self_training", context, {"teacher": "checkpoint", "teacher_checkpoint": path})
+    assert not torch.allclose(plain._teacher(view, images).softmax(1), probs)
+    with pytest.raises(ConfigError, match="teacher_flip"):
+        make_task("self_training", None, {"teacher_flip": True})
