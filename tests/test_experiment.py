@@ -1,6 +1,9 @@
 """The experiment runner on a tiny grid: rows, resumption, the table and the plot."""
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -155,3 +158,15 @@ def test_unknown_placeholders_in_finetune_set_are_named(grid):
                                          baseline=""))
     with pytest.raises(ConfigError, match=r"runs.x.finetune_set.*\{seed\}"):
         Experiment(exp, base_dir)
+
+
+GRIDS = [p for p in sorted(Path("configs/experiments").glob("*.yaml")) if p.name != "base.yaml"]
+
+
+@pytest.mark.parametrize("path", GRIDS, ids=lambda p: p.stem)
+def test_shipped_grids_check_every_row(path, tmp_path):
+    """Each shipped grid builds every row's configs, placeholders filled."""
+    exp, base_dir = load_experiment(path)
+    experiment = Experiment(dataclasses.replace(exp, out_dir=str(tmp_path)), base_dir)
+    for run in exp.runs:
+        experiment.finetune_overrides(run, exp.seeds[0], (run.labels or exp.labels)[0])
