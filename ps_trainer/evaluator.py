@@ -26,7 +26,7 @@ from ps_trainer.data.sampler import iterate_eval
 from ps_trainer.data.splits import build_splits
 from ps_trainer.metrics import EvaluatorMetrics, Reporter
 from ps_trainer.model import MultiTaskModel, shard_of
-from ps_trainer.params import FlatModel, Piece, ShardLayout, load_pieces
+from ps_trainer.params import FlatModel, Piece, ShardLayout, load_norm_stats, load_pieces
 from ps_trainer.recorder import RunRecorder
 from ps_trainer.run_folder import RunFolder
 from ps_trainer.runtime import set_threads
@@ -62,10 +62,7 @@ class EvaluationLoop:
     def load_pieces(self, states: Sequence[dict], plan: Sequence[Piece]) -> None:
         """Weights from server states (one per server actor, as in a checkpoint)."""
         load_pieces(self.flat, states, plan)
-        stats = states[0].get("norm_stats", {}).get(SEGMENTATION, {})
-        for shard, array in stats.items():
-            if shard in self.flat.stats:
-                self.flat.load_stats(shard, array)
+        load_norm_stats(self.flat, states, SEGMENTATION)
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:

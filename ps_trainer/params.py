@@ -202,6 +202,15 @@ def load_pieces(flat: FlatModel, states: Sequence[dict], plan: Sequence[Piece],
     return {p.shard for p in wanted}
 
 
+def load_norm_stats(flat: FlatModel, states: Sequence[dict], task: str,
+                    shards: Optional[Collection[str]] = None) -> None:
+    """Copy the norm statistics saved for `task` (actor 0 holds them) into `flat`: those of
+    `shards`, default every shard the model has."""
+    for shard, array in states[0].get("norm_stats", {}).get(task, {}).items():
+        if shard in flat.stats and (shards is None or shard in shards):
+            flat.load_stats(shard, array)
+
+
 def _set_buffer(model: nn.Module, name: str, value: torch.Tensor) -> None:
     module_name, _, buffer_name = name.rpartition(".")
     module = model.get_submodule(module_name) if module_name else model

@@ -45,7 +45,7 @@ from torch import nn
 from ps_trainer.checkpoint import load_checkpoint
 from ps_trainer.model import shard_of
 from ps_trainer.options import Options, check, check_choice
-from ps_trainer.params import FlatModel, Piece, ShardLayout, load_pieces
+from ps_trainer.params import FlatModel, Piece, ShardLayout, load_norm_stats, load_pieces
 from ps_trainer.shards import TRUNK_SHARD, head_shard
 from ps_trainer_workers.tasks.base import Task, TaskModel
 from ps_trainer_workers.tasks.heads import resize_like
@@ -230,10 +230,7 @@ class SelfTraining(Task):
         if loaded != wanted:
             raise ValueError(f"teacher checkpoint {path} holds no {sorted(wanted - loaded)} "
                              f"weights: it must hold a trained {self.head_name} head")
-        stats = payload["servers"][0].get("norm_stats", {}).get(self.head_name, {})
-        for shard, array in stats.items():
-            if shard in wanted and shard in flat.stats:
-                flat.load_stats(shard, array)
+        load_norm_stats(flat, payload["servers"], self.head_name, wanted)
         return teacher.eval()
 
     def _ema_teacher(self, model: TaskModel) -> nn.Module:
