@@ -8,7 +8,8 @@ from torch import nn
 
 from ps_trainer.config import ModelConfig
 from ps_trainer.model import MultiTaskModel, shard_of
-from ps_trainer.params import FlatModel, ShardLayout, encode_grad, plan_pieces, readonly_tensor
+from ps_trainer.params import (FlatModel, ShardLayout, encode_grad, load_norm_stats, load_pieces,
+                               plan_pieces, readonly_tensor)
 
 
 def tiny_model(norm="group"):
@@ -113,3 +114,23 @@ def test_wire_norm_sees_float16_overflow():
     assert wire_norm([np.array([3.0, 4.0], np.float32)]) == pytest.approx(5.0)
     big = encode_grad(torch.tensor([1e6]), "float16")              # overflows float16
     assert wire_norm([big]) == float("inf")
+
+
+def test_saved_pieces_and_norm_statistics_load_into_another_model():
+    """A batch-norm model's weights and its task's running statistics, saved as one actor's
+    state, change what a fresh model predicts to exactly the saved model's prediction."""
+    saved = tiny_model(norm="batch")
+    flat = FlatModel(saved, ShardLayout.of(saved, shard_of))
+    saved.train()
+    saved("a", torch.rand(4, 3, 16, 16) * 5)                   # running stats move off 0/1
+    plan = plan_pieces(flat.layout, 1)
+    states = [{"weights": {p.key: flat.params[p.shard].numpy().copy() for p in plan},
+               "norm_stats": {"a": {"trunk": flat.stats["trunk"].numpy().copy()}}}]
+    fresh = tiny_model(norm="batch")
+    target = FlatModel(fresh, ShardLayout.of(fresh, shard_of))
+    images = torch.rand(2, 3, 16, 16)
+    assert not torch.allclose(fresh.eval()("a", images), saved.eval()("a", images))
+    assert load_pieces(target, states, plan, {"trunk", "head/a"}) == {"trunk", "head/a"}
+    assert not torch.allclose(fresh.eval()("a", images), saved.eval()("a", images))   # stats
+    load_norm_stats(target, states, "a")
+    torch.testing.assert_close(fresh.eval()("a", images), saved.eval()("a", images))
