@@ -29,6 +29,10 @@ each round's student starting again from the pretrained trunk and learning from 
 round's model (ST++, Yang et al., CVPR 2022; Noisy Student, Xie et al., CVPR 2020). The file
 must be readable where the task's workers run. With ``teacher_flip`` such a teacher also
 predicts the mirrored view and the two are averaged: cheaper pseudo-labels than more rounds.
+``teacher_scales`` makes it predict the view resized by each factor (e.g. ``[1.0, 1.5]``: a
+1.5x zoom resolves thin and small objects the coarse output grid misses); all predictions,
+brought back to the view's size, are averaged (multi-scale test-time augmentation, as in
+ST++'s and most segmentation systems' evaluation, used here for the pseudo-labels only).
 """
 from __future__ import annotations
 
@@ -74,6 +78,7 @@ class SelfTrainingOptions(Options):
     ema_decay: float = 0.99
     teacher_checkpoint: str = ""         # teacher: checkpoint: the fixed teacher's file
     teacher_flip: bool = False           # ema | checkpoint: average with the mirrored view
+    teacher_scales: tuple[float, ...] = (1.0,)   # ema | checkpoint: average over input resizes
 
     path_keys = ("teacher_checkpoint",)  # made absolute by the config gate
 
@@ -99,6 +104,11 @@ class SelfTrainingOptions(Options):
               "teacher_checkpoint", self.teacher_checkpoint,
               "a checkpoint file with teacher: checkpoint, and only then")
         check(not self.teacher_flip or self.teacher != "pulled", "teacher_flip", self.teacher_flip,
+              "with teacher: ema or checkpoint (the pulled teacher is the student's own pass)")
+        check(len(self.teacher_scales) > 0 and all(0.25 <= f <= 4.0 for f in self.teacher_scales),
+              "teacher_scales", self.teacher_scales, "one or more factors in [0.25, 4]")
+        check(tuple(self.teacher_scales) == (1.0,) or self.teacher != "pulled", "teacher_scales",
+              self.teacher_scales,
               "with teacher: ema or checkpoint (the pulled teacher is the student's own pass)")
 
 
@@ -197,21 +207,33 @@ class SelfTraining(Task):
         return loss
 
     def _teacher(self, model: TaskModel, weak: torch.Tensor) -> torch.Tensor:
-        """Weak-view logits of the ``ema`` or ``checkpoint`` teacher; with ``teacher_flip``,
-        its class probabilities averaged with those of the mirrored view, as log-probabilities
-        (the pseudo-labels' softmax gives back the average)."""
-        if self.options.teacher == "checkpoint":
+        """Weak-view logits of the ``ema`` or ``checkpoint`` teacher; with ``teacher_flip`` or
+        ``teacher_scales``, its class probabilities averaged over the mirrored and resized
+        views, at the view's size, as log-probabilities (the pseudo-labels' softmax gives back
+        the average)."""
+        o = self.options
+        if o.teacher == "checkpoint":
             if self._fixed is None:
                 self._fixed = self._load_fixed_teacher(model)
             teacher = self._fixed
         else:
             teacher = self._ema_teacher(model)
         with torch.no_grad():
-            logits = teacher(model.head, weak)
-            if self.options.teacher_flip:
-                mirrored = teacher(model.head, weak.flip(-1)).flip(-1)
-                logits = torch.logaddexp(logits.log_softmax(1), mirrored.log_softmax(1)) - math.log(2)
-            return logits
+            if not o.teacher_flip and tuple(o.teacher_scales) == (1.0,):
+                return teacher(model.head, weak)
+            size = tuple(weak.shape[-2:])
+            views = [(f, False) for f in o.teacher_scales]
+            views += [(f, True) for f in o.teacher_scales] if o.teacher_flip else []
+            total = None
+            for factor, mirror in views:
+                x = weak.flip(-1) if mirror else weak
+                if factor != 1.0:
+                    x = F.interpolate(x, scale_factor=factor, mode="bilinear",
+                                      align_corners=False)
+                log_p = resize_like(teacher(model.head, x), size).log_softmax(1)
+                log_p = log_p.flip(-1) if mirror else log_p
+                total = log_p if total is None else torch.logaddexp(total, log_p)
+            return total - math.log(len(views))
 
     def _load_fixed_teacher(self, model: TaskModel) -> nn.Module:
         """A copy of the model holding `teacher_checkpoint`'s trunk and segmentation head

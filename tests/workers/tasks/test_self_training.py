@@ -16,6 +16,7 @@ from ps_trainer.model.multitask import MultiTaskModel, shard_of
 from ps_trainer.params import FlatModel, ShardLayout, plan_pieces
 from ps_trainer_workers.tasks import make_task
 from ps_trainer_workers.tasks.base import TaskModel
+from ps_trainer_workers.tasks.heads import resize_like
 from ps_trainer_workers.tasks.views import cutmix_sources, gather_pixels, gaussian_blur
 
 PLAIN = {"jitter_probability": 0.0, "grayscale_probability": 0.0, "blur_probability": 0.0,
@@ -250,6 +251,18 @@ def test_checkpoint_teacher_and_its_file_go_together():
         make_task("self_training", None, {"teacher_checkpoint": "x.pt"})
 
 
+def _probs_at(model, images, factor=1.0, mirror=False):
+    """The class probabilities of `model` on `images` resized by `factor` (and mirrored),
+    brought back to the images' size: the teacher's views, written out."""
+    x = images.flip(-1) if mirror else images
+    if factor != 1.0:
+        x = F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False)
+    logits = F.interpolate(model("segmentation", x), size=images.shape[-2:], mode="bilinear",
+                           align_corners=False)
+    probs = logits.softmax(1)
+    return probs.flip(-1) if mirror else probs
+
+
 def test_flip_teacher_averages_the_view_and_its_mirror(context, images, tmp_path):
     teacher_model = model_for(context, seed=1).eval()
     path = saved_model(tmp_path / "teacher.pt", teacher_model)
@@ -257,10 +270,43 @@ def test_flip_teacher_averages_the_view_and_its_mirror(context, images, tmp_path
     flip = make_task("self_training", context, {"teacher": "checkpoint", "teacher_checkpoint": path,
                                                 "teacher_flip": True})
     with torch.no_grad():
-        probs = (teacher_model("segmentation", images).softmax(1)
-                 + teacher_model("segmentation", images.flip(-1)).flip(-1).softmax(1)) / 2
+        probs = (_probs_at(teacher_model, images) + _probs_at(teacher_model, images, mirror=True)) / 2
     torch.testing.assert_close(flip._teacher(view, images).softmax(1), probs)
     plain = make_task("self_training", context, {"teacher": "checkpoint", "teacher_checkpoint": path})
-    assert not torch.allclose(plain._teacher(view, images).softmax(1), probs)
+    plain_probs = resize_like(plain._teacher(view, images), tuple(images.shape[-2:])).softmax(1)
+    assert not torch.allclose(plain_probs, probs)
     with pytest.raises(ConfigError, match="teacher_flip"):
         make_task("self_training", None, {"teacher_flip": True})
+
+
+def test_multiscale_teacher_averages_resized_and_mirrored_views(context, images, tmp_path):
+    teacher_model = model_for(context, seed=1).eval()
+    path = saved_model(tmp_path / "teacher.pt", teacher_model)
+    view = TaskModel(model_for(context, seed=2), "segmentation")
+    task = make_task("self_training", context, {"teacher": "checkpoint", "teacher_checkpoint": path,
+                                                "teacher_scales": [1.0, 1.5],
+                                                "teacher_flip": True})
+    with torch.no_grad():
+        probs = sum(_probs_at(teacher_model, images, f, m)
+                    for f in (1.0, 1.5) for m in (False, True)) / 4
+        flip_only = (_probs_at(teacher_model, images)
+                     + _probs_at(teacher_model, images, mirror=True)) / 2
+    got = task._teacher(view, images).softmax(1)
+    assert got.shape[-2:] == images.shape[-2:]
+    torch.testing.assert_close(got, probs)
+    assert not torch.allclose(got, flip_only, atol=1e-4)
+    # the pseudo-labels it gives count in the loss: a different teacher, a different loss
+    one_scale = make_task("self_training", context, {"teacher": "checkpoint",
+                                                     "teacher_checkpoint": path,
+                                                     "teacher_flip": True, "threshold": 0.0})
+    two_scales = make_task("self_training", context, {"teacher": "checkpoint",
+                                                      "teacher_checkpoint": path,
+                                                      "teacher_flip": True, "threshold": 0.0,
+                                                      "teacher_scales": [1.0, 1.5]})
+    losses = [t.training_loss(view, images, np.random.default_rng(3)).item()
+              for t in (one_scale, two_scales)]
+    assert losses[0] != pytest.approx(losses[1], rel=1e-6)
+    with pytest.raises(ConfigError, match="teacher_scales"):
+        make_task("self_training", None, {"teacher_scales": [1.0, 1.5]})
+    with pytest.raises(ConfigError, match="teacher_scales"):
+        make_task("self_training", None, {"teacher": "ema", "teacher_scales": []})
