@@ -6,7 +6,9 @@ any overrides; each (run, seed) pretrains once, then fine-tunes on every label c
 (see :mod:`ps_trainer.finetune`; ``finetune_set: ["finetune.unlabelled_tasks=[self_training]"]``
 makes that semi-supervised). ``{seed}``, ``{labels}`` and ``{out}`` in ``finetune_set`` are
 filled in per cell, so that a row can use an earlier row's fine-tuned model of the same seed
-and N, e.g. as the fixed teacher of self-training in rounds (``semi.yaml``). A ``joint`` run
+and N, e.g. as the fixed teacher of self-training in rounds (``semi.yaml``); so are they in
+``trunk_from``, a checkpoint whose trunk the row fine-tunes from instead of its pretraining's
+(a warm start from the previous round's model). A ``joint`` run
 has no separate stages: its tasks train together with segmentation on the N labelled images
 from the start, and its final mIoU is the row's. Results are appended to ``results.csv`` as
 they come, so an interrupted grid resumes where it stopped; ``results.md`` (mean ± std over
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ps_trainer.checkpoint import CheckpointManager
+from ps_trainer.checkpoint import CheckpointManager, load_checkpoint
 from ps_trainer.config import Config, ConfigError, FrozenDict, TaskConfig, read_yaml_mapping
 from ps_trainer.finetune import finetune
 from ps_trainer.run_config import check_run_config, load_run_config
@@ -47,12 +49,16 @@ class RunSpec(Options):
     labels: tuple[int, ...] = ()             # replaces the grid's label counts for this run
     joint: bool = False                      # train tasks + segmentation together on N labels
     pretrain_from: str = ""                  # share this earlier run's pretraining (same tasks)
+    trunk_from: str = ""                     # fine-tune from this checkpoint's trunk instead
+                                             # (placeholders as in finetune_set): a warm start
 
     def __post_init__(self):
         check(bool(self.name) and "/" not in self.name, "name", self.name,
               "a non-empty name without '/'")
         check("segmentation" not in self.tasks, "tasks", self.tasks,
               "pretext tasks only (segmentation is what fine-tuning trains)")
+        check(not (self.joint and self.trunk_from), "trunk_from", self.trunk_from,
+              "not with joint: a joint row has no fine-tuning stage")
 
 
 @dataclass(frozen=True)
@@ -120,6 +126,7 @@ class Experiment:
             else:
                 check_run_config(self.pretrain_config(run, self.exp.seeds[0]))
             self._base(self.finetune_overrides(run, self.exp.seeds[0], self.exp.labels[0]))
+            self.trunk_path(run, self.exp.seeds[0], self.exp.labels[0])
 
     def _base(self, overrides=()) -> Config:
         return load_run_config(str(self.base_path), (*self.exp.set, *self.extra, *overrides))
@@ -127,11 +134,19 @@ class Experiment:
     def finetune_overrides(self, run: RunSpec, seed: int, labels: int) -> tuple[str, ...]:
         """The run's overrides for fine-tuning on `labels` images with `seed`, e.g. an earlier
         row's fine-tuned checkpoint of the same cell as a fixed self-training teacher."""
+        return (*run.set, *(self._fill(run, "finetune_set", o, seed, labels)
+                            for o in run.finetune_set))
+
+    def trunk_path(self, run: RunSpec, seed: int, labels: int) -> str:
+        """The checkpoint whose trunk the cell fine-tunes from, when the row names one."""
+        return self._fill(run, "trunk_from", run.trunk_from, seed, labels)
+
+    def _fill(self, run: RunSpec, key: str, text: str, seed: int, labels: int) -> str:
         fill = {"seed": seed, "labels": labels, "out": str(self.out)}
         try:
-            return (*run.set, *(o.format(**fill) for o in run.finetune_set))
+            return text.format(**fill)
         except (KeyError, IndexError, ValueError) as err:
-            raise ConfigError(f"runs.{run.name}.finetune_set",
+            raise ConfigError(f"runs.{run.name}.{key}",
                               f"{err}: only {{seed}}, {{labels}} and {{out}} are filled in") from None
 
     def pretrain_config(self, run: RunSpec, seed: int) -> Config:
@@ -211,6 +226,11 @@ class Experiment:
 
     def _finetune(self, run: RunSpec, seed: int, labels: int, checkpoint, pre_updates, pre_s):
         base = self._base(self.finetune_overrides(run, seed, labels))
+        if run.trunk_from:
+            path = self.trunk_path(run, seed, labels)
+            log.info("%s seed %d, %d labels: fine-tuning from the trunk of %s", run.name, seed,
+                     labels, path)
+            checkpoint = load_checkpoint(path)
         out = self.out / run.name / f"seed-{seed}" / f"finetune-N{labels}"
         start = time.monotonic()
         summary = finetune(base, checkpoint, labels, str(out), seed)

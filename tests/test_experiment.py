@@ -4,8 +4,12 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+
+from ps_trainer.checkpoint import CheckpointManager, CorruptCheckpoint, load_checkpoint
+from ps_trainer.finetune import trunk_of
 
 from ps_trainer.config import ConfigError, dump_config
 from ps_trainer.experiment import Experiment, aggregate, load_experiment, read_results, summary_table
@@ -151,6 +155,33 @@ def test_a_row_can_learn_from_an_earlier_rows_model_of_the_same_cell(grid, tmp_p
         tmp_path / "out" / "st" / "seed-1" / "finetune-N4" / "checkpoints" / "best.pt")
     out = experiment.run()
     assert {r["run"] for r in read_results(out / "results.csv")} == {"st", "st-r2"}
+
+
+def test_a_row_can_start_from_an_earlier_rows_trunk_of_the_same_cell(grid, tmp_path):
+    """trunk_from: the cell fine-tunes from the named checkpoint's trunk (here frozen, so the
+    row's model keeps exactly that trunk), not from its own pretraining."""
+    frozen = ["finetune.train_trunk=false"]
+    exp, base_dir = load_experiment(grid([
+        {"name": "rot", "tasks": ["rotation"]},
+        {"name": "rot-warm", "tasks": ["rotation"], "pretrain_from": "rot", "finetune_set": frozen,
+         "trunk_from": "{out}/rot/seed-{seed}/finetune-N{labels}/checkpoints/best.pt"}],
+        baseline="", seeds=[1], labels=[4]))
+    out = Experiment(exp, base_dir).run()
+    cell = "seed-1/finetune-N4/checkpoints/best.pt"
+    first, warm = (load_checkpoint(str(out / run / cell)) for run in ("rot", "rot-warm"))
+    pretrained = CheckpointManager(out / "rot" / "seed-1" / "pretrain" / "checkpoints", 1).latest()[1]
+    assert np.array_equal(trunk_of(warm), trunk_of(first))
+    assert not np.array_equal(trunk_of(warm), trunk_of(pretrained))   # rot fine-tuned its trunk
+    with pytest.raises(ConfigError, match="trunk_from"):
+        load_experiment(grid([{"name": "j", "tasks": ["rotation"], "joint": True,
+                               "trunk_from": "x.pt"}], baseline=""))
+    exp, base_dir = load_experiment(grid([{"name": "x", "trunk_from": "{round}.pt"}], baseline=""))
+    with pytest.raises(ConfigError, match=r"runs.x.trunk_from.*\{seed\}"):
+        Experiment(exp, base_dir)
+    exp, base_dir = load_experiment(grid([{"name": "x", "trunk_from": str(tmp_path / "no.pt")}],
+                                         baseline="", seeds=[0], labels=[2]))
+    with pytest.raises(CorruptCheckpoint, match="no such checkpoint file"):
+        Experiment(exp, base_dir).run()
 
 
 def test_unknown_placeholders_in_finetune_set_are_named(grid):
