@@ -31,8 +31,8 @@ must be readable where the task's workers run. With ``teacher_flip`` such a teac
 predicts the mirrored view and the two are averaged: cheaper pseudo-labels than more rounds.
 ``teacher_scales`` makes it predict the view resized by each factor (e.g. ``[1.0, 1.5]``: a
 1.5x zoom resolves thin and small objects the coarse output grid misses); all predictions,
-brought back to the view's size, are averaged (multi-scale test-time augmentation, as in
-ST++'s and most segmentation systems' evaluation, used here for the pseudo-labels only).
+brought back to the view's size, are averaged (multi-scale test-time augmentation, common in
+segmentation evaluation, used here for the pseudo-labels only).
 """
 from __future__ import annotations
 
