@@ -309,8 +309,8 @@ def ceiling_miou(stats: dict, ceiling: str) -> float | None:
 
 
 def summary_table(rows: list[dict], order: list[str], baseline: str = "", ceiling: str = "") -> str:
-    """A Markdown table: one row per run, one column per label count, plus gains over the
-    baseline and, with a ceiling run, the share of the baseline-to-ceiling gap each gain closes."""
+    """A Markdown table: one row per run, one column per label count (mean ± std over seeds, or
+    "(1 run)"), plus gains over the baseline and, with a ceiling run, the share of the baseline-to-ceiling gap each gain closes."""
     stats = aggregate(rows)
     labels = sorted({n for _, n in stats})
     gains = [n for n in labels if (baseline, n) in stats] if baseline else []
@@ -326,7 +326,7 @@ def summary_table(rows: list[dict], order: list[str], baseline: str = "", ceilin
         cells = [run, *meta[run]]
         for n in labels:
             m = stats.get((run, n))
-            cells.append(f"{m[0]:.3f} ± {m[1]:.3f}" if m else "")
+            cells.append(_mean_cell(m))
         for n in gains:
             m, b = stats.get((run, n)), stats[(baseline, n)]
             cells.append(f"{m[0] - b[0]:+.3f}" if m and run != baseline else "")
@@ -336,6 +336,14 @@ def summary_table(rows: list[dict], order: list[str], baseline: str = "", ceilin
                          else "")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _mean_cell(stat: tuple[float, float, int] | None) -> str:
+    """'mean ± std'; a single run has no spread to show, so it says it is one run."""
+    if stat is None:
+        return ""
+    mean, std, count = stat
+    return f"{mean:.3f} ± {std:.3f}" if count > 1 else f"{mean:.3f} (1 run)"
 
 
 def plot_results(path: Path, rows: list[dict], order: list[str], title: str) -> None:
