@@ -6,6 +6,7 @@ import pytest
 import ray
 
 from ps_trainer.protocol import APPLIED, NONFINITE, QUEUED, STALE, PushStats
+from support import wait_for
 
 pytestmark = pytest.mark.ray
 STATS = PushStats(loss=1.0, shared_grad_norm=1.0)
@@ -130,6 +131,13 @@ def weights_of(servers) -> list[dict]:
     return [ray.get(s.state.remote())["weights"] for s in servers]
 
 
+def caught_up(servers, version):
+    """Wait until every server actor is at `version`: actor 0 sends its decisions to the
+    others without waiting, so they arrive in no fixed order with the test's own calls."""
+    return wait_for(lambda: [ray.get(s.ping.remote()) for s in servers] == [version] * len(servers),
+                    what=f"every server actor at version {version}")
+
+
 def push_and_wait(client, flat, value, stats=STATS):
     for shard in ("trunk", "head/rotation"):
         flat.grads[shard].fill_(value)
@@ -183,7 +191,7 @@ def test_split_actors_take_one_staleness_decision_and_snapshot_one_point(split):
     for link in client.links:                 # the worker's weights are from version 0 again
         link.version = 0
     assert push_and_wait(client, flat, 1.0).reason == STALE
-    assert [ray.get(s.ping.remote()) for s in servers] == [3, 3]
+    caught_up(servers, 3)
     states = ray.get(servers[0].snapshot.remote())
     assert [s["version"] for s in states] == [3, 3]
     for state, now in zip(states, weights_of(servers)):
@@ -195,7 +203,7 @@ def test_split_sync_groups_close_together(split):
     cfg, spec, servers, client, flat = split(extra=["tasks.rotation.sync=2"])
     assert [push_and_wait(client, flat, 0.01).reason for _ in range(4)] == \
         [QUEUED, APPLIED, QUEUED, APPLIED]
-    assert [ray.get(s.ping.remote()) for s in servers] == [2, 2]
+    caught_up(servers, 2)
 
 
 def test_parts_never_decided_are_let_go(split):
@@ -204,8 +212,9 @@ def test_parts_never_decided_are_let_go(split):
     orphan = {p.key: np.zeros(p.stop - p.start, np.float32) for p in second}
     ray.get(servers[1].stage.remote(12345, "rotation", 0, orphan, STATS))   # its worker died
     assert ray.get(servers[1].status.remote()).staged == 1
-    for _ in range(4):
+    for version in range(1, 5):
         client.connect()                      # a blocking pull: the newest weights
-        push_and_wait(client, flat, 0.01)
+        assert push_and_wait(client, flat, 0.01).reason == APPLIED
+        caught_up(servers, version)           # the next part is staged at this version
     assert ray.get(servers[1].status.remote()).staged == 0
     assert ray.get(servers[1].status.remote()).lost_parts == 0
