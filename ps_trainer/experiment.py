@@ -196,11 +196,13 @@ class Experiment:
                         if (run.name, seed, n) not in done:
                             self._joint(run, seed, n)
                     continue
+                todo = [n for n in labels if (run.name, seed, n) not in done]
+                # Earlier rows have finished, so a trunk_from file missing now is missing for
+                # good: say so before pretraining, not after it.
+                trunks = {n: self._trunk(run, seed, n) for n in todo} if run.trunk_from else {}
                 checkpoint, pre_updates, pre_s = self._pretrain(run, seed)
-                for n in labels:
-                    if (run.name, seed, n) in done:
-                        continue
-                    self._finetune(run, seed, n, checkpoint, pre_updates, pre_s)
+                for n in todo:
+                    self._finetune(run, seed, n, trunks.get(n, checkpoint), pre_updates, pre_s)
         return self.summarise()
 
     def _pretrain(self, run: RunSpec, seed: int):
@@ -224,13 +226,15 @@ class Experiment:
                                f"in {manager.directory}")
         return latest[1], latest[1]["servers"][0]["version"], time.monotonic() - start
 
+    def _trunk(self, run: RunSpec, seed: int, labels: int) -> dict:
+        """The trunk_from checkpoint of a cell, loaded (a missing or corrupt file is named)."""
+        path = self.trunk_path(run, seed, labels)
+        log.info("%s seed %d, %d labels: fine-tuning from the trunk of %s", run.name, seed,
+                 labels, path)
+        return load_checkpoint(path)
+
     def _finetune(self, run: RunSpec, seed: int, labels: int, checkpoint, pre_updates, pre_s):
         base = self._base(self.finetune_overrides(run, seed, labels))
-        if run.trunk_from:
-            path = self.trunk_path(run, seed, labels)
-            log.info("%s seed %d, %d labels: fine-tuning from the trunk of %s", run.name, seed,
-                     labels, path)
-            checkpoint = load_checkpoint(path)
         out = self.out / run.name / f"seed-{seed}" / f"finetune-N{labels}"
         start = time.monotonic()
         summary = finetune(base, checkpoint, labels, str(out), seed)

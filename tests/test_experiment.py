@@ -182,6 +182,13 @@ def test_a_row_can_start_from_an_earlier_rows_trunk_of_the_same_cell(grid, tmp_p
                                          baseline="", seeds=[0], labels=[2]))
     with pytest.raises(CorruptCheckpoint, match="no such checkpoint file"):
         Experiment(exp, base_dir).run()
+    # a row with pretraining learns of the missing file before it pretrains
+    exp, base_dir = load_experiment(grid([{"name": "y", "tasks": ["rotation"],
+                                           "trunk_from": str(tmp_path / "no.pt")}],
+                                         baseline="", seeds=[0], labels=[2]))
+    with pytest.raises(CorruptCheckpoint, match="no such checkpoint file"):
+        Experiment(exp, base_dir).run()
+    assert not (tmp_path / "out" / "y").exists()
 
 
 def test_unknown_placeholders_in_finetune_set_are_named(grid):
