@@ -141,7 +141,7 @@ class Evaluator:
         schedule = EvalSchedule.of(self._cfg, time.monotonic())
         while not self._stop.wait(0.25):
             if schedule.due(time.monotonic(), self._version):
-                record = self.evaluate_now()
+                record = self._evaluate({}, periodic=True)
                 schedule.done(time.monotonic(), record["step"] if record else None)
 
     def _version(self) -> Optional[int]:
@@ -151,15 +151,24 @@ class Evaluator:
             return None
 
     def evaluate_now(self, extra: Optional[dict] = None) -> Optional[dict]:
-        """Pull the full server state, score it, checkpoint it; None if a server is down."""
+        """Pull the full server state, score it, checkpoint it; None if a server is down.
+        A ``final`` evaluation also ends the periodic loop, so that its record is the last."""
+        extra = extra or {}
+        if extra.get("final"):
+            self._stop.set()
+        return self._evaluate(extra)
+
+    def _evaluate(self, extra: dict, periodic: bool = False) -> Optional[dict]:
         with self._lock:
+            if periodic and self._stop.is_set():   # the final evaluation came first, or is due
+                return None
             try:
                 states = ray.get(self._servers[0].snapshot.remote())   # one point in time
                 statuses = ray.get([s.status.remote() for s in self._servers])
             except ray.exceptions.RayActorError as err:
                 log.warning("evaluation skipped: a server is unreachable (%s)", type(err).__name__)
                 return None
-            return self._score_and_record(states, statuses, extra or {})
+            return self._score_and_record(states, statuses, extra)
 
     def _score_and_record(self, states, statuses, extra: dict) -> dict:
         result = None
