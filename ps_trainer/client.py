@@ -3,12 +3,16 @@
     client = ParameterClient(servers, pieces, flat, inflight=2, grad_dtype="float32")
     client.connect()                       # blocking first pull
     while training:
-        client.refresh()                   # newer weights if a prefetched pull arrived
+        client.refresh()                   # newer weights (prefetched, or pulled now)
         stats = step()                     # gradients land in flat.grads
         client.push(task, worker_id, stats, norm_stats)
 
-Pulls are prefetched: the next one is requested as soon as the previous one is applied, so
-the round trip overlaps the step. A shard that arrives whole is adopted, not copied: the
+With ``prefetch`` (the default) the next pull is requested as soon as the previous one is
+applied, so the round trip overlaps the step, but the weights a step uses are one step older.
+Without it, ``refresh`` pulls and waits: the step starts from the newest version, which
+includes this worker's own earlier pushes (Ray runs one caller's calls to an actor in order).
+That costs a round trip per step and lowers staleness by about one step of every other
+worker: the better trade where workers share cores, so that waiting costs no compute. A shard that arrives whole is adopted, not copied: the
 model's parameters become views of the object-store buffer (workers only read weights).
 Pushes are fire-and-forget with at most `inflight` outstanding; the oldest is waited for
 only when the limit is reached. A model split over several server actors is pushed
@@ -50,12 +54,13 @@ class _ServerLink:
 
 class ParameterClient:
     def __init__(self, servers: list, pieces: tuple[Piece, ...], flat: FlatModel, inflight: int,
-                 grad_dtype: str = "float32", report_norm: bool = False,
+                 grad_dtype: str = "float32", report_norm: bool = False, prefetch: bool = True,
                  on_result: Optional[Callable[[PushResult], None]] = None,
                  on_timing: Optional[Callable[[str, float], None]] = None):
         self.pieces = pieces
         self.flat = flat
         self.inflight = inflight
+        self.prefetch = prefetch
         self.grad_dtype = grad_dtype
         self.report_norm = report_norm       # the server trusts it (server.verify_gradients off)
         self.on_result = on_result or (lambda result: None)
@@ -92,7 +97,8 @@ class ParameterClient:
     def connect(self) -> None:
         """Pull the current weights (blocking) and start prefetching."""
         self._apply(ray.get(self._request()))
-        self._prefetch = self._request()
+        if self.prefetch:
+            self._prefetch = self._request()
 
     # ------------------------------------------------------------------ pull
 
@@ -100,7 +106,10 @@ class ParameterClient:
         return [link.handle.pull.remote(link.keys, link.version) for link in self.links]
 
     def refresh(self) -> bool:
-        """Apply the prefetched pull if every server has answered; True if weights changed."""
+        """Apply the prefetched pull if every server has answered (without prefetch: pull now
+        and wait); True if weights changed."""
+        if not self.prefetch:
+            return self._apply(ray.get(self._request()))
         if self._prefetch is None:
             self.connect()
             return True

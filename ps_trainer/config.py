@@ -57,6 +57,10 @@ class RunConfig:
     target_miou: Optional[float] = None  # also stop once an evaluation reaches this mIoU
     progress_every_s: float = 5.0
     device: str = "auto"  # local mode and evaluation: auto | cpu | cuda
+    # Workers on one node that compute at a time: a number, "cores" (the node's CPU cores) or
+    # 0 (no limit). Where workers outnumber the cores they share, taking turns makes each step
+    # finish sooner, so pushes are less stale (see ps_trainer/slots.py).
+    compute_slots_per_node: Any = 0
 
     def __post_init__(self):
         check(self.max_updates > 0, "max_updates", self.max_updates, "must be > 0")
@@ -65,6 +69,10 @@ class RunConfig:
               self.target_miou, "null or in (0, 1]")
         check(self.progress_every_s > 0, "progress_every_s", self.progress_every_s, "must be > 0")
         check_choice("device", self.device, ("auto", "cpu", "cuda"))
+        slots = self.compute_slots_per_node
+        check(slots == "cores" or (isinstance(slots, int) and not isinstance(slots, bool)
+                                   and slots >= 0),
+              "compute_slots_per_node", slots, "a number >= 0 (0: no limit) or 'cores'")
 
 
 @dataclass(frozen=True)
@@ -234,6 +242,9 @@ class TaskConfig:
     batch_size: int = 32
     sync: int = 1                        # pushes averaged into one update (Doersch: sync within a task)
     inflight: int = 2                    # pushes outstanding per worker
+    # true: the next pull overlaps the step (weights one step older); false: pull and wait
+    # before each step (fresher weights; better where workers share cores).
+    prefetch: bool = True
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     resources: FrozenDict = FrozenDict()  # custom Ray resources for this task's workers

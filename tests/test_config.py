@@ -40,6 +40,8 @@ def test_wrong_type_names_expected_type():
     assert "expected int" in str(err) and "'abc'" in str(err)
     err = error_of(["optimizer.lr=abc"])        # a string that is not a number, for a float
     assert err.key == "optimizer.lr" and "expected float" in str(err) and "'abc'" in str(err)
+    err = error_of(["tasks.rotation.prefetch=sometimes"])
+    assert err.key == "tasks.rotation.prefetch" and "expected bool" in str(err)
 
 
 def test_bool_is_not_an_int():
@@ -55,6 +57,9 @@ def test_bool_is_not_an_int():
     ("data.shifted_fraction=1.5", "data.shifted_fraction"),
     ("metrics.port=70000", "metrics.port"),
     ("model.blocks=[1,1]", "model.blocks"),
+    ("run.compute_slots_per_node=-1", "run.compute_slots_per_node"),
+    ("run.compute_slots_per_node=many", "run.compute_slots_per_node"),
+    ("run.compute_slots_per_node=true", "run.compute_slots_per_node"),
 ])
 def test_out_of_range(override, key):
     err = error_of([override])

@@ -97,6 +97,40 @@ def test_sync_group_turns_k_pushes_into_one_update(server):
     assert ray.get(handle.status.remote()).version == 1
 
 
+def client_pushes(cfg, spec, handle, prefetch: bool, pushes: int = 3):
+    """One worker's loop (refresh, fill gradients, push) through a real ParameterClient;
+    returns the staleness of each push and the weights the client held at the end."""
+    from ps_trainer.client import ParameterClient
+    from ps_trainer.launch import initial_model
+
+    _, flat = initial_model(cfg)
+    pieces = tuple(p for p in spec.plan if p.shard in ("trunk", "head/rotation"))
+    results = []
+    client = ParameterClient([handle], pieces, flat, inflight=2, prefetch=prefetch,
+                             on_result=results.append)
+    client.connect()
+    for _ in range(pushes):
+        client.refresh()
+        for shard in ("trunk", "head/rotation"):
+            flat.grads[shard].fill_(0.25)
+        client.push("rotation", 0, STATS, shards=("trunk", "head/rotation"))
+    client.drain()
+    client.refresh()
+    return [r.staleness for r in results], flat
+
+
+def test_without_prefetch_every_step_starts_from_the_newest_weights(server):
+    cfg, spec, handle = server()
+    staleness, flat = client_pushes(cfg, spec, handle, prefetch=False)
+    # Each pull is ordered after this worker's own pushes, so none of them is stale.
+    assert staleness == [0, 0, 0]
+    np.testing.assert_array_equal(flat.params["trunk"].numpy(), pulled(handle)[1])
+    # With prefetch the second step still uses the weights pulled before the first push.
+    cfg, spec, handle = server()
+    staleness, _ = client_pushes(cfg, spec, handle, prefetch=True)
+    assert staleness[0] == 0 and staleness[1] == 1
+
+
 # --------------------------------------------------------------------------- a split model
 
 @pytest.fixture

@@ -4,8 +4,10 @@ The step itself is :class:`TaskLoop` (plain, testable without Ray): batch -> for
 backward, gradients landing in flat shard buffers. The actor joins it to a
 :class:`ParameterClient`, which speaks the protocol:
 
-    loop: take newer weights if a prefetched pull has arrived (and prefetch the next)
+    loop: [take a compute slot, with run.compute_slots_per_node]
+          -> take newer weights (a prefetched pull that has arrived, or a pull now)
           -> step -> push to every server shard without waiting (<= `inflight` outstanding)
+          -> [let the slot go]
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from ps_trainer.client import ParameterClient
 from ps_trainer.params import FlatModel, Piece, ShardLayout
 from ps_trainer.protocol import NONFINITE, STALE, PushResult, PushStats, WorkerStatus
 from ps_trainer.runtime import set_threads
+from ps_trainer.slots import ComputeSlots, slot_count
 from ps_trainer_workers.assembly import build_model, build_task
 from ps_trainer_workers.tasks import Task
 from ps_trainer_workers.tasks.base import TaskModel
@@ -111,8 +114,12 @@ class TaskWorker:
         self._client = ParameterClient(servers, pieces, self._loop.flat,
                                        cfg.tasks[task_name].inflight, cfg.server.grad_dtype,
                                        report_norm=not cfg.server.verify_gradients,
+                                       prefetch=cfg.tasks[task_name].prefetch,
                                        on_result=self._record, on_timing=self._timing)
         self._servers = servers
+        job = ray.get_runtime_context().get_job_id()
+        self._slots = ComputeSlots(slot_count(cfg.run.compute_slots_per_node),
+                                   f"{job}-{cfg.run.name}")
         self._stop = threading.Event()
         self._steps = 0
         self._reported = {"pulled": 0, "pushed": 0, "skipped": 0}
@@ -152,10 +159,11 @@ class TaskWorker:
                 if servers is not self._servers:          # first start, or servers replaced
                     servers = self._servers
                     self._client.reconnect(servers)
-                self._client.refresh()
-                stats = self._loop.step()
-                self._client.push(self._task, self._replica, stats, self._loop.norm_stats(),
-                                  self._loop.shards)
+                with self._slots:
+                    self._client.refresh()
+                    stats = self._loop.step()
+                    self._client.push(self._task, self._replica, stats,
+                                      self._loop.norm_stats(), self._loop.shards)
                 self._steps += 1
                 self._observe(stats)
             except _SERVER_GONE as err:

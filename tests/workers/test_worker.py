@@ -63,3 +63,35 @@ def test_worker_actor_pushes_to_a_server_and_stops(ray_session, tiny_config):
     assert server_status.version == 12 and server_status.applied["rotation"] == 12
     for actor in (worker, server):
         ray.kill(actor)
+
+
+def test_worker_steps_only_while_it_holds_a_compute_slot(ray_session, tiny_config):
+    import time
+
+    from ps_trainer.launch import _runtime_spec
+    from ps_trainer.slots import ComputeSlots
+    from support import wait_for
+
+    cfg = tiny_config(tasks=("rotation", "segmentation"),
+                      extra=["run.compute_slots_per_node=1", "run.name=slot-test"])
+    spec = _runtime_spec(cfg, None)
+    server = spec.server_cls.options(num_cpus=0.25).remote(cfg, 0, spec.initial_weights[0],
+                                                          spec.task_keys)
+    worker = spec.worker_cls.options(num_cpus=0.25, max_concurrency=2).remote(
+        cfg, "rotation", 0, [server], spec.plan)
+    # The node's only slot, taken here under the name the worker uses (job and run).
+    slots = ComputeSlots(1, f"{ray.get_runtime_context().get_job_id()}-slot-test")
+    slots.acquire()
+    try:
+        done = worker.run.remote(max_steps=3)
+        wait_for(lambda: ray.get(worker.ping.remote()), what="the worker actor")
+        time.sleep(2.0)        # the loop is running, waiting for the slot
+        assert ray.get(worker.status.remote()).steps == 0
+        assert ray.get(server.status.remote()).version == 0
+    finally:
+        slots.release()
+    assert ray.get(done, timeout=120).steps == 3
+    assert ray.get(server.status.remote()).version == 3
+    for actor in (worker, server):
+        ray.kill(actor)
+    slots.close()
