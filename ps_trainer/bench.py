@@ -72,6 +72,8 @@ class BenchPlan:
     memory_params: int = 1_000_000
     end_to_end: bool = True
     target_miou: float = 0.37
+    end_to_end_config: str = "configs/quickstart.yaml"
+    end_to_end_seeds: tuple[int, ...] = (0, 1, 2)
     # hardware efficiency: stub workers whose step is a wait (an accelerator step)
     hardware_params: tuple[int, ...] = (1_000_000, 11_000_000, 25_000_000)
     hardware_workers: tuple[int, ...] = (1, 2, 4, 8)
@@ -406,28 +408,6 @@ def memory(plan: BenchPlan) -> dict:
     return out
 
 
-def end_to_end(target: float, out_dir: str) -> dict:
-    """Seconds for the quickstart to reach `target` mIoU, distributed vs. --mode local."""
-    from ps_trainer.launch import run_distributed, run_local
-    from ps_trainer.run_config import load_run_config
-
-    overrides = [f"run.target_miou={target}", "eval.every_s=5", "run.max_minutes=8",
-                 "metrics.enabled=false", "run.progress_every_s=30"]
-    result = {"target_miou": target}
-    for mode, runner in (("distributed", run_distributed), ("local", run_local)):
-        cfg = load_run_config("configs/quickstart.yaml",
-                              overrides + [f"run.out_dir={out_dir}/{mode}"])
-        summary = runner(cfg)
-        reached = summary.reached_target_s
-        result[mode] = {"seconds_to_target": reached, "final_miou": summary.miou,
-                        "updates": summary.updates}
-        log.info("end to end, %s: %s s to mIoU %.2f", mode, reached, target)
-    async_s = result["distributed"]["seconds_to_target"]
-    sync_s = result["local"]["seconds_to_target"]
-    result["speedup"] = (sync_s / async_s) if async_s and sync_s else None
-    return result
-
-
 def run_bench(plan: BenchPlan, out: Optional[str] = None, scratch_dir: Optional[str] = None) -> dict:
     """Every section of `plan.sections` (a section not run is None in the report); the
     efficiency plots are written beside `out`, training runs into `scratch_dir` (default:
@@ -446,7 +426,9 @@ def run_bench(plan: BenchPlan, out: Optional[str] = None, scratch_dir: Optional[
         "trunks": lambda: round_trip(plan, bandwidth),
         "scaling": lambda: scaling(plan),
         "memory": lambda: memory(plan),
-        "end_to_end": lambda: end_to_end(plan.target_miou, scratch_dir) if plan.end_to_end else None,
+        "end_to_end": lambda: efficiency.time_to_target(
+            plan.end_to_end_config, plan.target_miou, plan.end_to_end_seeds,
+            f"{scratch_dir}/end_to_end") if plan.end_to_end else None,
         "hardware": lambda: efficiency.hardware_efficiency(
             plan.hardware_params, plan.hardware_workers, plan.hardware_actors,
             plan.hardware_step_s, plan.hardware_updates, store),
@@ -505,9 +487,7 @@ def format_report(report: dict) -> str:
                       f"{m['worker_private_end_mb']:.0f} MB ({m['worker_growth_mb']:+.1f})"]
     e = report.get("end_to_end")
     if e:
-        lines.append(f"time to mIoU {e['target_miou']:.2f}: distributed "
-                     f"{e['distributed']['seconds_to_target']} s, local "
-                     f"{e['local']['seconds_to_target']} s")
+        lines += format_time_to_target(e)
     if report.get("hardware"):
         lines += ["", "hardware efficiency (emulated accelerator step of "
                       f"{1000 * report['hardware'][0]['step_s']:.0f} ms; ideal = workers / step):",
@@ -531,3 +511,24 @@ def format_report(report: dict) -> str:
                          f"{r['updates_to_target'] or '-'} | "
                          f"{'-' if ratio is None else f'{ratio:.2f}'} |")
     return "\n".join(lines)
+
+
+def format_time_to_target(e: dict) -> list[str]:
+    """The end-to-end section as a table: a row per seed and mode, then the mean ratios."""
+    lines = ["", f"time to mIoU {e['target_miou']:.2f} ({e['config']}):",
+             "| seed | run | seconds | updates | staleness | updates/s |",
+             "|---:|---|---:|---:|---:|---:|"]
+    for r in e["runs"]:
+        seconds, updates = r["seconds_to_target"], r["updates_to_target"]
+        lines.append(f"| {r['seed']} | {r['mode']} | "
+                     f"{'not reached' if seconds is None else f'{seconds:.1f}'} | "
+                     f"{updates or '-'} | {r['mean_staleness']:.1f} | {r['updates_per_s']:.1f} |")
+    for what, name in (("seconds_ratio", "time"), ("updates_ratio", "updates")):
+        ratio = e[what]
+        if ratio["mean"] is None:
+            lines.append(f"distributed / local {name}: no seed reached the target in both")
+            continue
+        spread = "" if ratio["std"] is None else f" ± {ratio['std']:.2f}"
+        lines.append(f"distributed / local {name}: {ratio['mean']:.2f}{spread} "
+                     f"({ratio['seeds_reached']} of {ratio['seeds']} seeds reached it in both)")
+    return lines

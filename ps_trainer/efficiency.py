@@ -9,13 +9,17 @@
   updates for the single-process synchronous loop and for the asynchronous runtime with
   1, 2, 4 workers per task (the same seed and update budget); staleness grows with the
   workers, and the updates each needs to reach a target are reported as a ratio to the loop.
+- **Time to a target** (:func:`time_to_target`): their product as a user meets it, the
+  seconds the distributed run and the local loop take to reach a target mIoU on the same
+  cores, on several seeds (the updates a seed needs vary by more than a factor of two).
 
-Both are sections of ``ps-trainer bench`` (JSON) and write PNG plots beside the JSON.
+All three are sections of ``ps-trainer bench`` (JSON) and write PNG plots beside the JSON.
 """
 from __future__ import annotations
 
 import logging
 import shutil
+import statistics
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -123,6 +127,56 @@ def _to_target(run: dict, target: Optional[float], local: dict) -> dict:
     mine, ref = _updates_to(run["curve"], target), _updates_to(local["curve"], target)
     return {**run, "updates_to_target": mine,
             "updates_ratio_vs_local": (mine / ref) if mine and ref else None}
+
+
+# --------------------------------------------------------------------------- time to target
+
+def time_to_target(config: str, target: float, seeds: Sequence[int], out_dir: str,
+                   extra: Sequence[str] = ()) -> dict:
+    """Seconds and updates for `config` to reach `target` mIoU, distributed and ``--mode
+    local``, per seed; evaluations every 5 s, so a time is known to within about 5 s."""
+    from ps_trainer.launch import run_distributed, run_local
+    from ps_trainer.run_config import load_run_config
+
+    shutil.rmtree(out_dir, ignore_errors=True)     # records append: start each bench afresh
+    base = [f"run.target_miou={target}", "eval.every_s=5", "run.max_minutes=8",
+            "metrics.enabled=false", "run.progress_every_s=30", *extra]
+    runs = []
+    for seed in seeds:
+        for mode, runner in (("distributed", run_distributed), ("local", run_local)):
+            cfg = load_run_config(config, base + [f"run.seed={seed}",
+                                                  f"run.out_dir={out_dir}/{mode}-{seed}"])
+            summary = runner(cfg)
+            curve = _curve(mode, 0, cfg.run.out_dir)
+            runs.append({"mode": mode, "seed": seed,
+                         "seconds_to_target": summary.reached_target_s,
+                         "updates_to_target": _updates_to(curve["curve"], target),
+                         "mean_staleness": curve["mean_staleness"],
+                         "updates_per_s": summary.updates / max(summary.elapsed_s, 1e-9)})
+            log.info("time to mIoU %.2f, %s, seed %d: %s s", target, mode, seed,
+                     summary.reached_target_s)
+    return summarise_time_to_target(config, target, runs)
+
+
+def summarise_time_to_target(config: str, target: float, runs: list[dict]) -> dict:
+    """Per seed, the distributed run's seconds and updates to the target as a ratio to the
+    local loop's; their mean and standard deviation over the seeds where both reached it."""
+    by = {(r["mode"], r["seed"]): r for r in runs}
+    seeds = sorted({r["seed"] for r in runs})
+    out = {"config": config, "target_miou": target, "runs": runs, "per_seed": []}
+    for seed in seeds:
+        dist, local = by.get(("distributed", seed)), by.get(("local", seed))
+        row = {"seed": seed}
+        for what in ("seconds_to_target", "updates_to_target"):
+            a, b = (dist or {}).get(what), (local or {}).get(what)
+            row[what.split("_")[0] + "_ratio"] = a / b if a and b else None
+        out["per_seed"].append(row)
+    for what in ("seconds_ratio", "updates_ratio"):
+        values = [row[what] for row in out["per_seed"] if row[what] is not None]
+        out[what] = {"mean": statistics.mean(values) if values else None,
+                     "std": statistics.stdev(values) if len(values) > 1 else None,
+                     "seeds_reached": len(values), "seeds": len(seeds)}
+    return out
 
 
 def plot_statistical(path: Path, result: dict) -> None:

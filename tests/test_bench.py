@@ -53,3 +53,26 @@ def test_bench_sections_pick_a_subset_and_name_a_wrong_one(ray_session, tmp_path
     assert report["hardware"] and report["trunks"] is None and report["statistical"] is None
     assert main(["bench", "--quick", "--sections", "hardware,speed"]) == 1
     assert "unknown speed" in capsys.readouterr().err
+
+
+def test_time_to_target_ratios_per_seed_and_over_seeds():
+    from ps_trainer.bench import format_time_to_target
+    from ps_trainer.efficiency import summarise_time_to_target
+
+    def run(mode, seed, seconds, updates):
+        return {"mode": mode, "seed": seed, "seconds_to_target": seconds,
+                "updates_to_target": updates, "mean_staleness": 3.0 if mode != "local" else 0.0,
+                "updates_per_s": 15.0}
+
+    runs = [run("distributed", 0, 30.0, 480), run("local", 0, 40.0, 400),
+            run("distributed", 1, 90.0, 1500), run("local", 1, 60.0, 1000),
+            run("distributed", 2, None, None), run("local", 2, 50.0, 600)]
+    e = summarise_time_to_target("q.yaml", 0.37, runs)
+    assert [r["seconds_ratio"] for r in e["per_seed"]] == [0.75, 1.5, None]
+    assert [r["updates_ratio"] for r in e["per_seed"]] == [1.2, 1.5, None]
+    assert e["seconds_ratio"]["mean"] == pytest.approx(1.125)
+    assert e["seconds_ratio"]["std"] == pytest.approx(0.5303, abs=1e-4)
+    assert (e["seconds_ratio"]["seeds_reached"], e["seconds_ratio"]["seeds"]) == (2, 3)
+    text = "\n".join(format_time_to_target(e))
+    assert "| 2 | distributed | not reached |" in text
+    assert "distributed / local time: 1.12 ± 0.53 (2 of 3 seeds reached it in both)" in text
