@@ -10,7 +10,8 @@ same throughput: the cores are busy either way.
 A slot is an exclusive ``flock`` on one of k files in the node's temporary directory, named
 after the run; the kernel lets it go when its holder dies, so a killed worker never blocks the
 others. Waiters poll every millisecond, and a worker that has just let a slot go waits a little
-longer than that before it asks again, so that a waiting worker gets the turn.
+longer than that before it asks again, so that a waiting worker gets the turn (unless another
+slot is free: then nobody waits, and it goes on at once).
 """
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ class ComputeSlots:
         self._files = [open(folder / f"ps_trainer-{safe}-slot-{i}.lock", "a+b")
                        for i in range(count)]
         self._held = None
+        self._last = None                  # the slot let go last
         self._released_at = 0.0
 
     def acquire(self) -> None:
@@ -49,15 +51,20 @@ class ComputeSlots:
             return
         pause = _AFTER_RELEASE_S - (time.monotonic() - self._released_at)
         if pause > 0:
+            # Another slot free: nobody is waiting (a waiter would have taken it), go on.
+            if self.try_acquire(skip=self._last):
+                return
             time.sleep(pause)
         while not self.try_acquire():
             time.sleep(_POLL_S)
 
-    def try_acquire(self) -> bool:
+    def try_acquire(self, skip=None) -> bool:
         """Take a free slot if there is one (always True without slots)."""
         if not self._files:
             return True
         for f in self._files:
+            if f is skip:
+                continue
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -69,7 +76,7 @@ class ComputeSlots:
     def release(self) -> None:
         if self._held is not None:
             fcntl.flock(self._held, fcntl.LOCK_UN)
-            self._held = None
+            self._last, self._held = self._held, None
             self._released_at = time.monotonic()
 
     def __enter__(self) -> "ComputeSlots":

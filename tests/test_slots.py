@@ -103,3 +103,18 @@ def test_no_slots_means_no_limit(tmp_path):
         with ComputeSlots(0, "test", str(tmp_path)):
             pass
     assert not list(Path(tmp_path).glob("*.lock"))
+
+
+def test_a_worker_that_let_a_slot_go_goes_on_at_once_when_another_is_free(tmp_path, monkeypatch):
+    import ps_trainer.slots as slots_module
+
+    monkeypatch.setattr(slots_module, "_AFTER_RELEASE_S", 30.0)   # long: a pause would show
+    slots = ComputeSlots(2, "test", str(tmp_path))
+    first = ComputeSlots(1, "test", str(tmp_path))        # opens slot 0 only
+    slots.acquire()                                        # slot 0
+    slots.release()
+    slots.acquire()                                        # nobody waits: slot 1, no pause
+    assert first.try_acquire()                             # slot 0 was left free
+    first.release()
+    slots.close()
+    first.close()
