@@ -139,6 +139,8 @@ def _train(args) -> int:
     if args.mode == "local":
         summary = launch.run_local(cfg, resume=checkpoint)
     else:
+        if args.address:
+            _reachable(args.address)
         summary = launch.run_distributed(cfg, args.address, resume=checkpoint)
     miou = summary.miou
     print(f"final mIoU: {miou:.4f}" if miou is not None else "final mIoU: n/a (no segmentation task)")
@@ -151,9 +153,14 @@ def _connect(args) -> None:
     retries) when nothing answers there."""
     import ray
 
-    host, port = _cluster_address(args.address)
-    _probe(host, port, args.address)
+    _reachable(args.address)
     ray.init(address=args.address, namespace=args.namespace, logging_level=logging.WARNING)
+
+
+def _reachable(address: str) -> None:
+    """Fail within seconds, with one line, when nothing answers at the cluster `address`."""
+    host, port = _cluster_address(address)
+    _probe(host, port, address)
 
 
 def _cluster_address(address: str) -> tuple[str, int]:

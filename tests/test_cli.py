@@ -115,7 +115,8 @@ def test_a_checkpoint_copied_without_its_checksum_is_used_with_a_warning(tmp_pat
     assert bad.stderr.strip().count("\n") == 0 and "checksum mismatch" in bad.stderr
 
 
-@pytest.mark.parametrize("command", [["status"], ["scale", "--task", "rotation", "--workers", "2"]])
+@pytest.mark.parametrize("command", [["status"], ["scale", "--task", "rotation", "--workers", "2"],
+                                     ["train", "--config", "configs/quickstart.yaml"]])
 def test_status_and_scale_fail_fast_where_no_cluster_answers(command):
     start = time.monotonic()
     result = cli(*command, "--address", "127.0.0.1:1", timeout=60)
