@@ -12,8 +12,10 @@ applied, so the round trip overlaps the step, but the weights a step uses are on
 Without it, ``refresh`` pulls and waits: the step starts from the newest version, which
 includes this worker's own earlier pushes (Ray runs one caller's calls to an actor in order).
 That costs a round trip per step and lowers staleness by about one step of every other
-worker: the better trade where workers share cores, so that waiting costs no compute. A shard that arrives whole is adopted, not copied: the
-model's parameters become views of the object-store buffer (workers only read weights).
+worker: the better trade where workers share cores, so that waiting costs no compute.
+
+A shard that arrives whole is adopted, not copied: the model's parameters become views of
+the object-store buffer (workers only read weights).
 Pushes are fire-and-forget with at most `inflight` outstanding; the oldest is waited for
 only when the limit is reached. A model split over several server actors is pushed
 all-or-nothing (see ``server.py``): each part but actor 0's is staged, and actor 0 decides for
@@ -95,7 +97,7 @@ class ParameterClient:
         self._prefetch = None
 
     def connect(self) -> None:
-        """Pull the current weights (blocking) and start prefetching."""
+        """Pull the current weights (blocking), then start prefetching if the client does."""
         self._apply(ray.get(self._request()))
         if self.prefetch:
             self._prefetch = self._request()

@@ -72,7 +72,7 @@ class RunConfig:
         slots = self.compute_slots_per_node
         check(slots == "cores" or (isinstance(slots, int) and not isinstance(slots, bool)
                                    and slots >= 0),
-              "compute_slots_per_node", slots, "a number >= 0 (0: no limit) or 'cores'")
+              "compute_slots_per_node", slots, "a whole number >= 0 (0: no limit) or 'cores'")
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,10 @@
   real model size through the real client and server. Compared with the ideal N / step_s.
 - **Statistical efficiency** (:func:`statistical_efficiency`): validation mIoU against
   updates for the single-process synchronous loop and for the asynchronous runtime with
-  1, 2, 4 workers per task (the same seed and update budget); staleness grows with the
-  workers, and the updates each needs to reach a target are reported as a ratio to the loop.
+  1, 2, 4 workers per task (the same seed and update budget; staleness measured: it grows
+  with the workers where they are time-sliced on shared cores, not where they take turns on
+  compute slots), and the updates each needs to reach a target are reported as a ratio to the
+  loop.
 - **Time to a target** (:func:`time_to_target`): their product as a user meets it, the
   seconds the distributed run and the local loop take to reach a target mIoU on the same
   cores, on several seeds (the updates a seed needs vary by more than a factor of two).
@@ -147,7 +149,7 @@ def time_to_target(config: str, target: float, seeds: Sequence[int], out_dir: st
             cfg = load_run_config(config, base + [f"run.seed={seed}",
                                                   f"run.out_dir={out_dir}/{mode}-{seed}"])
             summary = runner(cfg)
-            curve = _curve(mode, 0, cfg.run.out_dir)
+            curve = _curve(mode, 0, cfg.run.out_dir)   # only its curve and staleness are kept
             runs.append({"mode": mode, "seed": seed,
                          "seconds_to_target": summary.reached_target_s,
                          "updates_to_target": _updates_to(curve["curve"], target),

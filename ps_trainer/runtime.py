@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -12,6 +13,13 @@ def set_threads(num_cpus: float) -> int:
     threads = max(1, int(math.floor(num_cpus)))
     torch.set_num_threads(threads)
     return threads
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on: a container's or cgroup's share where the platform
+    says (Linux), else every core of the machine (macOS has no affinity call)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity else (os.cpu_count() or 1)
 
 
 def pick_device(name: str) -> torch.device:

@@ -16,12 +16,13 @@ slot is free: then nobody waits, and it goes on at once).
 from __future__ import annotations
 
 import fcntl
-import os
 import re
 import tempfile
 import time
 from pathlib import Path
 from typing import Optional
+
+from ps_trainer.runtime import usable_cores
 
 _POLL_S = 0.001
 _AFTER_RELEASE_S = 0.003
@@ -30,14 +31,13 @@ _AFTER_RELEASE_S = 0.003
 def slot_count(setting) -> int:
     """`run.compute_slots_per_node` on this node: "cores" is the CPU cores this process may
     use (a container's share, not the host's)."""
-    return len(os.sched_getaffinity(0)) if setting == "cores" else int(setting)
+    return usable_cores() if setting == "cores" else int(setting)
 
 
 class ComputeSlots:
     """``with slots: step()`` holds one of `count` node-wide slots for the step (0: no limit)."""
 
     def __init__(self, count: int, scope: str, directory: Optional[str] = None):
-        self.count = count
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", scope)
         folder = Path(directory or tempfile.gettempdir())
         self._files = [open(folder / f"ps_trainer-{safe}-slot-{i}.lock", "a+b")

@@ -118,3 +118,14 @@ def test_a_worker_that_let_a_slot_go_goes_on_at_once_when_another_is_free(tmp_pa
     first.release()
     slots.close()
     first.close()
+
+
+def test_cores_counts_the_machine_where_the_platform_has_no_affinity_call(monkeypatch):
+    import os
+
+    from ps_trainer.slots import slot_count
+
+    assert slot_count(3) == 3
+    assert slot_count("cores") == len(os.sched_getaffinity(0))
+    monkeypatch.delattr(os, "sched_getaffinity")          # macOS
+    assert slot_count("cores") == os.cpu_count()

@@ -160,6 +160,8 @@ class TaskWorker:
                     servers = self._servers
                     self._client.reconnect(servers)
                 with self._slots:
+                    if self._stop.is_set():        # told to stop while waiting for a turn
+                        break
                     self._client.refresh()
                     stats = self._loop.step()
                     self._client.push(self._task, self._replica, stats,

@@ -95,3 +95,33 @@ def test_worker_steps_only_while_it_holds_a_compute_slot(ray_session, tiny_confi
     for actor in (worker, server):
         ray.kill(actor)
     slots.close()
+
+
+def test_worker_told_to_stop_while_waiting_for_a_slot_makes_no_step(ray_session, tiny_config):
+    import time
+
+    from ps_trainer.launch import _runtime_spec
+    from ps_trainer.slots import ComputeSlots
+    from support import wait_for
+
+    cfg = tiny_config(tasks=("rotation", "segmentation"),
+                      extra=["run.compute_slots_per_node=1", "run.name=slot-stop-test"])
+    spec = _runtime_spec(cfg, None)
+    server = spec.server_cls.options(num_cpus=0.25).remote(cfg, 0, spec.initial_weights[0],
+                                                          spec.task_keys)
+    worker = spec.worker_cls.options(num_cpus=0.25, max_concurrency=2).remote(
+        cfg, "rotation", 0, [server], spec.plan)
+    slots = ComputeSlots(1, f"{ray.get_runtime_context().get_job_id()}-slot-stop-test")
+    slots.acquire()
+    try:
+        done = worker.run.remote()                 # no step limit: only stop() ends it
+        wait_for(lambda: ray.get(worker.ping.remote()), what="the worker actor")
+        time.sleep(1.0)          # the loop reaches the slot (stopping earlier also makes none)
+        ray.get(worker.stop.remote())
+    finally:
+        slots.release()
+    assert ray.get(done, timeout=120).steps == 0   # it got the turn after stop: no step
+    assert ray.get(server.status.remote()).version == 0
+    for actor in (worker, server):
+        ray.kill(actor)
+    slots.close()
