@@ -65,12 +65,12 @@ def test_worker_actor_pushes_to_a_server_and_stops(ray_session, tiny_config):
         ray.kill(actor)
 
 
-def test_worker_steps_only_while_it_holds_a_compute_slot(ray_session, tiny_config):
-    import time
-
+@pytest.fixture
+def slot_worker(ray_session, tiny_config):
+    """(server, rotation worker, slots): one compute slot per node, and the test's own handle on
+    it under the name the worker uses (job and run), taken before the worker starts."""
     from ps_trainer.launch import _runtime_spec
     from ps_trainer.slots import ComputeSlots
-    from support import wait_for
 
     cfg = tiny_config(tasks=("rotation", "segmentation"),
                       extra=["run.compute_slots_per_node=1", "run.name=slot-test"])
@@ -79,9 +79,20 @@ def test_worker_steps_only_while_it_holds_a_compute_slot(ray_session, tiny_confi
                                                           spec.task_keys)
     worker = spec.worker_cls.options(num_cpus=0.25, max_concurrency=2).remote(
         cfg, "rotation", 0, [server], spec.plan)
-    # The node's only slot, taken here under the name the worker uses (job and run).
     slots = ComputeSlots(1, f"{ray.get_runtime_context().get_job_id()}-slot-test")
     slots.acquire()
+    yield server, worker, slots
+    slots.close()
+    for actor in (worker, server):
+        ray.kill(actor)
+
+
+def test_worker_steps_only_while_it_holds_a_compute_slot(slot_worker):
+    import time
+
+    from support import wait_for
+
+    server, worker, slots = slot_worker
     try:
         done = worker.run.remote(max_steps=3)
         wait_for(lambda: ray.get(worker.ping.remote()), what="the worker actor")
@@ -92,27 +103,14 @@ def test_worker_steps_only_while_it_holds_a_compute_slot(ray_session, tiny_confi
         slots.release()
     assert ray.get(done, timeout=120).steps == 3
     assert ray.get(server.status.remote()).version == 3
-    for actor in (worker, server):
-        ray.kill(actor)
-    slots.close()
 
 
-def test_worker_told_to_stop_while_waiting_for_a_slot_makes_no_step(ray_session, tiny_config):
+def test_worker_told_to_stop_while_waiting_for_a_slot_makes_no_step(slot_worker):
     import time
 
-    from ps_trainer.launch import _runtime_spec
-    from ps_trainer.slots import ComputeSlots
     from support import wait_for
 
-    cfg = tiny_config(tasks=("rotation", "segmentation"),
-                      extra=["run.compute_slots_per_node=1", "run.name=slot-stop-test"])
-    spec = _runtime_spec(cfg, None)
-    server = spec.server_cls.options(num_cpus=0.25).remote(cfg, 0, spec.initial_weights[0],
-                                                          spec.task_keys)
-    worker = spec.worker_cls.options(num_cpus=0.25, max_concurrency=2).remote(
-        cfg, "rotation", 0, [server], spec.plan)
-    slots = ComputeSlots(1, f"{ray.get_runtime_context().get_job_id()}-slot-stop-test")
-    slots.acquire()
+    server, worker, slots = slot_worker
     try:
         done = worker.run.remote()                 # no step limit: only stop() ends it
         wait_for(lambda: ray.get(worker.ping.remote()), what="the worker actor")
@@ -122,6 +120,3 @@ def test_worker_told_to_stop_while_waiting_for_a_slot_makes_no_step(ray_session,
         slots.release()
     assert ray.get(done, timeout=120).steps == 0   # it got the turn after stop: no step
     assert ray.get(server.status.remote()).version == 0
-    for actor in (worker, server):
-        ray.kill(actor)
-    slots.close()
