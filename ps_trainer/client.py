@@ -20,10 +20,18 @@ Pushes are fire-and-forget with at most `inflight` outstanding; the oldest is wa
 only when the limit is reached. A model split over several server actors is pushed
 all-or-nothing (see ``server.py``): each part but actor 0's is staged, and actor 0 decides for
 the whole push once every part is staged.
+
+With ``shared_memory``, a server actor on this worker's node reads float32 pushes from the
+worker's own memory (``push_buffers.py``): the gradients live in ``inflight + 1`` shared slots
+and a push names its slot. A slot is written again only after the push that sent it has been
+answered: a push waits until fewer than ``inflight`` are outstanding, so the slot after it
+belongs to a push that has been answered. A CPU model's backward writes straight into the
+slot (its gradients are bound to it); a GPU model's gradients are copied there.
 """
 from __future__ import annotations
 
 import collections
+import logging
 import math
 import random
 import time
@@ -35,6 +43,9 @@ import torch
 
 from ps_trainer.params import FlatModel, Piece, encode_grad, readonly_tensor
 from ps_trainer.protocol import PushResult, PushStats, with_grad_norm
+from ps_trainer.push_buffers import PushBuffers
+
+log = logging.getLogger(__name__)
 
 
 def wire_norm(arrays) -> float:
@@ -52,11 +63,13 @@ class _ServerLink:
         self.keys = tuple(p.key for p in pieces)
         self.by_key = {p.key: p for p in pieces}
         self.version = -1
+        self.buffer: Optional[int] = None     # the server's id of our shared push buffer
 
 
 class ParameterClient:
     def __init__(self, servers: list, pieces: tuple[Piece, ...], flat: FlatModel, inflight: int,
                  grad_dtype: str = "float32", report_norm: bool = False, prefetch: bool = True,
+                 shared_memory: bool = False,
                  on_result: Optional[Callable[[PushResult], None]] = None,
                  on_timing: Optional[Callable[[str, float], None]] = None):
         self.pieces = pieces
@@ -70,7 +83,37 @@ class ParameterClient:
         self.links = self._links(servers)
         self._pending: collections.deque = collections.deque()
         self._prefetch: Optional[list] = None
+        self._bound = False                    # CPU gradients live in the shared slots
+        self._buffers = self._push_buffers() if shared_memory else None
+        self._attached = False                 # asked the current servers to map the buffers
+        self._slot = 0
         self.reset_counters()
+
+    def _push_buffers(self) -> Optional[PushBuffers]:
+        """Shared gradient slots, each starting as the gradients so far; CPU gradients are
+        bound to the first. None where pushes cannot use them (they use the object store)."""
+        if self.grad_dtype != "float32":
+            return None                        # converted pushes travel as objects
+        shards = sorted({p.shard for p in self.pieces})
+        try:
+            buffers = PushBuffers({s: self.flat.grads[s].numel() for s in shards},
+                                  self.inflight + 1)
+        except OSError as err:
+            log.info("pushes go through the object store: %s", err)
+            return None
+        for slot in buffers.views:
+            for shard, view in slot.items():
+                view.copy_(self.flat.grads[shard])
+        self._bound = all(self.flat.grads[s].device.type == "cpu" for s in shards)
+        if self._bound:
+            self._bindings = [self.flat.grad_binding(views) for views in buffers.views]
+            self.flat.bind_grads(self._bindings[0])
+        return buffers
+
+    @property
+    def shared_links(self) -> int:
+        """How many server actors read this client's pushes from shared memory."""
+        return sum(link.buffer is not None for link in self.links)
 
     def reset_counters(self) -> None:
         """Zero the running totals callers read (plain numbers: nothing accumulates)."""
@@ -95,6 +138,7 @@ class ParameterClient:
         self.links = self._links(servers)
         self._pending.clear()
         self._prefetch = None
+        self._attached = False
 
     def connect(self) -> None:
         """Pull the current weights (blocking), then start prefetching if the client does."""
@@ -152,16 +196,27 @@ class ParameterClient:
             start = time.perf_counter()
             self.on_result(ray.get(self._pending.popleft()))
             self._timed("wait", start)
+        if self._buffers is not None and not self._attached:
+            self._attach()
         start = time.perf_counter()
         wanted = shards or tuple({p.shard for p in self.pieces})
+        slot = self._slot
+        if self._buffers is not None and not self._bound:    # GPU: one copy, into the slot
+            for shard in wanted:
+                self._buffers.views[slot][shard].copy_(self.flat.grads[shard])
         grads = {s: encode_grad(self.flat.grads[s], self.grad_dtype) for s in wanted}
         if self.report_norm:
             stats = with_grad_norm(stats, wire_norm(grads.values()))
         chunks = []
         for link in self.links:
-            chunk = {p.key: grads[p.shard][p.start: p.stop] for p in link.pieces
-                     if p.shard in grads}
-            self.pushed_bytes += sum(a.nbytes for a in chunk.values())
+            pieces = [p for p in link.pieces if p.shard in grads]
+            self.pushed_bytes += sum(4 * (p.stop - p.start) if link.buffer is not None
+                                     else grads[p.shard][p.start: p.stop].nbytes for p in pieces)
+            if link.buffer is not None:
+                chunk = {p.key: self._buffers.ref(link.buffer, slot, p.shard, p.start, p.stop)
+                         for p in pieces}
+            else:
+                chunk = {p.key: grads[p.shard][p.start: p.stop] for p in pieces}
             chunks.append(chunk)
         first = self.links[0]
         if len(self.links) == 1:
@@ -176,7 +231,20 @@ class ParameterClient:
             ref = first.handle.push_first.remote(push_id, task, worker_id, base, chunks[0],
                                                  stats, norm_stats, *staged)
         self._pending.append(ref)
+        if self._buffers is not None:     # the next step writes the next slot (see above)
+            self._slot = (slot + 1) % self._buffers.slots
+            if self._bound:
+                self.flat.bind_grads(self._bindings[self._slot])
         self.push_seconds += time.perf_counter() - start
+
+    def _attach(self) -> None:
+        """Ask every server actor to map the push buffers (those on another node decline)."""
+        node = ray.get_runtime_context().get_node_id()
+        answers = ray.get([link.handle.attach_push_buffer.remote(node, self._buffers.describe())
+                           for link in self.links])
+        for link, buffer_id in zip(self.links, answers):
+            link.buffer = buffer_id
+        self._attached = True
 
     def _timed(self, what: str, start: float) -> None:
         seconds = time.perf_counter() - start

@@ -37,6 +37,7 @@ OPTIMIZERS = ("sgd", "adamw", "rmsprop")
 SCHEDULES = ("constant", "step", "cosine")
 STALENESS_POLICIES = ("scale", "unscaled")
 GRAD_DTYPES = ("float32", "float16", "bfloat16")
+PUSH_TRANSPORTS = ("shared_memory", "object_store")
 DOMAIN_NAMES = ("source", "shifted")
 
 
@@ -192,6 +193,10 @@ class ServerConfig:
     actors: int = 1                      # server actors, each owning part of the parameters
     publish_every_updates: int = 1       # publish a new weight version at most every k updates
     grad_dtype: str = "float32"          # gradient transport; accumulation stays float32
+    # shared_memory: a worker on the server's node writes its float32 gradients where the server
+    # reads them (no copy, no object per push; push_buffers.py); object_store: every push is
+    # an object. Other nodes, other grad_dtypes and non-Linux hosts use the object store.
+    same_node_pushes: str = "shared_memory"
     # true: the server reads every push once to reject NaN/Inf; false: it trusts the norm the
     # worker computed from the bytes it sent (that pass moves from the server to the workers).
     verify_gradients: bool = True
@@ -221,6 +226,7 @@ class ServerConfig:
                               f"({self.max_staleness_updates + 1}), or every push is dropped "
                               f"as stale")
         check_choice("grad_dtype", self.grad_dtype, GRAD_DTYPES)
+        check_choice("same_node_pushes", self.same_node_pushes, PUSH_TRANSPORTS)
         check(self.snapshot_every_s >= 0, "snapshot_every_s", self.snapshot_every_s, "must be >= 0")
         check(self.num_cpus > 0, "num_cpus", self.num_cpus, "must be > 0")
 

@@ -157,6 +157,23 @@ class FlatModel:
         for grad in self.grads.values():
             grad.zero_()
 
+    def grad_binding(self, grads: dict[str, torch.Tensor]) -> tuple:
+        """What :meth:`bind_grads` needs to make `grads` (flat tensors, shard -> tensor) the
+        gradient storage: the views are cut once, so binding costs only the assignments."""
+        views = [(param, grad[slot.offset: slot.offset + slot.numel].view(slot.shape))
+                 for shard, grad in grads.items()
+                 for slot, param in zip(self.layout.params[shard], self._modules_params[shard])]
+        return dict(grads), views
+
+    def bind_grads(self, binding: tuple) -> None:
+        """Make a :meth:`grad_binding`'s tensors the gradient storage of their shards (the
+        parameters' ``.grad`` become views of them): backward then writes there, e.g. into
+        shared memory the server reads. Values are not copied."""
+        grads, views = binding
+        for param, view in views:
+            param.grad = view
+        self.grads.update(grads)
+
     def load(self, shard: str, array: np.ndarray, start: int = 0) -> None:
         """Copy (part of) a shard's weights in: one copy, no intermediate."""
         target = self.params[shard][start: start + array.shape[0]]

@@ -73,6 +73,7 @@ class ServerStatus:
     weights: dict                     # task -> balancing weight
     lost_parts: int                   # decided parts of split pushes never staged here (a bug)
     staged: int                       # staged parts held now
+    push_buffers: int = 0             # same-node workers' shared push buffers mapped now
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -6,7 +6,9 @@
   workers on the node read the object store without copies. A caller that is current gets
   ``(version, {})``; otherwise only the pieces changed since ``have_version``.
 - ``push(task, worker_id, base_version, grads, stats, norm_stats)`` hands the push to the store
-  and returns a :class:`PushResult` (a model held by one actor).
+  and returns a :class:`PushResult` (a model held by one actor). A piece of ``grads`` is an
+  array (through the object store) or, from a worker on this node, a ``BufferRef`` into the
+  worker's shared push buffer, mapped once by ``attach_push_buffer`` (``push_buffers.py``).
 
 A model split over several actors (``server.actors > 1``) is pushed all-or-nothing: the worker
 sends each actor but the first its part with ``stage`` (checked, its squared norm returned,
@@ -34,6 +36,7 @@ from ps_trainer.config import Config
 from ps_trainer.metrics import RateMeter, Reporter, ServerMetrics
 from ps_trainer.protocol import (APPLIED, QUEUED, REJECT_REASONS, PushDecision, PushResult,
                                  PushStats, ServerStatus)
+from ps_trainer.push_buffers import SUPPORTED as SHARED_PUSHES, AttachedBuffers, BufferRef
 from ps_trainer.runtime import set_threads
 from ps_trainer.store import make_store
 
@@ -78,6 +81,7 @@ class ParameterServer:
         self._index = index
         self._peers = list(peers)                     # actor 0 of a split model: the others
         self._staged: dict[int, tuple[int, dict, int]] = {}   # push id -> (base, grads, bytes)
+        self._push_buffers = AttachedBuffers()        # same-node workers' shared gradients
         self.lost_parts = 0                           # decided parts never staged here (a bug)
 
     # ------------------------------------------------------------------ hot path
@@ -93,18 +97,35 @@ class ParameterServer:
     def push(self, task: str, worker_id: int, base_version: int, grads: Mapping[str, np.ndarray],
              stats: PushStats, norm_stats: Optional[Mapping[str, np.ndarray]] = None) -> PushResult:
         start = time.perf_counter()
+        grads = self._push_buffers.resolve(grads)
         g = self._store.receive(task, grads)
         decision = self._store.decide(task, base_version, self._store.part_norm2(g, stats),
                                       stats, norm_stats)
         self._carry_out(task, g, decision, stats, sum(a.nbytes for a in grads.values()), start)
         return decision.result
 
+    def attach_push_buffer(self, node: str, buffer: dict) -> Optional[int]:
+        """Map a worker's shared push buffer (``PushBuffers.describe()``); returns the id its
+        pushes name, or None (another node, or the file cannot be opened here): the worker
+        then pushes through the object store."""
+        if not SHARED_PUSHES or node != ray.get_runtime_context().get_node_id():
+            return None
+        try:
+            return self._push_buffers.attach(**buffer)
+        except OSError as err:
+            log.warning("server %d: pushes of process %s go through the object store: cannot "
+                        "map its shared push buffer (%s)", self._index, buffer.get("pid"), err)
+            return None
+
     # ------------------------------------------------------------------ split model
 
     def stage(self, push_id: int, task: str, base_version: int,
               grads: Mapping[str, np.ndarray], stats: PushStats) -> float:
         """Hold this actor's part of a push until actor 0 decides it; returns the part's
-        squared norm (NaN or Inf when the part is not finite)."""
+        squared norm (NaN or Inf when the part is not finite). A part in a worker's shared
+        buffer is copied: the worker may reuse its slot before actor 0's decision arrives."""
+        grads = {k: np.array(self._push_buffers.view(a)) if isinstance(a, BufferRef) else a
+                 for k, a in grads.items()}
         g = self._store.receive(task, grads)
         self._drop_undecided()
         self._staged[push_id] = (base_version, g, sum(a.nbytes for a in grads.values()))
@@ -117,6 +138,7 @@ class ParameterServer:
         """Actor 0's part of a split push: decide for the whole push, send the decision to
         the other actors, apply its own part."""
         start = time.perf_counter()
+        grads = self._push_buffers.resolve(grads)
         g = self._store.receive(task, grads)
         own = self._store.part_norm2(g, stats)
         # Without verification every part reports the worker's whole-push norm: count it once.
@@ -213,7 +235,8 @@ class ParameterServer:
             version=self._store.version, lr=self._store.lr, applied=dict(self._applied),
             rejected=dict(self._rejected), staleness=self._staleness_ema,
             losses=dict(self._loss_ema), weights=self._store.balancer.weights(),
-            lost_parts=self.lost_parts, staged=len(self._staged))
+            lost_parts=self.lost_parts, staged=len(self._staged),
+            push_buffers=len(self._push_buffers))
 
     def ping(self) -> int:
         return self._store.version

@@ -67,6 +67,12 @@ def test_out_of_range(override, key):
     assert "not allowed" in str(err)
 
 
+def test_unknown_push_transport_lists_choices():
+    err = error_of(["server.same_node_pushes=shm"])
+    assert err.key == "server.same_node_pushes"
+    assert "shared_memory" in str(err) and "object_store" in str(err)
+
+
 def test_unknown_norm_lists_choices():
     err = error_of(["model.norm=btach"], loader=load_run_config)
     assert err.key == "model.norm"

@@ -193,7 +193,8 @@ def test_cli_status_and_scale_reach_the_running_coordinator(run):
     assert set(printed) == {"version", "servers", "workers", "pending_workers", "miou", "restarts",
                             "recovery_s", "restores", "snapshot_version", "elapsed_s", "done"}
     assert set(printed["servers"][0]) == {"index", "node", "version", "lr", "applied", "rejected",
-                                          "staleness", "losses", "weights", "lost_parts", "staged"}
+                                          "staleness", "losses", "weights", "lost_parts", "staged",
+                                          "push_buffers"}
     out = subprocess.run(base + ["scale", "--address", address, "--run", "e2e", "--task",
                                  "segmentation", "--workers", "2", "--wait-s", "90"],
                          capture_output=True, text=True, timeout=120)

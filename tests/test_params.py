@@ -48,6 +48,26 @@ def test_params_are_views_and_grads_land_in_the_flat_buffer():
     assert float(flat.grads["trunk"].abs().sum()) == 0.0
 
 
+def test_bound_gradients_are_written_by_backward_and_the_old_ones_are_not():
+    torch.manual_seed(0)
+    model = tiny_model()
+    flat = FlatModel(model, ShardLayout.of(model, shard_of))
+    old = {s: g for s, g in flat.grads.items()}
+    slots = [{s: torch.zeros_like(g) for s, g in old.items()} for _ in range(2)]
+    bindings = [flat.grad_binding(slot) for slot in slots]
+    x = torch.rand(2, 3, 16, 16)
+    for binding, slot in zip(bindings, slots):
+        flat.bind_grads(binding)
+        assert flat.grads["trunk"] is slot["trunk"]
+        flat.zero_grad()
+        model("a", x).sum().backward()
+    torch.testing.assert_close(slots[0]["trunk"], slots[1]["trunk"])   # same step, same grads
+    assert float(slots[1]["head/a"].abs().sum()) > 0
+    assert all(float(g.abs().sum()) == 0.0 for g in old.values())      # never written
+    shard, slot = flat.layout.slot("heads.a.weight")
+    assert model.heads["a"].weight.grad.data_ptr() == slots[1][shard][slot.offset:].data_ptr()
+
+
 def test_load_copies_a_read_only_array_at_an_offset():
     model = tiny_model()
     flat = FlatModel(model, ShardLayout.of(model, shard_of))

@@ -6,6 +6,7 @@ import pytest
 import ray
 
 from ps_trainer.protocol import APPLIED, NONFINITE, QUEUED, STALE, PushStats
+from ps_trainer.push_buffers import SUPPORTED as SHARED_PUSHES
 from support import wait_for
 
 pytestmark = pytest.mark.ray
@@ -97,7 +98,8 @@ def test_sync_group_turns_k_pushes_into_one_update(server):
     assert ray.get(handle.status.remote()).version == 1
 
 
-def client_pushes(cfg, spec, handle, prefetch: bool, pushes: int = 3):
+def client_pushes(cfg, spec, handle, prefetch: bool, pushes: int = 3, shared_memory=False,
+                  value=lambda step: 0.25):
     """One worker's loop (refresh, fill gradients, push) through a real ParameterClient;
     returns the staleness of each push and the weights the client held at the end."""
     from ps_trainer.client import ParameterClient
@@ -107,15 +109,16 @@ def client_pushes(cfg, spec, handle, prefetch: bool, pushes: int = 3):
     pieces = tuple(p for p in spec.plan if p.shard in ("trunk", "head/rotation"))
     results = []
     client = ParameterClient([handle], pieces, flat, inflight=2, prefetch=prefetch,
-                             on_result=results.append)
+                             shared_memory=shared_memory, on_result=results.append)
     client.connect()
-    for _ in range(pushes):
+    for step in range(pushes):
         client.refresh()
         for shard in ("trunk", "head/rotation"):
-            flat.grads[shard].fill_(0.25)
+            flat.grads[shard].fill_(value(step))
         client.push("rotation", 0, STATS, shards=("trunk", "head/rotation"))
     client.drain()
     client.refresh()
+    assert client.shared_links == int(shared_memory)
     return [r.staleness for r in results], flat
 
 
@@ -131,6 +134,25 @@ def test_without_prefetch_every_step_starts_from_the_newest_weights(server):
     assert staleness[0] == 0 and staleness[1] == 1
 
 
+@pytest.mark.skipif(not SHARED_PUSHES, reason="shared-memory pushes need Linux")
+def test_same_node_pushes_are_read_from_the_workers_memory(server):
+    """Twenty pushes of different gradients through shared memory, two in flight, land exactly
+    as through the object store. The client fills the next slot while the server still reads
+    the last two: a slot reused too early would hand the server a later step's gradient."""
+    weights = {}
+    for shared in (False, True):
+        cfg, spec, handle = server(extra=["server.staleness_policy=unscaled"])
+        initial = pulled(handle)[1].copy()
+        client_pushes(cfg, spec, handle, prefetch=True, pushes=20,
+                                     shared_memory=shared, value=lambda step: 0.25 * (step + 1))
+        weights[shared] = pulled(handle)[1]
+        assert ray.get(handle.status.remote()).push_buffers == int(shared)
+    assert ray.get(handle.status.remote()).applied == {"rotation": 20, "segmentation": 0}
+    np.testing.assert_array_equal(weights[True], weights[False])
+    # lr 1, plain SGD, full steps: the weights moved by the sum of the gradients.
+    np.testing.assert_allclose(weights[True], initial - 0.25 * sum(range(1, 21)), rtol=1e-6)
+
+
 # --------------------------------------------------------------------------- a split model
 
 @pytest.fixture
@@ -139,7 +161,7 @@ def split(ray_session, tiny_config):
     from ps_trainer.client import ParameterClient
     from ps_trainer.launch import _runtime_spec, initial_model
 
-    def make(extra=()):
+    def make(extra=(), shared_memory=False, inflight=1):
         cfg = tiny_config(tasks=("rotation", "segmentation"),
                           extra=["server.actors=2", "optimizer.name=sgd", "optimizer.lr=1.0",
                                  "optimizer.momentum=0", "optimizer.weight_decay=0", *extra])
@@ -151,7 +173,8 @@ def split(ray_session, tiny_config):
         made.extend(servers)
         _, flat = initial_model(cfg)
         pieces = tuple(p for p in spec.plan if p.shard in ("trunk", "head/rotation"))
-        client = ParameterClient(servers, pieces, flat, inflight=1)
+        client = ParameterClient(servers, pieces, flat, inflight=inflight,
+                                 shared_memory=shared_memory)
         client.connect()
         return cfg, spec, servers, client, flat
 
@@ -252,3 +275,36 @@ def test_parts_never_decided_are_let_go(split):
         caught_up(servers, version)           # the next part is staged at this version
     assert ray.get(servers[1].status.remote()).staged == 0
     assert ray.get(servers[1].status.remote()).lost_parts == 0
+
+
+@pytest.mark.skipif(not SHARED_PUSHES, reason="shared-memory pushes need Linux")
+def test_a_split_model_reads_same_node_pushes_from_shared_memory(split):
+    """Both actors map the worker's buffer; actor 1 copies its staged part (the worker may
+    reuse the slot before actor 0's decision reaches it). Ten pushes of different gradients,
+    two in flight, land exactly; a NaN in actor 1's part is still applied by neither."""
+    cfg, spec, servers, client, flat = split(extra=["server.staleness_policy=unscaled"],
+                                             shared_memory=True, inflight=2)
+    before = weights_of(servers)
+    for step in range(10):
+        for shard in ("trunk", "head/rotation"):
+            flat.grads[shard].fill_(0.25 * (step + 1))
+        client.push("rotation", 0, STATS, shards=("trunk", "head/rotation"))
+    client.drain()
+    assert client.shared_links == 2
+    caught_up(servers, 10)
+    assert [ray.get(s.status.remote()).push_buffers for s in servers] == [1, 1]
+    for old, new in zip(before, weights_of(servers)):
+        for key in old:
+            pushed = key.startswith("trunk") or key == "head/rotation"
+            np.testing.assert_allclose(new[key], old[key] - (0.25 * 55 if pushed else 0.0),
+                                       rtol=1e-6)
+    second = next(p for p in spec.plan if p.server == 1 and p.shard == "trunk")
+    for shard in ("trunk", "head/rotation"):
+        flat.grads[shard].fill_(1.0)
+    flat.grads["trunk"][second.start] = float("nan")
+    results = []
+    client.on_result = results.append
+    client.push("rotation", 0, STATS, shards=("trunk", "head/rotation"))
+    client.drain()
+    assert [r.reason for r in results] == [NONFINITE]
+    assert [ray.get(s.ping.remote()) for s in servers] == [10, 10]

@@ -55,7 +55,7 @@ class TaskLoop:
         self.device = device
         self.shards = shards_of_head(task.head_name)
         self._view = TaskModel(self.model, task.head_name)
-        self._shared = [p.grad for p in self.model.trunk.last_shared_parameters()]
+        self._shared = list(self.model.trunk.last_shared_parameters())
 
     def step(self) -> PushStats:
         """Compute the task's gradients into ``flat.grads``; returns what is reported."""
@@ -65,9 +65,10 @@ class TaskLoop:
         self.model.train()
         loss = self.task.training_loss(self._view, images, self.rng, masks)
         (loss + self.model.regularization(self.task.head_name)).backward()
-        # The .grad tensors are views into the flat buffer, so they stay valid across steps.
+        # .grad is read after the step: the client may bind the gradients to another buffer
+        # between steps (shared-memory pushes rotate through slots).
         shared_norm = float(torch.linalg.vector_norm(torch.stack(
-            [torch.linalg.vector_norm(g) for g in self._shared])))
+            [torch.linalg.vector_norm(p.grad) for p in self._shared])))
         return PushStats(loss=float(loss.detach()), shared_grad_norm=shared_norm,
                          step_time_s=time.perf_counter() - start, samples=int(images.shape[0]))
 
@@ -115,6 +116,7 @@ class TaskWorker:
                                        cfg.tasks[task_name].inflight, cfg.server.grad_dtype,
                                        report_norm=not cfg.server.verify_gradients,
                                        prefetch=cfg.tasks[task_name].prefetch,
+                                       shared_memory=cfg.server.same_node_pushes == "shared_memory",
                                        on_result=self._record, on_timing=self._timing)
         self._servers = servers
         job = ray.get_runtime_context().get_job_id()

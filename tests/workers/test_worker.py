@@ -47,10 +47,13 @@ def test_low_precision_transport_halves_the_bytes(tiny_config):
 
 
 @pytest.mark.ray
-def test_worker_actor_pushes_to_a_server_and_stops(ray_session, tiny_config):
+@pytest.mark.parametrize("transport", ["shared_memory", "object_store"])
+def test_worker_actor_pushes_to_a_server_and_stops(ray_session, tiny_config, transport):
     from ps_trainer.launch import _runtime_spec
+    from ps_trainer.push_buffers import SUPPORTED
 
-    cfg = tiny_config(tasks=("rotation", "segmentation"))
+    cfg = tiny_config(tasks=("rotation", "segmentation"),
+                      extra=[f"server.same_node_pushes={transport}"])
     spec = _runtime_spec(cfg, None)
     server = spec.server_cls.options(num_cpus=0.25).remote(cfg, 0, spec.initial_weights[0],
                                                           spec.task_keys)
@@ -61,6 +64,8 @@ def test_worker_actor_pushes_to_a_server_and_stops(ray_session, tiny_config):
     assert status.results.get(APPLIED, 0) == 12             # all pushes applied, none stale
     server_status = ray.get(server.status.remote())
     assert server_status.version == 12 and server_status.applied["rotation"] == 12
+    # On one node (and Linux) the server reads the worker's gradients from its memory.
+    assert server_status.push_buffers == int(transport == "shared_memory" and SUPPORTED)
     for actor in (worker, server):
         ray.kill(actor)
 

@@ -1,0 +1,158 @@
+"""Same-node pushes through shared memory: gradients are written where the server reads them.
+
+Through Ray, a push is copied into the object store (a new object per push) and read there
+by the server. When the worker and the server actor share a node, the copy is avoidable: the
+worker's gradient buffers can themselves be shared memory that the server maps once. Then a
+push carries a few numbers (:class:`BufferRef`) instead of the gradient, and a CPU worker's
+backward pass writes its gradients straight into the memory the server reads (a GPU
+worker's device-to-host copy lands there too, one copy instead of two).
+
+- Worker side, :class:`PushBuffers`: one anonymous shared-memory file (``memfd``) with
+  ``slots`` gradient buffers. The client rotates through them: a slot is written again only
+  once the push that sent it has been answered (``slots = inflight + 1``; see ``client.py``).
+- Server side, :class:`AttachedBuffers`: maps a worker's file through
+  ``/proc/<pid>/fd/<fd>`` (same node, same user). Nothing is named in a file system, so
+  nothing is left behind: the kernel frees the memory once the worker and the server both
+  let go of it, SIGKILL included. Mappings of processes that are gone are let go whenever a
+  new buffer is attached, so restarted workers do not pile up mappings.
+
+Linux only; elsewhere, on another node, or where the server cannot open the file (a
+hardened kernel, another user), pushes go through the object store as before.
+"""
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import sys
+from dataclasses import dataclass
+from typing import Mapping, Optional
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+SUPPORTED = sys.platform.startswith("linux") and hasattr(os, "memfd_create")
+_FLOAT_BYTES = 4
+
+
+@dataclass(frozen=True)
+class BufferRef:
+    """What a push carries for one piece in place of its gradient: `count` float32 values at
+    `offset` (in values) of slot `slot` of attached buffer `buffer`."""
+    buffer: int
+    slot: int
+    offset: int
+    count: int
+
+
+class PushBuffers:
+    """A worker's gradient slots in one shared-memory file: `slots` copies of the layout
+    `sizes` (shard -> float32 values), each slot the shards one after the other."""
+
+    def __init__(self, sizes: Mapping[str, int], slots: int):
+        if not SUPPORTED:
+            raise OSError("shared-memory pushes need Linux (memfd_create)")
+        self.offsets: dict[str, int] = {}
+        offset = 0
+        for shard, size in sizes.items():
+            self.offsets[shard] = offset
+            offset += int(size)
+        self.slot_values = offset
+        self.slots = slots
+        self.nbytes = max(1, offset * slots * _FLOAT_BYTES)
+        self.fd = os.memfd_create("ps_trainer-push", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(self.fd, self.nbytes)
+            self._map = mmap.mmap(self.fd, self.nbytes)
+        except OSError:
+            os.close(self.fd)
+            raise
+        self.views = [{shard: torch.frombuffer(self._map, dtype=torch.float32, count=int(size),
+                                               offset=(i * offset + self.offsets[shard])
+                                               * _FLOAT_BYTES) if size else torch.zeros(0)
+                       for shard, size in sizes.items()} for i in range(slots)]
+
+    def ref(self, buffer: int, slot: int, shard: str, start: int, stop: int) -> BufferRef:
+        return BufferRef(buffer, slot, self.offsets[shard] + start, stop - start)
+
+    def describe(self) -> dict:
+        """What the server needs to attach this file."""
+        return {"pid": os.getpid(), "fd": self.fd, "nbytes": self.nbytes,
+                "slot_values": self.slot_values}
+
+
+def _start_time(pid: int) -> Optional[str]:
+    """When process `pid` started (field 22 of /proc/<pid>/stat), None if it is gone: a pid
+    with another start time is another process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2:].split()[19]
+
+
+@dataclass
+class _Attached:
+    pid: int
+    started: Optional[str]
+    fd: int
+    slot_values: int
+    map: mmap.mmap
+    values: np.ndarray           # the whole file as float32
+
+
+class AttachedBuffers:
+    """The server's mappings of its same-node workers' push buffers."""
+
+    def __init__(self):
+        self._buffers: dict[int, _Attached] = {}
+        self._next_id = 1
+
+    def __len__(self) -> int:
+        return len(self._buffers)
+
+    def attach(self, pid: int, fd: int, nbytes: int, slot_values: int) -> int:
+        """Map a worker's buffer file; returns the id its pushes name. Raises OSError where
+        the file cannot be opened or is not the size announced."""
+        self.release_gone()
+        for buffer_id, b in self._buffers.items():
+            if b.pid == pid and b.fd == fd and b.map.size() == nbytes:
+                return buffer_id                 # the same worker reconnecting
+        with open(f"/proc/{pid}/fd/{fd}", "r+b", buffering=0) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size != nbytes:
+                raise OSError(f"shared push buffer of process {pid} is {size} bytes, "
+                              f"{nbytes} announced")
+            mapped = mmap.mmap(f.fileno(), nbytes)
+        buffer_id = self._next_id
+        self._next_id += 1
+        self._buffers[buffer_id] = _Attached(pid, _start_time(pid), fd, slot_values, mapped,
+                                             np.frombuffer(mapped, dtype=np.float32))
+        return buffer_id
+
+    def view(self, ref: BufferRef) -> np.ndarray:
+        """The piece a push names, as a view of the worker's memory (valid during the push)."""
+        b = self._buffers.get(ref.buffer)
+        if b is None:
+            raise KeyError(f"push names shared buffer {ref.buffer}, which this server has not "
+                           f"attached")
+        start = ref.slot * b.slot_values + ref.offset
+        if ref.slot < 0 or ref.offset < 0 or ref.offset + ref.count > b.slot_values:
+            raise ValueError(f"push names values {ref.offset}..{ref.offset + ref.count} of slot "
+                             f"{ref.slot} of a buffer with {b.slot_values} values per slot")
+        return b.values[start: start + ref.count]
+
+    def resolve(self, grads: Mapping) -> dict:
+        """A push's pieces with every BufferRef replaced by the view it names."""
+        return {k: self.view(g) if isinstance(g, BufferRef) else g for k, g in grads.items()}
+
+    def release_gone(self) -> int:
+        """Let go of the buffers of processes that no longer exist; returns how many."""
+        gone = [i for i, b in self._buffers.items() if _start_time(b.pid) != b.started]
+        for buffer_id in gone:
+            b = self._buffers.pop(buffer_id)
+            del b.values             # the only export of the map: now it can close
+            b.map.close()
+        return len(gone)
