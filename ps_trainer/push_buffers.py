@@ -120,12 +120,12 @@ class AttachedBuffers:
         for buffer_id, b in self._buffers.items():
             if b.pid == pid and b.fd == fd and b.map.size() == nbytes:
                 return buffer_id                 # the same worker reconnecting
-        with open(f"/proc/{pid}/fd/{fd}", "r+b", buffering=0) as f:
+        with open(f"/proc/{pid}/fd/{fd}", "rb", buffering=0) as f:
             size = os.fstat(f.fileno()).st_size
             if size != nbytes:
                 raise OSError(f"shared push buffer of process {pid} is {size} bytes, "
                               f"{nbytes} announced")
-            mapped = mmap.mmap(f.fileno(), nbytes)
+            mapped = mmap.mmap(f.fileno(), nbytes, access=mmap.ACCESS_READ)   # only read here
         buffer_id = self._next_id
         self._next_id += 1
         self._buffers[buffer_id] = _Attached(pid, _start_time(pid), fd, slot_values, mapped,
@@ -133,7 +133,8 @@ class AttachedBuffers:
         return buffer_id
 
     def view(self, ref: BufferRef) -> np.ndarray:
-        """The piece a push names, as a view of the worker's memory (valid during the push)."""
+        """The piece a push names, as a read-only view of the worker's memory (valid during the
+        push: the worker writes the slot again once the push is answered)."""
         b = self._buffers.get(ref.buffer)
         if b is None:
             raise KeyError(f"push names shared buffer {ref.buffer}, which this server has not "
@@ -153,6 +154,9 @@ class AttachedBuffers:
         gone = [i for i, b in self._buffers.items() if _start_time(b.pid) != b.started]
         for buffer_id in gone:
             b = self._buffers.pop(buffer_id)
-            del b.values             # the only export of the map: now it can close
-            b.map.close()
+            del b.values             # the only export of the map, unless a view is still held
+            try:
+                b.map.close()
+            except BufferError:      # a view outlives it: the map closes when that view goes
+                pass
         return len(gone)
