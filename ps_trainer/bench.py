@@ -117,12 +117,13 @@ def _shard(name: str) -> str:
 
 
 def _bench_config(actors: int = 1, grad_dtype: str = "float32", verify: bool = True,
-                  inflight: int = 2) -> Config:
+                  inflight: int = 2, pushes: str = "shared_memory") -> Config:
     return config_from_dict({
         "optimizer": {"name": "sgd", "lr": 1e-6, "momentum": 0.9, "weight_decay": 0.0,
                       "schedule": "constant"},
         "server": {"actors": actors, "num_cpus": 0.5, "grad_dtype": grad_dtype,
-                   "max_staleness_updates": 1_000_000, "verify_gradients": verify},
+                   "max_staleness_updates": 1_000_000, "verify_gradients": verify,
+                   "same_node_pushes": pushes},
         "tasks": {TASK: {"workers": 1, "inflight": inflight}},
         "metrics": {"enabled": False}})
 
@@ -151,7 +152,8 @@ class StubWorker:
             grad.normal_(0, 1e-3)
         self.client = ParameterClient(servers, plan, self.flat, cfg.tasks[TASK].inflight,
                                       cfg.server.grad_dtype,
-                                      report_norm=not cfg.server.verify_gradients)
+                                      report_norm=not cfg.server.verify_gradients,
+                                      shared_memory=cfg.server.same_node_pushes == "shared_memory")
         self.stats = PushStats(loss=1.0, shared_grad_norm=1.0)
 
     def run(self, updates: int, memory_every: int = 0, step_s: float = 0.0) -> dict:
@@ -171,6 +173,7 @@ class StubWorker:
         c = self.client
         return {"seconds": time.perf_counter() - start, "updates": updates, "memory": memory,
                 "pulled_bytes": c.pulled_bytes, "pushed_bytes": c.pushed_bytes,
+                "shared_links": c.shared_links,
                 "pull_s": c.pull_seconds, "push_s": c.push_seconds, "wait_s": c.wait_seconds}
 
     def reset(self) -> None:
@@ -229,10 +232,11 @@ def warmup_updates(params: int) -> int:
 
 def measure_ours(params: int, updates: int, workers: int = 1, actors: int = 1,
                  grad_dtype: str = "float32", verify: bool = True, step_s: float = 0.0,
-                 inflight: int = 2, warmup: Optional[int] = None) -> dict:
+                 inflight: int = 2, warmup: Optional[int] = None,
+                 pushes: str = "shared_memory") -> dict:
     """Updates/s and bytes/s of the real server with `workers` stub workers (each step a
     wait of `step_s`), and where the time of one update goes (ms per update, averaged)."""
-    cfg = _bench_config(actors, grad_dtype, verify, inflight)
+    cfg = _bench_config(actors, grad_dtype, verify, inflight, pushes)
     servers, stubs = _start(cfg, params, workers)
     try:
         warm = warmup_updates(params) if warmup is None else warmup
@@ -254,7 +258,8 @@ def measure_ours(params: int, updates: int, workers: int = 1, actors: int = 1,
                  **{f"worker_{k}_ms": per_update(sum(r[f"{k}_s"] for r in results))
                     for k in ("push", "pull", "wait")}}
     return {"updates_per_s": total / seconds, "mb_per_s": moved / seconds / 1e6,
-            "seconds_per_update": seconds / total, "breakdown": breakdown}
+            "seconds_per_update": seconds / total, "breakdown": breakdown,
+            "shared_memory_pushes": all(r["shared_links"] for r in results)}
 
 
 # --------------------------------------------------------------------------- the naive server
@@ -353,12 +358,16 @@ def round_trip(plan: BenchPlan, bandwidth: float) -> list[dict]:
                "mb_per_s": ours["mb_per_s"], "naive_updates_per_s": naive["updates_per_s"],
                "speedup_vs_naive": ours["updates_per_s"] / naive["updates_per_s"],
                "floor_s": floor_s, "floor_ratio": ours["seconds_per_update"] / floor_s,
-               "breakdown": ours["breakdown"]}
+               "breakdown": ours["breakdown"],
+               "shared_memory_pushes": ours["shared_memory_pushes"]}
         bf16 = measure_ours(params, updates, grad_dtype="bfloat16")
         row["bf16_updates_per_s"] = bf16["updates_per_s"]
         trusting = measure_ours(params, updates, verify=False)
         row["unverified_updates_per_s"] = trusting["updates_per_s"]
         row["unverified_floor_ratio"] = trusting["seconds_per_update"] / floor_s
+        objects = measure_ours(params, updates, pushes="object_store")
+        row["object_store_updates_per_s"] = objects["updates_per_s"]
+        row["object_store_floor_ratio"] = objects["seconds_per_update"] / floor_s
         rows.append(row)
         log.info("trunk %.1fM: %.1f upd/s (%.0f MB/s), naive %.1f upd/s: %.1fx; floor ratio %.2f",
                  params / 1e6, row["updates_per_s"], row["mb_per_s"], row["naive_updates_per_s"],
@@ -459,14 +468,17 @@ def format_report(report: dict) -> str:
     lines = [f"memcpy {report['memcpy_gb_per_s']:.2f} GB/s on {report['machine']['cpus']} CPUs"]
     if report.get("trunks"):
         lines += ["", "| trunk params | ours upd/s | MB/s | naive upd/s | speedup | floor ratio "
-                      "| bf16 upd/s | unverified upd/s (floor ratio) |",
-                  "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                      "| bf16 upd/s | unverified upd/s (floor ratio) "
+                      "| object-store pushes upd/s (floor ratio) |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in report["trunks"]:
             lines.append(f"| {r['params'] / 1e6:.0f}M | {r['updates_per_s']:.1f} | "
                          f"{r['mb_per_s']:.0f} | {r['naive_updates_per_s']:.1f} | "
                          f"{r['speedup_vs_naive']:.1f}x | {r['floor_ratio']:.2f} | "
                          f"{r['bf16_updates_per_s']:.1f} | {r['unverified_updates_per_s']:.1f} "
-                         f"({r['unverified_floor_ratio']:.2f}) |")
+                         f"({r['unverified_floor_ratio']:.2f}) | "
+                         f"{r['object_store_updates_per_s']:.1f} "
+                         f"({r['object_store_floor_ratio']:.2f}) |")
         lines += ["", "where an update's time goes (ms per update): server apply / publish, "
                       "worker push / pull / wait"]
         for r in report["trunks"]:

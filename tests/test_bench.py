@@ -7,6 +7,7 @@ import json
 import pytest
 
 from ps_trainer.cli import main
+from ps_trainer.push_buffers import SUPPORTED as SHARED_PUSHES
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -17,8 +18,10 @@ def test_quick_bench_writes_the_documented_json(ray_session, tmp_path, capsys):
     report = json.loads(out.read_text())
     (trunk,) = report["trunks"]
     for key in ("params", "updates_per_s", "naive_updates_per_s", "speedup_vs_naive",
-                "floor_ratio", "bf16_updates_per_s"):
+                "floor_ratio", "bf16_updates_per_s", "object_store_updates_per_s",
+                "object_store_floor_ratio"):
         assert trunk[key] > 0, key
+    assert trunk["shared_memory_pushes"] == SHARED_PUSHES    # the stub pushed as workers do
     assert trunk["speedup_vs_naive"] == pytest.approx(
         trunk["updates_per_s"] / trunk["naive_updates_per_s"])
     assert [(r["workers"], r["server_actors"]) for r in report["scaling"]] == [(1, 1), (2, 1), (2, 2)]
