@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ps_trainer.config import RENAMED_VALUES, OptimizerConfig
+from ps_trainer.runtime import streamed_zeros_like
 
 
 def learning_rate(cfg: OptimizerConfig, update: int, total_updates: int) -> float:
@@ -79,10 +80,10 @@ class FlatOptimizer:
         self._widened: dict[str, torch.Tensor] = {}   # fused SGD's float32 copy of fp16/bf16 grads
 
     def add_piece(self, key: str, like: torch.Tensor) -> None:
-        self.state[key] = {n: torch.zeros_like(like) for n in _STATE_NAMES[self.cfg.name]}
+        self.state[key] = {n: streamed_zeros_like(like) for n in _STATE_NAMES[self.cfg.name]}
         self.steps[key] = 0
         # Preallocated temporaries so an update allocates nothing.
-        self._scratch[key] = tuple(torch.empty_like(like)
+        self._scratch[key] = tuple(streamed_zeros_like(like)
                                    for _ in range(_SCRATCH_COUNT[self.cfg.name]))
 
     def step(self, key: str, weights: torch.Tensor, grad: torch.Tensor, lr: float,

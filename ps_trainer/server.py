@@ -37,7 +37,8 @@ from ps_trainer.metrics import RateMeter, Reporter, ServerMetrics
 from ps_trainer.protocol import (APPLIED, QUEUED, REJECT_REASONS, PushDecision, PushResult,
                                  PushStats, ServerStatus)
 from ps_trainer.push_buffers import SUPPORTED as SHARED_PUSHES, AttachedBuffers, BufferRef
-from ps_trainer.runtime import set_threads
+from ps_trainer.params import readonly_tensor
+from ps_trainer.runtime import huge_page_zeros, set_threads
 from ps_trainer.store import make_store
 
 log = logging.getLogger(__name__)
@@ -56,8 +57,11 @@ class ParameterServer:
                  task_keys: Mapping[str, tuple[str, ...]], state: Optional[dict] = None, hub=None,
                  peers: Sequence = ()):
         set_threads(cfg.server.num_cpus)
-        # Own writable copies: arguments arrive as read-only views of the object store.
-        own = {k: torch.from_numpy(np.array(a, dtype=np.float32)) for k, a in weights.items()}
+        # Own writable copies (arguments arrive as read-only views of the object store), in
+        # huge-page memory: every update streams them whole.
+        own = {k: huge_page_zeros(int(np.asarray(a).size)) for k, a in weights.items()}
+        for key, array in weights.items():
+            own[key].copy_(readonly_tensor(np.asarray(array, dtype=np.float32).reshape(-1)))
         self._store = make_store(cfg, own, task_keys)
         if state is not None:
             self._store.load_state(state)

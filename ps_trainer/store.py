@@ -30,6 +30,7 @@ from ps_trainer.optim import FlatOptimizer, learning_rate
 from ps_trainer.params import readonly_tensor
 from ps_trainer.protocol import (APPLIED, NONFINITE, QUEUED, STALE, PushDecision, PushResult,
                                  PushStats)
+from ps_trainer.runtime import streamed_zeros_like
 
 
 class ParameterStore:
@@ -52,7 +53,7 @@ class ParameterStore:
         self.version = 0
         self.norm_stats: dict[str, dict[str, np.ndarray]] = {}
         # Sync groups: per task, one float32 accumulator per key, and how many pushes it holds.
-        self._acc = {t: {k: torch.zeros_like(self.weights[k]) for k in keys}
+        self._acc = {t: {k: streamed_zeros_like(self.weights[k]) for k in keys}
                      for t, keys in self.task_keys.items() if self.sync[t] > 1}
         self._acc_count = {t: 0 for t in self._acc}
         self._acc_factor = {t: 0.0 for t in self._acc}
