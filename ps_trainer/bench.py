@@ -41,6 +41,7 @@ from ps_trainer.client import ParameterClient
 from ps_trainer.config import Config, config_from_dict
 from ps_trainer.params import FlatModel, ShardLayout, plan_pieces
 from ps_trainer.protocol import PushStats
+from ps_trainer.push_buffers import SUPPORTED as SHARED_PUSHES
 from ps_trainer.runtime import set_threads
 from ps_trainer.server import ParameterServer
 from ps_trainer.shards import TRUNK_SHARD, head_shard
@@ -221,13 +222,15 @@ def _kill(*groups) -> None:
             ray.kill(actor)
 
 
-def warmup_updates(params: int) -> int:
+def warmup_updates(params: int, objects_per_update: int = 2) -> int:
     """Updates before timing: enough for fresh actor processes to have touched (page-faulted)
-    the object store's pages twice over, so that the timing shows the steady state."""
+    the object store's pages twice over, so that the timing shows the steady state. An update
+    puts `objects_per_update` trunk-sized objects there: the published version, and the push
+    unless it went through shared memory."""
     store = OBJECT_STORE_BYTES
     if ray.is_initialized():
         store = int(ray.available_resources().get("object_store_memory", store))
-    return int(min(max(10, 2 * store // (8 * params)), 400))
+    return int(min(max(10, 2 * store // (4 * params * objects_per_update)), 400))
 
 
 def measure_ours(params: int, updates: int, workers: int = 1, actors: int = 1,
@@ -239,7 +242,8 @@ def measure_ours(params: int, updates: int, workers: int = 1, actors: int = 1,
     cfg = _bench_config(actors, grad_dtype, verify, inflight, pushes)
     servers, stubs = _start(cfg, params, workers)
     try:
-        warm = warmup_updates(params) if warmup is None else warmup
+        shared = pushes == "shared_memory" and grad_dtype == "float32" and SHARED_PUSHES
+        warm = warmup_updates(params, 1 if shared else 2) if warmup is None else warmup
         ray.get([w.run.remote(warm, 0, step_s) for w in stubs])
         ray.get([w.reset.remote() for w in stubs])
         before = ray.get([s.seconds_spent.remote() for s in servers])
