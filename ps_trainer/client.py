@@ -210,8 +210,7 @@ class ParameterClient:
         chunks = []
         for link in self.links:
             pieces = [p for p in link.pieces if p.shard in grads]
-            self.pushed_bytes += sum(4 * (p.stop - p.start) if link.buffer is not None
-                                     else grads[p.shard][p.start: p.stop].nbytes for p in pieces)
+            self.pushed_bytes += sum(grads[p.shard][p.start: p.stop].nbytes for p in pieces)
             if link.buffer is not None:
                 chunk = {p.key: self._buffers.ref(link.buffer, slot, p.shard, p.start, p.stop)
                          for p in pieces}

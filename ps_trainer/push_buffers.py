@@ -21,7 +21,6 @@ hardened kernel, another user), pushes go through the object store as before.
 """
 from __future__ import annotations
 
-import logging
 import mmap
 import os
 import sys
@@ -31,7 +30,6 @@ from typing import Mapping, Optional
 import numpy as np
 import torch
 
-log = logging.getLogger(__name__)
 SUPPORTED = sys.platform.startswith("linux") and hasattr(os, "memfd_create")
 _FLOAT_BYTES = 4
 
@@ -149,8 +147,8 @@ class AttachedBuffers:
         """A push's pieces with every BufferRef replaced by the view it names."""
         return {k: self.view(g) if isinstance(g, BufferRef) else g for k, g in grads.items()}
 
-    def release_gone(self) -> int:
-        """Let go of the buffers of processes that no longer exist; returns how many."""
+    def release_gone(self) -> None:
+        """Let go of the buffers of processes that no longer exist."""
         gone = [i for i, b in self._buffers.items() if _start_time(b.pid) != b.started]
         for buffer_id in gone:
             b = self._buffers.pop(buffer_id)
@@ -159,4 +157,3 @@ class AttachedBuffers:
                 b.map.close()
             except BufferError:      # a view outlives it: the map closes when that view goes
                 pass
-        return len(gone)

@@ -59,9 +59,9 @@ class ParameterServer:
         set_threads(cfg.server.num_cpus)
         # Own writable copies (arguments arrive as read-only views of the object store), in
         # huge-page memory: every update streams them whole.
-        own = {k: huge_page_zeros(int(np.asarray(a).size)) for k, a in weights.items()}
-        for key, array in weights.items():
-            own[key].copy_(readonly_tensor(np.asarray(array, dtype=np.float32).reshape(-1)))
+        own = {k: huge_page_zeros(int(np.asarray(a).size)).copy_(
+                   readonly_tensor(np.asarray(a, dtype=np.float32).reshape(-1)))
+               for k, a in weights.items()}
         self._store = make_store(cfg, own, task_keys)
         if state is not None:
             self._store.load_state(state)
