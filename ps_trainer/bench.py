@@ -7,7 +7,9 @@
    compute stubbed out: our server vs. the memory-copy floor (the bytes that must move, one
    trunk each way, over this machine's measured memcpy bandwidth) and vs. a naive server
    written the way Ray's parameter-server example does it (torch state_dict pickled per
-   call, the driver in the loop).
+   call, the driver in the loop). Beside it, the server's own passes for one update timed
+   without Ray (check + apply, one copy for the publish): the part of the ratio that is the
+   update's memory traffic rather than Ray's cost per call.
 2. Scaling: total updates/s with 1, 2, 4, 8 stub workers, and with 1..n server actors.
 3. End to end: time for the quickstart model to reach a target mIoU, asynchronous runtime
    vs. the single-process synchronous loop.
@@ -41,10 +43,11 @@ from ps_trainer.client import ParameterClient
 from ps_trainer.config import Config, config_from_dict
 from ps_trainer.params import FlatModel, ShardLayout, plan_pieces
 from ps_trainer.protocol import PushStats
-from ps_trainer.push_buffers import SUPPORTED as SHARED_PUSHES
-from ps_trainer.runtime import set_threads
+from ps_trainer.push_buffers import SUPPORTED as SHARED_PUSHES, PushBuffers
+from ps_trainer.runtime import huge_page_zeros, set_threads
 from ps_trainer.server import ParameterServer
 from ps_trainer.shards import TRUNK_SHARD, head_shard
+from ps_trainer.store import make_store
 
 log = logging.getLogger(__name__)
 TASK = "bench"
@@ -352,9 +355,49 @@ def memcpy_bandwidth(nbytes: int = 256 << 20, repeats: int = 5) -> float:
     return nbytes / best
 
 
+def server_passes(params: int, repeats: int = 21) -> dict:
+    """The server's own work on one update, without Ray, in this process on one thread (ms,
+    median of `repeats`): the real store's check + apply of one push (a gradient in a
+    shared push buffer, as from a worker on the node), the norm pass alone, and one copy of
+    the weights into memory already mapped, the least a publish can cost."""
+    set_threads(1)
+    cfg = _bench_config()
+    weights = {"trunk": huge_page_zeros(params)}
+    store = make_store(cfg, weights, {TASK: ("trunk",)})
+    buffers = PushBuffers({"trunk": params}, 1) if SHARED_PUSHES else None
+    grad = buffers.views[0]["trunk"] if buffers else torch.empty(params)
+    grad.normal_(0, 1e-3)
+    published = torch.empty(params)
+    stats = PushStats(loss=1.0, shared_grad_norm=1.0)
+
+    def median_ms(work) -> float:
+        work()                                          # first touch of every page
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            work()
+            times.append(time.perf_counter() - start)
+        return 1000 * float(np.median(times))
+
+    try:
+        out = {"apply_ms": median_ms(lambda: store.push(TASK, store.version, {"trunk": grad},
+                                                        stats)),
+               "norm_ms": median_ms(lambda: store.part_norm2({"trunk": grad}, stats)),
+               "copy_ms": median_ms(lambda: published.copy_(weights["trunk"]))}
+    finally:
+        if buffers:
+            buffers.close()
+    out["total_ms"] = out["apply_ms"] + out["copy_ms"]
+    return out
+
+
 def round_trip(plan: BenchPlan, bandwidth: float) -> list[dict]:
     rows = []
     for params, updates in zip(plan.trunk_params, plan.updates):
+        # The passes first, against a floor measured beside them: both are memory-bound, and
+        # this machine's bandwidth moves over a bench run.
+        passes = server_passes(params)
+        passes_floor_s = 2 * 4 * params / memcpy_bandwidth()
         ours = measure_ours(params, updates)
         naive = measure_naive(params, max(updates // 3, 5))
         floor_s = 2 * 4 * params / bandwidth          # one fp32 trunk pulled, one pushed
@@ -362,7 +405,9 @@ def round_trip(plan: BenchPlan, bandwidth: float) -> list[dict]:
                "mb_per_s": ours["mb_per_s"], "naive_updates_per_s": naive["updates_per_s"],
                "speedup_vs_naive": ours["updates_per_s"] / naive["updates_per_s"],
                "floor_s": floor_s, "floor_ratio": ours["seconds_per_update"] / floor_s,
-               "breakdown": ours["breakdown"],
+               "breakdown": ours["breakdown"], "server_passes": passes,
+               "server_passes_floor_s": passes_floor_s,
+               "server_passes_floor_ratio": passes["total_ms"] / 1000 / passes_floor_s,
                "shared_memory_pushes": ours["shared_memory_pushes"]}
         bf16 = measure_ours(params, updates, grad_dtype="bfloat16")
         row["bf16_updates_per_s"] = bf16["updates_per_s"]
@@ -487,9 +532,13 @@ def format_report(report: dict) -> str:
                       "worker push / pull / wait"]
         for r in report["trunks"]:
             b = r["breakdown"]
+            p = r["server_passes"]
             lines.append(f"- {r['params'] / 1e6:.0f}M: server {b['server_apply_ms']} / "
                          f"{b['server_publish_ms']}, worker {b['worker_push_ms']} / "
-                         f"{b['worker_pull_ms']} / {b['worker_wait_ms']}")
+                         f"{b['worker_pull_ms']} / {b['worker_wait_ms']}; the server's passes "
+                         f"without Ray: check + apply {p['apply_ms']:.2f} (norm "
+                         f"{p['norm_ms']:.2f}) + copy {p['copy_ms']:.2f} = "
+                         f"{r['server_passes_floor_ratio']:.2f}x the floor")
     if report.get("scaling"):
         lines += ["", "| workers | server actors | upd/s |", "|---:|---:|---:|"]
         lines += [f"| {r['workers']} | {r['server_actors']} | {r['updates_per_s']:.1f} |"

@@ -74,6 +74,10 @@ class PushBuffers:
     def ref(self, buffer: int, slot: int, shard: str, start: int, stop: int) -> BufferRef:
         return BufferRef(buffer, slot, self.offsets[shard] + start, stop - start)
 
+    def close(self) -> None:
+        """Close the file; the memory goes with the last mapping or view of it."""
+        os.close(self.fd)
+
     def describe(self) -> dict:
         """What the server needs to attach this file."""
         return {"pid": os.getpid(), "fd": self.fd, "nbytes": self.nbytes,

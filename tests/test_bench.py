@@ -22,6 +22,10 @@ def test_quick_bench_writes_the_documented_json(ray_session, tmp_path, capsys):
                 "object_store_floor_ratio"):
         assert trunk[key] > 0, key
     assert trunk["shared_memory_pushes"] == SHARED_PUSHES    # the stub pushed as workers do
+    passes = trunk["server_passes"]          # timed on the real store: each part takes time
+    assert passes["apply_ms"] > passes["norm_ms"] > 0 and passes["copy_ms"] > 0
+    assert trunk["server_passes_floor_ratio"] == pytest.approx(
+        passes["total_ms"] / 1000 / trunk["server_passes_floor_s"])
     assert trunk["speedup_vs_naive"] == pytest.approx(
         trunk["updates_per_s"] / trunk["naive_updates_per_s"])
     assert [(r["workers"], r["server_actors"]) for r in report["scaling"]] == [(1, 1), (2, 1), (2, 2)]
