@@ -68,6 +68,9 @@ class BenchPlan:
     """What to measure; --quick shrinks every part."""
     trunk_params: tuple[int, ...] = (1_000_000, 11_000_000, 25_000_000)
     updates: tuple[int, ...] = (600, 200, 100)       # per trunk size, per worker
+    # Updates before each timing of the round trip and scaling; None: enough for the steady
+    # state (warmup_updates()). --quick, a smoke test, needs no steady state.
+    warmup: Optional[int] = None
     scaling_workers: tuple[int, ...] = (1, 2, 4, 8)
     scaling_actors: tuple[int, ...] = (1, 2, 4)
     scaling_params: int = 1_000_000
@@ -95,7 +98,7 @@ class BenchPlan:
 
     @classmethod
     def quick(cls) -> "BenchPlan":
-        return cls(trunk_params=(1_000_000,), updates=(100,), scaling_workers=(1, 2),
+        return cls(trunk_params=(1_000_000,), updates=(100,), warmup=10, scaling_workers=(1, 2),
                    scaling_actors=(1, 2), scaling_updates=60, memory_updates=1_000,
                    end_to_end=False, hardware_params=(1_000_000,), hardware_workers=(1, 2),
                    hardware_actors=(1, 2), hardware_step_s=0.05, hardware_updates=10,
@@ -317,13 +320,14 @@ class NaiveWorker:
         return self.grads
 
 
-def measure_naive(params: int, updates: int, workers: int = 1) -> dict:
+def measure_naive(params: int, updates: int, workers: int = 1,
+                  warmup: Optional[int] = None) -> dict:
     """The asynchronous loop of Ray's parameter-server example, driver in the loop."""
     server = ray.remote(NaiveServer).options(num_cpus=0.5).remote(params)
     stubs = [ray.remote(NaiveWorker).options(num_cpus=0.01).remote(params) for _ in range(workers)]
     try:
         weights = server.get_weights.remote()
-        for _ in range(warmup_updates(params)):                             # warm up
+        for _ in range(warmup_updates(params) if warmup is None else warmup):
             weights = server.apply_gradients.remote(stubs[0].compute_gradients.remote(weights))
         ray.get(weights)
         start = time.perf_counter()
@@ -398,8 +402,8 @@ def round_trip(plan: BenchPlan, bandwidth: float) -> list[dict]:
         # this machine's bandwidth moves over a bench run.
         passes = server_passes(params)
         passes_floor_s = 2 * 4 * params / memcpy_bandwidth()
-        ours = measure_ours(params, updates)
-        naive = measure_naive(params, max(updates // 3, 5))
+        ours = measure_ours(params, updates, warmup=plan.warmup)
+        naive = measure_naive(params, max(updates // 3, 5), warmup=plan.warmup)
         floor_s = 2 * 4 * params / bandwidth          # one fp32 trunk pulled, one pushed
         row = {"params": params, "updates_per_s": ours["updates_per_s"],
                "mb_per_s": ours["mb_per_s"], "naive_updates_per_s": naive["updates_per_s"],
@@ -409,12 +413,12 @@ def round_trip(plan: BenchPlan, bandwidth: float) -> list[dict]:
                "server_passes_floor_s": passes_floor_s,
                "server_passes_floor_ratio": passes["total_ms"] / 1000 / passes_floor_s,
                "shared_memory_pushes": ours["shared_memory_pushes"]}
-        bf16 = measure_ours(params, updates, grad_dtype="bfloat16")
+        bf16 = measure_ours(params, updates, grad_dtype="bfloat16", warmup=plan.warmup)
         row["bf16_updates_per_s"] = bf16["updates_per_s"]
-        trusting = measure_ours(params, updates, verify=False)
+        trusting = measure_ours(params, updates, verify=False, warmup=plan.warmup)
         row["unverified_updates_per_s"] = trusting["updates_per_s"]
         row["unverified_floor_ratio"] = trusting["seconds_per_update"] / floor_s
-        objects = measure_ours(params, updates, pushes="object_store")
+        objects = measure_ours(params, updates, pushes="object_store", warmup=plan.warmup)
         row["object_store_updates_per_s"] = objects["updates_per_s"]
         row["object_store_floor_ratio"] = objects["seconds_per_update"] / floor_s
         rows.append(row)
@@ -427,14 +431,16 @@ def round_trip(plan: BenchPlan, bandwidth: float) -> list[dict]:
 def scaling(plan: BenchPlan) -> list[dict]:
     rows = []
     for workers in plan.scaling_workers:
-        r = measure_ours(plan.scaling_params, plan.scaling_updates, workers=workers)
+        r = measure_ours(plan.scaling_params, plan.scaling_updates, workers=workers,
+                         warmup=plan.warmup)
         rows.append({"workers": workers, "server_actors": 1, "updates_per_s": r["updates_per_s"]})
         log.info("scaling: %d workers, 1 server actor: %.1f upd/s", workers, r["updates_per_s"])
     workers = max(plan.scaling_workers)
     for actors in plan.scaling_actors:
         if actors == 1:
             continue
-        r = measure_ours(plan.scaling_params, plan.scaling_updates, workers=workers, actors=actors)
+        r = measure_ours(plan.scaling_params, plan.scaling_updates, workers=workers, actors=actors,
+                         warmup=plan.warmup)
         rows.append({"workers": workers, "server_actors": actors, "updates_per_s": r["updates_per_s"]})
         log.info("scaling: %d workers, %d server actors: %.1f upd/s", workers, actors, r["updates_per_s"])
     return rows
