@@ -99,7 +99,13 @@ def make_evaluation_loop(cfg: Config, model_factory: Callable[[], MultiTaskModel
 
 
 class Evaluator:
-    """Ray actor (``max_concurrency=2``): :meth:`run` loops, control calls come in between."""
+    """Ray actor (``max_concurrency=2``): :meth:`run` loops, control calls come in between.
+
+    The evaluation data and the run folder are opened on first use, not in ``__init__``: an
+    error there (data that cannot be read, a run folder that cannot be written) is then an
+    error of the call that met it, which the coordinator logs in one line before it replaces
+    the actor. Raised in ``__init__``, Ray aborts a threaded actor's process with a C++ stack
+    trace (Ray 2.60)."""
 
     def __init__(self, cfg: Config, servers: list, plan: tuple[Piece, ...],
                  model_factory: Callable[[], MultiTaskModel], run_dir: str,
@@ -108,9 +114,10 @@ class Evaluator:
         self._cfg = cfg
         self._servers = list(servers)
         self._plan = plan
-        self._loop = make_evaluation_loop(cfg, model_factory,
-                                          torch.device("cuda" if ray.get_gpu_ids() else "cpu"))
-        self._recorder = RunRecorder(cfg, RunFolder(run_dir))
+        self._model_factory = model_factory
+        self._run_dir = run_dir
+        self._loop: Optional[EvaluationLoop] = None   # None also where no head is scored
+        self._recorder: Optional[RunRecorder] = None  # both made by _open()
         self._start = time.monotonic() - time_offset_s
         self._stop = threading.Event()
         self._lock = threading.Lock()   # one evaluation at a time (loop thread vs. final call)
@@ -138,6 +145,8 @@ class Evaluator:
 
     def run(self) -> None:
         """Evaluate when the schedule says (ps_trainer.schedule.EvalSchedule)."""
+        with self._lock:
+            self._open()                     # errors show at once, not at the first evaluation
         schedule = EvalSchedule.of(self._cfg, time.monotonic())
         while not self._stop.wait(0.25):
             if schedule.due(time.monotonic(), self._version):
@@ -158,19 +167,27 @@ class Evaluator:
             self._stop.set()
         return self._evaluate(extra)
 
+    def _open(self) -> RunRecorder:
+        if self._recorder is None:
+            device = torch.device("cuda" if ray.get_gpu_ids() else "cpu")
+            self._loop = make_evaluation_loop(self._cfg, self._model_factory, device)
+            self._recorder = RunRecorder(self._cfg, RunFolder(self._run_dir))
+        return self._recorder
+
     def _evaluate(self, extra: dict, periodic: bool = False) -> Optional[dict]:
         with self._lock:
             if periodic and self._stop.is_set():   # the final evaluation came first, or is due
                 return None
+            recorder = self._open()
             try:
                 states = ray.get(self._servers[0].snapshot.remote())   # one point in time
                 statuses = ray.get([s.status.remote() for s in self._servers])
             except ray.exceptions.RayActorError as err:
                 log.warning("evaluation skipped: a server is unreachable (%s)", type(err).__name__)
                 return None
-            return self._score_and_record(states, statuses, extra)
+            return self._score_and_record(recorder, states, statuses, extra)
 
-    def _score_and_record(self, states, statuses, extra: dict) -> dict:
+    def _score_and_record(self, recorder: RunRecorder, states, statuses, extra: dict) -> dict:
         result = None
         if self._loop is not None:
             self._loop.load_pieces(states, self._plan)
@@ -182,13 +199,13 @@ class Evaluator:
         info = {"losses": s0.losses, "weights": s0.weights, "applied": s0.applied, "lr": s0.lr,
                 "staleness": s0.staleness, **extra}
         payload = {"servers": states, "plan": [asdict(p) for p in self._plan]}
-        record = self._recorder.record(step, time.monotonic() - self._start, payload, result,
-                                       self._loop, info)
+        record = recorder.record(step, time.monotonic() - self._start, payload, result,
+                                 self._loop, info)
         self._metrics.evaluations.inc()
         self._metrics.checkpoint_seconds.observe(record["checkpoint_seconds"])
         self._metrics.checkpoint_bytes.set(record["checkpoint_bytes"])
-        if self._recorder.checkpoints.best_score is not None:
-            self._metrics.best_miou.set(self._recorder.checkpoints.best_score)
+        if recorder.checkpoints.best_score is not None:
+            self._metrics.best_miou.set(recorder.checkpoints.best_score)
         self._reporter.now()
         self.latest = record
         return record

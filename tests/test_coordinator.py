@@ -3,6 +3,7 @@ are reported as pending, not running; an evaluator whose loop fails is stopped a
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import re
@@ -15,7 +16,8 @@ import pytest
 import ray
 
 from ps_trainer.checkpoint import CheckpointManager
-from ps_trainer.launch import _log_progress, start_coordinator, start_metrics
+from ps_trainer.evaluator import Evaluator
+from ps_trainer.launch import _log_progress, build_eval_model, start_coordinator, start_metrics
 from ps_trainer.progress import Progress
 from ps_trainer.protocol import CoordinatorStatus, ServerStatus
 from ps_trainer.run_folder import RunFolder
@@ -112,6 +114,29 @@ def test_a_failed_evaluator_is_stopped_and_its_replacement_checkpoints(started, 
         summary = ray.get(done, timeout=120)
     assert summary.runtime.done and summary.final is None and summary.miou is None
     assert summary.stopped_by == "stopped"
+
+
+def test_an_evaluator_that_cannot_write_its_run_folder_fails_its_calls_not_its_process(
+        ray_session, tiny_config, tmp_path):
+    # Raised in the constructor of an actor with max_concurrency > 1, Ray aborts the process
+    # (SIGABRT, a C++ stack trace) and the coordinator sees only ActorDiedError; raised by a
+    # call, the coordinator logs the cause in one line and stops the actor itself.
+    cfg = tiny_config(tasks=("rotation",))
+    run_dir = tmp_path / "broken-run"
+    run_dir.mkdir()
+    (run_dir / "checkpoints").write_text("a file where the checkpoints folder belongs")
+    evaluator = ray.remote(Evaluator).options(num_cpus=0, max_concurrency=2, max_restarts=0) \
+        .remote(cfg, [], (), functools.partial(build_eval_model, cfg), str(run_dir))
+    try:
+        assert ray.get(evaluator.ping.remote(), timeout=60)
+        with pytest.raises(ray.exceptions.RayTaskError) as raised:
+            ray.get(evaluator.run.remote(), timeout=120)
+        assert isinstance(raised.value.cause, FileExistsError)
+        with pytest.raises(ray.exceptions.RayTaskError):
+            ray.get(evaluator.evaluate_now.remote({"final": True}), timeout=120)
+        assert ray.get(evaluator.ping.remote(), timeout=60)      # alive until told to stop
+    finally:
+        ray.kill(evaluator)
 
 
 @contextlib.contextmanager
