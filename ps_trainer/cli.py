@@ -142,8 +142,16 @@ def _train(args) -> int:
         if args.address:
             _reachable(args.address)
         summary = launch.run_distributed(cfg, args.address, resume=checkpoint)
+    if summary.error:
+        print(f"ps-trainer: {summary.error}", file=sys.stderr)
+        return 1
     miou = summary.miou
-    print(f"final mIoU: {miou:.4f}" if miou is not None else "final mIoU: n/a (no segmentation task)")
+    if miou is not None:
+        print(f"final mIoU: {miou:.4f}")
+    else:
+        from ps_trainer.evaluator import SEGMENTATION
+        why = "no final evaluation" if SEGMENTATION in cfg.task_names else "no segmentation task"
+        print(f"final mIoU: n/a ({why})")
     print(f"run folder: {cfg.run.out_dir}")
     return 0
 

@@ -36,9 +36,9 @@ from ps_trainer.checkpoint import CheckpointManager
 from ps_trainer.config import Config
 from ps_trainer.metrics import CoordinatorMetrics, Reporter
 from ps_trainer.params import Piece
-from ps_trainer.protocol import CoordinatorStatus, ServerStatus
+from ps_trainer.protocol import CoordinatorStatus, ServerStatus, SetupError
 from ps_trainer.run_folder import RunFolder
-from ps_trainer.schedule import STOPPED, TARGET_MIOU, RunSummary, StopRule
+from ps_trainer.schedule import FAILED, STOPPED, TARGET_MIOU, RunSummary, StopRule
 
 log = logging.getLogger(__name__)
 _SUPERVISE_EVERY_S = 0.5
@@ -47,6 +47,10 @@ _CALL_TIMEOUT_S = 10.0          # a control call to a live actor
 _FINAL_EVAL_TIMEOUT_S = 300.0   # the final evaluation: scores the whole split and checkpoints
 _SCALE_WAIT_S = 10.0            # how long scale() waits for new workers to answer
 _SERVER_START_S = 120.0         # how long (re)starting the server actors is waited for
+# A worker of one task (or the evaluator) that fails to set itself up this many times in a run
+# ends the run with that error: its data or run folder is broken, and replacements would
+# fail the same way for as long as the run lasts.
+_SETUP_ATTEMPTS = 3
 
 
 @dataclass
@@ -138,6 +142,8 @@ class Coordinator:
         self._start_time = time.monotonic()
         self._done = False
         self._last_version: Optional[int] = None     # the newest version seen (supervision)
+        self._setup_failures: dict[str, int] = {}    # role -> SetupErrors seen in this run
+        self._failure: Optional[str] = None          # why the run ends as FAILED
 
     # ------------------------------------------------------------------ starting actors
 
@@ -301,6 +307,9 @@ class Coordinator:
                 self._check_workers()
                 self._check_evaluator()
                 self._worker_counts()
+            if self._failure is not None:
+                stopped_by = FAILED
+                break
             version = self._version()
             self._reporter.maybe()
             elapsed = time.monotonic() - self._start_time + self._spec.time_offset_s
@@ -338,9 +347,13 @@ class Coordinator:
                 except ray.exceptions.RayActorError:
                     log.warning("worker %s/%d died; starting a replacement", task, slot.replica)
                 except Exception as err:
-                    log.error("worker %s/%d failed: %s; starting a replacement", task,
-                              slot.replica, err)
                     ray.kill(slot.handle)
+                    if self._gave_up(f"worker {task}", err):
+                        log.error("worker %s/%d failed: %s; ending the run", task,
+                                  slot.replica, _cause(err))
+                        return
+                    log.error("worker %s/%d failed: %s; starting a replacement", task,
+                              slot.replica, _cause(err))
                 slots[i] = self._new_worker(task, slot.replica)
                 self._stats.restarts["worker"] += 1
                 self._metrics.restarts.labels("worker").inc()
@@ -410,12 +423,28 @@ class Coordinator:
         except ray.exceptions.RayActorError as err:
             log.warning("evaluator died (%s); starting a replacement", type(err).__name__)
         except Exception as err:
+            if self._gave_up("evaluator", err):
+                log.error("evaluator failed: %s; ending the run", _cause(err))
+                ray.kill(self._evaluator)
+                return
             log.error("evaluator failed: %s; stopping it and starting a replacement", _cause(err))
         # A loop that raised leaves the actor alive with its CPUs: end it before replacing it.
         ray.kill(self._evaluator)
         self._start_evaluator()
         self._stats.restarts["evaluator"] += 1
         self._metrics.restarts.labels("evaluator").inc()
+
+    def _gave_up(self, role: str, err: Exception) -> bool:
+        """Count `err` if `role` failed to set itself up (a SetupError); True, and the run's
+        failure set, once that happened _SETUP_ATTEMPTS times."""
+        cause = getattr(err, "cause", None)
+        if not isinstance(cause, SetupError):
+            return False
+        count = self._setup_failures[role] = self._setup_failures.get(role, 0) + 1
+        if count < _SETUP_ATTEMPTS:
+            return False
+        self._failure = f"{cause} (failed {count} times; the run is stopped)"
+        return True
 
     def _finish(self, stop_rule: StopRule, stopped_by: str) -> RunSummary:
         """Stop the workers, run the final evaluation and checkpoint, stop the evaluator;
@@ -427,8 +456,8 @@ class Coordinator:
             refs = [s.run_ref for slots in self._workers.values() for s in slots if s.refresh()]
             if refs:
                 ray.wait(refs, num_returns=len(refs), timeout=_STOP_GRACE_S)
-            final = self._final_evaluation(stopped_by)
-            if final is None:        # a server actor died just now: restore it, try once more
+            final = None if stopped_by == FAILED else self._final_evaluation(stopped_by)
+            if final is None and stopped_by != FAILED:   # a server died just now: try once more
                 ray.wait(self._server_pings, num_returns=len(self._server_pings),
                          timeout=_CALL_TIMEOUT_S)
                 self._check_servers()
@@ -444,7 +473,7 @@ class Coordinator:
                 miou=final.get("miou") if final else None,
                 reached_target_s=stop_rule.reached(final), stopped_by=stopped_by,
                 applied=dict(servers[0].applied) if servers else {}, final=final,
-                runtime=status)
+                runtime=status, error=self._failure)
 
     def _final_evaluation(self, stopped_by: str) -> Optional[dict]:
         """The evaluation that ends the run (or the one that reached the target); None when the

@@ -27,6 +27,7 @@ from ps_trainer.data.splits import build_splits
 from ps_trainer.metrics import EvaluatorMetrics, Reporter
 from ps_trainer.model import MultiTaskModel, shard_of
 from ps_trainer.params import FlatModel, Piece, ShardLayout, load_norm_stats, load_pieces
+from ps_trainer.protocol import SetupError
 from ps_trainer.recorder import RunRecorder
 from ps_trainer.run_folder import RunFolder
 from ps_trainer.runtime import set_threads
@@ -102,10 +103,8 @@ class Evaluator:
     """Ray actor (``max_concurrency=2``): :meth:`run` loops, control calls come in between.
 
     The evaluation data and the run folder are opened on first use, not in ``__init__``: an
-    error there (data that cannot be read, a run folder that cannot be written) is then an
-    error of the call that met it, which the coordinator logs in one line before it replaces
-    the actor. Raised in ``__init__``, Ray aborts a threaded actor's process with a C++ stack
-    trace (Ray 2.60)."""
+    error there (data that cannot be read, a run folder that cannot be written) is then a
+    :class:`SetupError` of the call that met it (see ``protocol.py``)."""
 
     def __init__(self, cfg: Config, servers: list, plan: tuple[Piece, ...],
                  model_factory: Callable[[], MultiTaskModel], run_dir: str,
@@ -169,9 +168,13 @@ class Evaluator:
 
     def _open(self) -> RunRecorder:
         if self._recorder is None:
-            device = torch.device("cuda" if ray.get_gpu_ids() else "cpu")
-            self._loop = make_evaluation_loop(self._cfg, self._model_factory, device)
-            self._recorder = RunRecorder(self._cfg, RunFolder(self._run_dir))
+            try:
+                device = torch.device("cuda" if ray.get_gpu_ids() else "cpu")
+                self._loop = make_evaluation_loop(self._cfg, self._model_factory, device)
+                self._recorder = RunRecorder(self._cfg, RunFolder(self._run_dir))
+            except Exception as err:
+                raise SetupError(f"the evaluator could not start: {type(err).__name__}: "
+                                 f"{err}") from err
         return self._recorder
 
     def _evaluate(self, extra: dict, periodic: bool = False) -> Optional[dict]:

@@ -12,6 +12,13 @@ NONFINITE = "nonfinite"    # NaN or Inf in the gradient or the reported loss: re
 REJECT_REASONS = (STALE, NONFINITE)
 
 
+class SetupError(RuntimeError):
+    """An actor could not set itself up (its data, its model, its run folder): raised by its
+    first call rather than its constructor, so that it reaches the coordinator as an error with
+    its cause (a threaded actor whose constructor raises is aborted by Ray, SIGABRT and a C++
+    stack trace). A replacement would most likely meet it again."""
+
+
 @dataclass(frozen=True)
 class PushStats:
     """What a worker reports with each push."""

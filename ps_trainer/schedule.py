@@ -20,6 +20,7 @@ from ps_trainer.config import Config
 from ps_trainer.protocol import CoordinatorStatus
 
 MAX_UPDATES, MAX_MINUTES, TARGET_MIOU, STOPPED = "max_updates", "max_minutes", "target_miou", "stopped"
+FAILED = "failed"    # an actor could not set itself up, again and again (RunSummary.error)
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,8 @@ class RunSummary:
     elapsed_s: float
     miou: Optional[float]                # of the final evaluation; None without one
     reached_target_s: Optional[float]    # when run.target_miou was reached, else None
-    stopped_by: str                      # MAX_UPDATES | MAX_MINUTES | TARGET_MIOU | STOPPED
+    stopped_by: str                      # MAX_UPDATES | MAX_MINUTES | TARGET_MIOU | STOPPED | FAILED
     applied: dict                        # pushes applied per task
     final: Optional[dict]                # the final metrics.jsonl record
     runtime: Optional[CoordinatorStatus] = None   # distributed runs: the coordinator's last status
+    error: Optional[str] = None          # FAILED: why, in one line

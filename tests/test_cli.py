@@ -52,6 +52,22 @@ def test_local_train_then_eval_the_checkpoint(tmp_path, tiny):
     assert f"mIoU: {recorded['miou']:.4f}" in evaluated.stdout
 
 
+@pytest.mark.ray
+def test_a_distributed_run_whose_data_cannot_be_read_fails_in_one_line(ray_session, tmp_path, tiny,
+                                                                       capsys):
+    missing = tmp_path / "no-such-dataset"
+    overrides = [a for o in tiny(tmp_path, ("rotation",), extra=[
+        "run.name=cli-nodata", "run.max_updates=100000", "data.source=folder",
+        f"data.root={missing}", "data.num_classes=3"]) for a in ("--set", o)]
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("{}\n")
+    assert main(["train", "--config", str(empty), *overrides]) == 1
+    captured = capsys.readouterr()
+    (line,) = [row for row in captured.err.splitlines() if row.startswith("ps-trainer:")]
+    assert "could not start" in line and f"dataset root not found: {missing}" in line
+    assert "final mIoU" not in captured.out
+
+
 def _recorded_checkpoint(cfg, tmp_path):
     """A real checkpoint of a tiny untrained run (what the evaluator writes)."""
     import numpy as np

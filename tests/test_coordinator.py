@@ -19,7 +19,7 @@ from ps_trainer.checkpoint import CheckpointManager
 from ps_trainer.evaluator import Evaluator
 from ps_trainer.launch import _log_progress, build_eval_model, start_coordinator, start_metrics
 from ps_trainer.progress import Progress
-from ps_trainer.protocol import CoordinatorStatus, ServerStatus
+from ps_trainer.protocol import CoordinatorStatus, ServerStatus, SetupError
 from ps_trainer.run_folder import RunFolder
 from support import stop_run, wait_for
 
@@ -131,12 +131,28 @@ def test_an_evaluator_that_cannot_write_its_run_folder_fails_its_calls_not_its_p
         assert ray.get(evaluator.ping.remote(), timeout=60)
         with pytest.raises(ray.exceptions.RayTaskError) as raised:
             ray.get(evaluator.run.remote(), timeout=120)
-        assert isinstance(raised.value.cause, FileExistsError)
+        assert isinstance(raised.value.cause, SetupError)
+        assert "FileExistsError" in str(raised.value.cause)
         with pytest.raises(ray.exceptions.RayTaskError):
             ray.get(evaluator.evaluate_now.remote({"final": True}), timeout=120)
         assert ray.get(evaluator.ping.remote(), timeout=60)      # alive until told to stop
     finally:
         ray.kill(evaluator)
+
+
+def test_a_run_whose_workers_cannot_read_their_data_ends_failed_with_the_cause(started, tiny_config,
+                                                                            tmp_path):
+    missing = tmp_path / "no-such-dataset"
+    cfg = tiny_config(tasks=("rotation",), extra=[
+        "run.name=nodata", "run.max_updates=100000", "data.source=folder",
+        f"data.root={missing}", "data.num_classes=3"])
+    coordinator, done, _ = started(cfg)
+    summary = ray.get(done, timeout=300)
+    assert summary.stopped_by == "failed" and summary.updates == 0
+    assert "could not start" in summary.error and str(missing) in summary.error
+    assert "\n" not in summary.error
+    # Each role gives up after its third failed setup; the first to do so ends the run.
+    assert summary.runtime.restarts["worker"] <= 2 and summary.runtime.restarts["evaluator"] <= 2
 
 
 @contextlib.contextmanager

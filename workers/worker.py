@@ -30,7 +30,8 @@ from ps_trainer.model import MultiTaskModel, shard_of
 from ps_trainer.shards import shards_of_head
 from ps_trainer.client import ParameterClient
 from ps_trainer.params import FlatModel, Piece, ShardLayout
-from ps_trainer.protocol import NONFINITE, STALE, PushResult, PushStats, WorkerStatus
+from ps_trainer.protocol import (NONFINITE, STALE, PushResult, PushStats, SetupError,
+                                 WorkerStatus)
 from ps_trainer.runtime import set_threads
 from ps_trainer.slots import ComputeSlots, slot_count
 from ps_trainer_workers.assembly import build_model, build_task
@@ -100,24 +101,21 @@ def make_task_loop(cfg: Config, task_name: str, replica: int,
 
 class TaskWorker:
     """Ray actor (created with ``max_concurrency=2``: the loop runs in one thread, control
-    calls — stop, set_servers, status — in the other)."""
+    calls — stop, set_servers, status — in the other). Its data, model and parameter client
+    are made when :meth:`run` starts, not in ``__init__``: a failure there is a
+    :class:`SetupError` of that call (see ``protocol.py``)."""
 
     def __init__(self, cfg: Config, task_name: str, replica: int, servers: list,
                  plan: tuple[Piece, ...], hub=None):
         set_threads(cfg.tasks[task_name].num_cpus)
-        device = torch.device("cuda" if ray.get_gpu_ids() else "cpu")
+        self._cfg = cfg
         self._task = task_name
         self._replica = replica
-        self._loop = make_task_loop(cfg, task_name, replica, device)
+        self._plan = plan
+        self._loop: Optional[TaskLoop] = None              # both made by _open()
+        self._client: Optional[ParameterClient] = None
         self._results = collections.Counter()
         self._metrics = WorkerMetrics(task_name, replica)
-        pieces = tuple(p for p in plan if p.shard in self._loop.shards)
-        self._client = ParameterClient(servers, pieces, self._loop.flat,
-                                       cfg.tasks[task_name].inflight, cfg.server.grad_dtype,
-                                       report_norm=not cfg.server.verify_gradients,
-                                       prefetch=cfg.tasks[task_name].prefetch,
-                                       shared_memory=cfg.server.same_node_pushes == "shared_memory",
-                                       on_result=self._record, on_timing=self._timing)
         self._servers = servers
         job = ray.get_runtime_context().get_job_id()
         self._slots = ComputeSlots(slot_count(cfg.run.compute_slots_per_node),
@@ -139,10 +137,11 @@ class TaskWorker:
         self._servers = servers
 
     def status(self) -> WorkerStatus:
+        loop = self._loop
         return WorkerStatus(task=self._task, replica=self._replica, steps=self._steps,
                             node=ray.get_runtime_context().get_node_id(),
                             results=dict(self._results),
-                            skipped_images=self._loop.sampler.skipped)
+                            skipped_images=loop.sampler.skipped if loop else 0)
 
     def ping(self) -> bool:
         return True
@@ -153,8 +152,27 @@ class TaskWorker:
 
     # ------------------------------------------------------------------ loop thread
 
+    def _open(self) -> None:
+        cfg, task = self._cfg, self._task
+        try:
+            device = torch.device("cuda" if ray.get_gpu_ids() else "cpu")
+            loop = make_task_loop(cfg, task, self._replica, device)
+        except Exception as err:
+            raise SetupError(f"worker {task}/{self._replica} could not start: "
+                             f"{type(err).__name__}: {err}") from err
+        pieces = tuple(p for p in self._plan if p.shard in loop.shards)
+        self._client = ParameterClient(self._servers, pieces, loop.flat,
+                                       cfg.tasks[task].inflight, cfg.server.grad_dtype,
+                                       report_norm=not cfg.server.verify_gradients,
+                                       prefetch=cfg.tasks[task].prefetch,
+                                       shared_memory=cfg.server.same_node_pushes == "shared_memory",
+                                       on_result=self._record, on_timing=self._timing)
+        self._loop = loop
+
     def run(self, max_steps: Optional[int] = None) -> WorkerStatus:
         """Train until stopped (or `max_steps`); returns the worker's status."""
+        if self._loop is None:
+            self._open()
         servers = None
         while not self._stop.is_set() and (max_steps is None or self._steps < max_steps):
             try:
