@@ -173,8 +173,7 @@ class Evaluator:
                 self._loop = make_evaluation_loop(self._cfg, self._model_factory, device)
                 self._recorder = RunRecorder(self._cfg, RunFolder(self._run_dir))
             except Exception as err:
-                raise SetupError(f"the evaluator could not start: {type(err).__name__}: "
-                                 f"{err}") from err
+                raise SetupError.of("the evaluator", err) from err
         return self._recorder
 
     def _evaluate(self, extra: dict, periodic: bool = False) -> Optional[dict]:

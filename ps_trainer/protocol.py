@@ -18,6 +18,11 @@ class SetupError(RuntimeError):
     its cause (a threaded actor whose constructor raises is aborted by Ray, SIGABRT and a C++
     stack trace). A replacement would most likely meet it again."""
 
+    @classmethod
+    def of(cls, who: str, err: Exception) -> "SetupError":
+        """`who` could not start because of `err`, in one line."""
+        return cls(f"{who} could not start: {type(err).__name__}: {err}")
+
 
 @dataclass(frozen=True)
 class PushStats:

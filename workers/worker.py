@@ -158,8 +158,7 @@ class TaskWorker:
             device = torch.device("cuda" if ray.get_gpu_ids() else "cpu")
             loop = make_task_loop(cfg, task, self._replica, device)
         except Exception as err:
-            raise SetupError(f"worker {task}/{self._replica} could not start: "
-                             f"{type(err).__name__}: {err}") from err
+            raise SetupError.of(f"worker {task}/{self._replica}", err) from err
         pieces = tuple(p for p in self._plan if p.shard in loop.shards)
         self._client = ParameterClient(self._servers, pieces, loop.flat,
                                        cfg.tasks[task].inflight, cfg.server.grad_dtype,
