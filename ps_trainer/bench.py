@@ -363,7 +363,9 @@ def server_passes(params: int, repeats: int = 21) -> dict:
     """The server's own work on one update, without Ray, in this process on one thread (ms,
     median of `repeats`): the real store's check + apply of one push (a gradient in a
     shared push buffer, as from a worker on the node), the norm pass alone, and one copy of
-    the weights into memory already mapped, the least a publish can cost."""
+    the weights into memory already mapped, the least a publish can cost. The process's
+    torch threads are as before afterwards (later sections time the local loop here)."""
+    threads = torch.get_num_threads()
     set_threads(1)
     cfg = _bench_config()
     weights = {"trunk": huge_page_zeros(params)}
@@ -391,6 +393,7 @@ def server_passes(params: int, repeats: int = 21) -> dict:
     finally:
         if buffers:
             buffers.close()
+        torch.set_num_threads(threads)
     out["total_ms"] = out["apply_ms"] + out["copy_ms"]
     return out
 

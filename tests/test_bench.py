@@ -83,3 +83,19 @@ def test_time_to_target_ratios_per_seed_and_over_seeds():
     text = "\n".join(format_time_to_target(e))
     assert "| 2 | distributed | not reached |" in text
     assert "distributed / local time: 1.12 ± 0.53 (2 of 3 seeds reached it in both)" in text
+
+
+def test_timing_the_servers_passes_leaves_the_process_threads_as_they_were():
+    # Later sections time the local loop in the same process: on one thread they would be slow.
+    import torch
+
+    from ps_trainer.bench import server_passes
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        passes = server_passes(1 << 16, repeats=3)
+        assert passes["apply_ms"] > 0
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
