@@ -142,9 +142,6 @@ def _train(args) -> int:
         if args.address:
             _reachable(args.address)
         summary = launch.run_distributed(cfg, args.address, resume=checkpoint)
-    if summary.error:
-        print(f"ps-trainer: {summary.error}", file=sys.stderr)
-        return 1
     miou = summary.miou
     if miou is not None:
         print(f"final mIoU: {miou:.4f}")
@@ -153,6 +150,9 @@ def _train(args) -> int:
         why = "no final evaluation" if SEGMENTATION in cfg.task_names else "no segmentation task"
         print(f"final mIoU: n/a ({why})")
     print(f"run folder: {cfg.run.out_dir}")
+    if summary.error:             # what was trained is kept above; the cause, in one line
+        print(f"ps-trainer: {summary.error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -47,9 +47,9 @@ _CALL_TIMEOUT_S = 10.0          # a control call to a live actor
 _FINAL_EVAL_TIMEOUT_S = 300.0   # the final evaluation: scores the whole split and checkpoints
 _SCALE_WAIT_S = 10.0            # how long scale() waits for new workers to answer
 _SERVER_START_S = 120.0         # how long (re)starting the server actors is waited for
-# A worker of one task (or the evaluator) that fails to set itself up this many times in a run
-# ends the run with that error: its data or run folder is broken, and replacements would
-# fail the same way for as long as the run lasts.
+# A worker of one task (or the evaluator) that fails to set itself up this many times in a row,
+# with no other worker of its task set up, ends the run with that error: its data, model or run
+# folder is broken, and replacements would fail the same way for as long as the run lasts.
 _SETUP_ATTEMPTS = 3
 
 
@@ -68,6 +68,29 @@ class RuntimeSpec:
     time_offset_s: float = 0.0
 
 
+class _SetupProbe:
+    """Whether an actor has set itself up: asks its ``is_set_up`` (one call at a time, never
+    waiting) until it says yes."""
+
+    def __init__(self, handle):
+        self._handle = handle
+        self._ref = None
+        self.done = False
+
+    def poll(self) -> bool:
+        if self.done:
+            return True
+        if self._ref is None:
+            self._ref = self._handle.is_set_up.remote()
+        elif ray.wait([self._ref], timeout=0)[0]:
+            try:
+                self.done = bool(ray.get(self._ref))
+            except ray.exceptions.RayError:
+                pass                 # a dead actor: its run call tells supervision
+            self._ref = None
+        return self.done
+
+
 @dataclass
 class _WorkerSlot:
     handle: Any
@@ -75,6 +98,7 @@ class _WorkerSlot:
     replica: int
     ready_ref: Any               # the first ping: it returns once the actor is placed and built
     running: bool = False
+    setup: Optional[_SetupProbe] = None
 
     def refresh(self) -> bool:
         """Mark the worker running once its first ping has returned (or failed: then its run
@@ -142,8 +166,10 @@ class Coordinator:
         self._start_time = time.monotonic()
         self._done = False
         self._last_version: Optional[int] = None     # the newest version seen (supervision)
-        self._setup_failures: dict[str, int] = {}    # role -> SetupErrors seen in this run
+        self._setup_failures: dict[str, int] = {}    # role -> SetupErrors in a row
         self._failure: Optional[str] = None          # why the run ends as FAILED
+        self._failed_role: Optional[str] = None
+        self._finishing = False
 
     # ------------------------------------------------------------------ starting actors
 
@@ -189,6 +215,7 @@ class Coordinator:
                                              self._spec.model_factory, str(self._run.root),
                                              offset, self._hub)
         self._evaluator_ref = self._evaluator.run.remote()
+        self._evaluator_setup = _SetupProbe(self._evaluator)
 
     def _new_worker(self, task: str, replica: int) -> _WorkerSlot:
         t = self._cfg.tasks[task]
@@ -196,7 +223,8 @@ class Coordinator:
             num_cpus=t.num_cpus, num_gpus=t.num_gpus, resources=dict(t.resources),
             max_concurrency=2, max_restarts=0).remote(self._cfg, task, replica, self._servers,
                                                       self._spec.plan, self._hub)
-        return _WorkerSlot(handle, handle.run.remote(), replica, handle.ping.remote())
+        return _WorkerSlot(handle, handle.run.remote(), replica, handle.ping.remote(),
+                           setup=_SetupProbe(handle))
 
     # ------------------------------------------------------------------ control
 
@@ -337,6 +365,10 @@ class Coordinator:
 
     def _check_workers(self) -> None:
         for task, slots in self._workers.items():
+            # A worker of the task that has set itself up shows its setup can work here.
+            healthy = sum(slot.refresh() and slot.setup.poll() for slot in slots)
+            if healthy:
+                self._setup_failures.pop(f"worker {task}", None)
             for i, slot in enumerate(slots):
                 ready, _ = ray.wait([slot.run_ref], timeout=0)
                 if not ready:
@@ -348,7 +380,7 @@ class Coordinator:
                     log.warning("worker %s/%d died; starting a replacement", task, slot.replica)
                 except Exception as err:
                     ray.kill(slot.handle)
-                    if self._gave_up(f"worker {task}", err):
+                    if self._gave_up(f"worker {task}", err, others_set_up=healthy > 0):
                         log.error("worker %s/%d failed: %s; ending the run", task,
                                   slot.replica, _cause(err))
                         return
@@ -416,6 +448,8 @@ class Coordinator:
     def _check_evaluator(self) -> None:
         ready, _ = ray.wait([self._evaluator_ref], timeout=0)
         if not ready:
+            if self._evaluator_setup.poll():
+                self._setup_failures.pop("evaluator", None)
             return
         try:
             ray.get(self._evaluator_ref)
@@ -434,30 +468,36 @@ class Coordinator:
         self._stats.restarts["evaluator"] += 1
         self._metrics.restarts.labels("evaluator").inc()
 
-    def _gave_up(self, role: str, err: Exception) -> bool:
+    def _gave_up(self, role: str, err: Exception, others_set_up: bool = False) -> bool:
         """Count `err` if `role` failed to set itself up (a SetupError); True, and the run's
-        failure set, once that happened _SETUP_ATTEMPTS times."""
+        failure set, once that happened _SETUP_ATTEMPTS times in a row while no other actor
+        of the role is set up. Failures while the run finishes are not counted."""
         cause = getattr(err, "cause", None)
-        if not isinstance(cause, SetupError):
+        if not isinstance(cause, SetupError) or self._finishing:
             return False
         count = self._setup_failures[role] = self._setup_failures.get(role, 0) + 1
-        if count < _SETUP_ATTEMPTS:
+        if count < _SETUP_ATTEMPTS or others_set_up:
             return False
-        self._failure = f"{cause} (failed {count} times; the run is stopped)"
+        self._failure = f"{cause} (failed {count} times in a row; the run is stopped)"
+        self._failed_role = role
         return True
 
     def _finish(self, stop_rule: StopRule, stopped_by: str) -> RunSummary:
-        """Stop the workers, run the final evaluation and checkpoint, stop the evaluator;
-        every wait is bounded, so a broken actor cannot hold the run open."""
+        """Stop the workers, run the final evaluation and checkpoint (also when a worker task
+        could not set itself up: what the others trained is kept), stop the evaluator; every
+        wait is bounded, so a broken actor cannot hold the run open."""
         with self._lock:
+            self._finishing = True
             for slots in self._workers.values():
                 for slot in slots:
                     slot.handle.stop.remote()
             refs = [s.run_ref for slots in self._workers.values() for s in slots if s.refresh()]
             if refs:
                 ray.wait(refs, num_returns=len(refs), timeout=_STOP_GRACE_S)
-            final = None if stopped_by == FAILED else self._final_evaluation(stopped_by)
-            if final is None and stopped_by != FAILED:   # a server died just now: try once more
+            # An evaluator failing its setup would fail the final evaluation too.
+            evaluator_failed = self._setup_failures.get("evaluator", 0) > 0
+            final = None if evaluator_failed else self._final_evaluation(stopped_by)
+            if final is None and not evaluator_failed:   # a server died just now: try once more
                 ray.wait(self._server_pings, num_returns=len(self._server_pings),
                          timeout=_CALL_TIMEOUT_S)
                 self._check_servers()

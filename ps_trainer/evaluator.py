@@ -138,6 +138,10 @@ class Evaluator:
     def ping(self) -> bool:
         return True
 
+    def is_set_up(self) -> bool:
+        """Whether the evaluation data and the run folder are open."""
+        return self._recorder is not None
+
     def process(self) -> dict:
         """Where this actor's process runs: {"node", "pid"} (for ``ps-trainer chaos``)."""
         return {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}

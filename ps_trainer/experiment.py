@@ -219,7 +219,9 @@ class Experiment:
                  run.balancing)
         from ps_trainer.launch import run_distributed, run_local   # the launcher only to train
 
-        (run_local if self.exp.mode == "local" else run_distributed)(cfg)
+        summary = (run_local if self.exp.mode == "local" else run_distributed)(cfg)
+        if summary.error:             # an actor could not set itself up: its cause, not ours
+            raise RuntimeError(f"{run.name} seed {seed}: pretraining failed: {summary.error}")
         latest = manager.latest()
         if latest is None:
             raise RuntimeError(f"{run.name} seed {seed}: pretraining left no valid checkpoint "

@@ -20,8 +20,10 @@ class SetupError(RuntimeError):
 
     @classmethod
     def of(cls, who: str, err: Exception) -> "SetupError":
-        """`who` could not start because of `err`, in one line."""
-        return cls(f"{who} could not start: {type(err).__name__}: {err}")
+        """`who` could not start because of `err`, in one line (a message of several lines is
+        joined with "; ")."""
+        text = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        return cls(f"{who} could not start: {type(err).__name__}: {text}")
 
 
 @dataclass(frozen=True)

@@ -101,8 +101,9 @@ def make_task_loop(cfg: Config, task_name: str, replica: int,
 
 class TaskWorker:
     """Ray actor (created with ``max_concurrency=2``: the loop runs in one thread, control
-    calls — stop, set_servers, status — in the other). Its data, model and parameter client
-    are made when :meth:`run` starts, not in ``__init__``: a failure there is a
+    calls — stop, set_servers, status — in the other). Its data, model, parameter client and
+    compute slots are made when :meth:`run` starts, not in ``__init__``: a failure there, or in
+    the first training step (the first batch, a teacher checkpoint loaded on first use), is a
     :class:`SetupError` of that call (see ``protocol.py``)."""
 
     def __init__(self, cfg: Config, task_name: str, replica: int, servers: list,
@@ -114,12 +115,11 @@ class TaskWorker:
         self._plan = plan
         self._loop: Optional[TaskLoop] = None              # both made by _open()
         self._client: Optional[ParameterClient] = None
+        self._slots: Optional[ComputeSlots] = None
+        self._set_up = False                               # opened and took its first step
         self._results = collections.Counter()
         self._metrics = WorkerMetrics(task_name, replica)
         self._servers = servers
-        job = ray.get_runtime_context().get_job_id()
-        self._slots = ComputeSlots(slot_count(cfg.run.compute_slots_per_node),
-                                   f"{job}-{cfg.run.name}")
         self._stop = threading.Event()
         self._steps = 0
         self._reported = {"pulled": 0, "pushed": 0, "skipped": 0}
@@ -146,6 +146,10 @@ class TaskWorker:
     def ping(self) -> bool:
         return True
 
+    def is_set_up(self) -> bool:
+        """Whether the loop has set itself up and taken its first training step."""
+        return self._set_up
+
     def process(self) -> dict:
         """Where this actor's process runs: {"node", "pid"} (for ``ps-trainer chaos``)."""
         return {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
@@ -157,16 +161,31 @@ class TaskWorker:
         try:
             device = torch.device("cuda" if ray.get_gpu_ids() else "cpu")
             loop = make_task_loop(cfg, task, self._replica, device)
+            pieces = tuple(p for p in self._plan if p.shard in loop.shards)
+            client = ParameterClient(self._servers, pieces, loop.flat,
+                                     cfg.tasks[task].inflight, cfg.server.grad_dtype,
+                                     report_norm=not cfg.server.verify_gradients,
+                                     prefetch=cfg.tasks[task].prefetch,
+                                     shared_memory=cfg.server.same_node_pushes == "shared_memory",
+                                     on_result=self._record, on_timing=self._timing)
+            job = ray.get_runtime_context().get_job_id()
+            slots = ComputeSlots(slot_count(cfg.run.compute_slots_per_node),
+                                 f"{job}-{cfg.run.name}")
         except Exception as err:
             raise SetupError.of(f"worker {task}/{self._replica}", err) from err
-        pieces = tuple(p for p in self._plan if p.shard in loop.shards)
-        self._client = ParameterClient(self._servers, pieces, loop.flat,
-                                       cfg.tasks[task].inflight, cfg.server.grad_dtype,
-                                       report_norm=not cfg.server.verify_gradients,
-                                       prefetch=cfg.tasks[task].prefetch,
-                                       shared_memory=cfg.server.same_node_pushes == "shared_memory",
-                                       on_result=self._record, on_timing=self._timing)
-        self._loop = loop
+        self._client, self._loop, self._slots = client, loop, slots
+
+    def _step(self) -> PushStats:
+        """One training step; the first one still counts as setting up (it reads the first
+        batch, and a task may load what it needs on first use)."""
+        if self._set_up:
+            return self._loop.step()
+        try:
+            stats = self._loop.step()
+        except Exception as err:
+            raise SetupError.of(f"worker {self._task}/{self._replica}", err) from err
+        self._set_up = True
+        return stats
 
     def run(self, max_steps: Optional[int] = None) -> WorkerStatus:
         """Train until stopped (or `max_steps`); returns the worker's status."""
@@ -182,7 +201,7 @@ class TaskWorker:
                     if self._stop.is_set():        # told to stop while waiting for a turn
                         break
                     self._client.refresh()
-                    stats = self._loop.step()
+                    stats = self._step()
                     self._client.push(self._task, self._replica, stats,
                                       self._loop.norm_stats(), self._loop.shards)
                 self._steps += 1
