@@ -14,6 +14,7 @@ from ps_trainer.finetune import trunk_of
 from ps_trainer.config import ConfigError, dump_config
 from ps_trainer.experiment import Experiment, aggregate, load_experiment, read_results, summary_table
 from ps_trainer.launch import load_run_config
+from ps_trainer.schedule import FAILED, MAX_UPDATES, RunSummary
 
 
 @pytest.fixture
@@ -129,11 +130,27 @@ def test_gap_closed_is_the_gain_over_the_baseline_to_ceiling_gap():
 
 
 
+def _trains_nothing(error=None):
+    """A launcher that returns at once, as a run that trained nothing (or failed) does."""
+    return lambda cfg: RunSummary(updates=0, elapsed_s=0.0, miou=None, reached_target_s=None,
+                                  stopped_by=FAILED if error else MAX_UPDATES, applied={},
+                                  final=None, error=error)
+
+
 def test_pretraining_that_leaves_no_checkpoint_fails_by_name(grid, monkeypatch):
     exp, base_dir = load_experiment(grid([{"name": "rot", "tasks": ["rotation"]}], baseline=""))
-    monkeypatch.setattr("ps_trainer.launch.run_local", lambda cfg: None)   # trains nothing
+    monkeypatch.setattr("ps_trainer.launch.run_local", _trains_nothing())
     with pytest.raises(RuntimeError, match="rot seed 0: pretraining left no valid checkpoint"):
         Experiment(exp, base_dir).run()
+
+
+def test_a_failed_pretraining_is_reported_with_its_cause(grid, monkeypatch):
+    exp, base_dir = load_experiment(grid([{"name": "rot", "tasks": ["rotation"]}], baseline=""))
+    cause = "worker rotation/0 could not start: FileNotFoundError: dataset root not found: /x"
+    monkeypatch.setattr("ps_trainer.launch.run_local", _trains_nothing(cause))
+    with pytest.raises(RuntimeError) as raised:
+        Experiment(exp, base_dir).run()
+    assert str(raised.value) == f"rot seed 0: pretraining failed: {cause}"
 
 
 def test_a_row_can_learn_from_an_earlier_rows_model_of_the_same_cell(grid, tmp_path, tiny):
