@@ -365,17 +365,6 @@ def server_passes(params: int, repeats: int = 21) -> dict:
     shared push buffer, as from a worker on the node), the norm pass alone, and one copy of
     the weights into memory already mapped, the least a publish can cost. The process's
     torch threads are as before afterwards (later sections time the local loop here)."""
-    threads = torch.get_num_threads()
-    set_threads(1)
-    cfg = _bench_config()
-    weights = {"trunk": huge_page_zeros(params)}
-    store = make_store(cfg, weights, {TASK: ("trunk",)})
-    buffers = PushBuffers({"trunk": params}, 1) if SHARED_PUSHES else None
-    grad = buffers.views[0]["trunk"] if buffers else torch.empty(params)
-    grad.normal_(0, 1e-3)
-    published = torch.empty(params)
-    stats = PushStats(loss=1.0, shared_grad_norm=1.0)
-
     def median_ms(work) -> float:
         work()                                          # first touch of every page
         times = []
@@ -385,7 +374,18 @@ def server_passes(params: int, repeats: int = 21) -> dict:
             times.append(time.perf_counter() - start)
         return 1000 * float(np.median(times))
 
+    threads = torch.get_num_threads()
+    set_threads(1)
+    buffers = None
     try:
+        cfg = _bench_config()
+        weights = {"trunk": huge_page_zeros(params)}
+        store = make_store(cfg, weights, {TASK: ("trunk",)})
+        buffers = PushBuffers({"trunk": params}, 1) if SHARED_PUSHES else None
+        grad = buffers.views[0]["trunk"] if buffers else torch.empty(params)
+        grad.normal_(0, 1e-3)
+        published = torch.empty(params)
+        stats = PushStats(loss=1.0, shared_grad_norm=1.0)
         out = {"apply_ms": median_ms(lambda: store.push(TASK, store.version, {"trunk": grad},
                                                         stats)),
                "norm_ms": median_ms(lambda: store.part_norm2({"trunk": grad}, stats)),

@@ -47,8 +47,8 @@ _CALL_TIMEOUT_S = 10.0          # a control call to a live actor
 _FINAL_EVAL_TIMEOUT_S = 300.0   # the final evaluation: scores the whole split and checkpoints
 _SCALE_WAIT_S = 10.0            # how long scale() waits for new workers to answer
 _SERVER_START_S = 120.0         # how long (re)starting the server actors is waited for
-# A worker of one task (or the evaluator) that fails to set itself up this many times in a row,
-# with no other worker of its task set up, ends the run with that error: its data, model or run
+# When every worker of one task (or the evaluator) has failed to set itself up this many times
+# in a row, and none of them is set up, the run ends with that error: its data, model or run
 # folder is broken, and replacements would fail the same way for as long as the run lasts.
 _SETUP_ATTEMPTS = 3
 
@@ -166,7 +166,9 @@ class Coordinator:
         self._start_time = time.monotonic()
         self._done = False
         self._last_version: Optional[int] = None     # the newest version seen (supervision)
-        self._setup_failures: dict[str, int] = {}    # role -> SetupErrors in a row
+        # "worker TASK/REPLICA" or "evaluator" -> SetupErrors in a row (replica numbers are
+        # kept by replacements)
+        self._setup_failures: dict[str, int] = {}
         self._failure: Optional[str] = None          # why the run ends as FAILED
         self._failed_role: Optional[str] = None
         self._finishing = False
@@ -257,7 +259,9 @@ class Coordinator:
                 used.add(replica)
                 slots.append(self._new_worker(task, replica))
             while len(slots) > workers:
-                self._retire(slots.pop())
+                retired = slots.pop()
+                self._retire(retired)
+                self._setup_failures.pop(f"worker {task}/{retired.replica}", None)
             self._worker_counts()
             log.info("task %s now has %d workers", task, len(slots))
             return list(slots)
@@ -365,10 +369,9 @@ class Coordinator:
 
     def _check_workers(self) -> None:
         for task, slots in self._workers.items():
-            # A worker of the task that has set itself up shows its setup can work here.
-            healthy = sum(slot.refresh() and slot.setup.poll() for slot in slots)
-            if healthy:
-                self._setup_failures.pop(f"worker {task}", None)
+            for slot in slots:
+                if slot.refresh() and slot.setup.poll():
+                    self._setup_failures.pop(f"worker {task}/{slot.replica}", None)
             for i, slot in enumerate(slots):
                 ready, _ = ray.wait([slot.run_ref], timeout=0)
                 if not ready:
@@ -380,7 +383,8 @@ class Coordinator:
                     log.warning("worker %s/%d died; starting a replacement", task, slot.replica)
                 except Exception as err:
                     ray.kill(slot.handle)
-                    if self._gave_up(f"worker {task}", err, others_set_up=healthy > 0):
+                    if self._gave_up(f"worker {task}/{slot.replica}", err,
+                                     [f"worker {task}/{s.replica}" for s in slots]):
                         log.error("worker %s/%d failed: %s; ending the run", task,
                                   slot.replica, _cause(err))
                         return
@@ -457,7 +461,7 @@ class Coordinator:
         except ray.exceptions.RayActorError as err:
             log.warning("evaluator died (%s); starting a replacement", type(err).__name__)
         except Exception as err:
-            if self._gave_up("evaluator", err):
+            if self._gave_up("evaluator", err, ["evaluator"]):
                 log.error("evaluator failed: %s; ending the run", _cause(err))
                 ray.kill(self._evaluator)
                 return
@@ -468,18 +472,19 @@ class Coordinator:
         self._stats.restarts["evaluator"] += 1
         self._metrics.restarts.labels("evaluator").inc()
 
-    def _gave_up(self, role: str, err: Exception, others_set_up: bool = False) -> bool:
-        """Count `err` if `role` failed to set itself up (a SetupError); True, and the run's
-        failure set, once that happened _SETUP_ATTEMPTS times in a row while no other actor
-        of the role is set up. Failures while the run finishes are not counted."""
+    def _gave_up(self, actor: str, err: Exception, peers: list[str]) -> bool:
+        """Count `err` if `actor` failed to set itself up (a SetupError); True, and the run's
+        failure set, once each of `peers` (the actors of its role, itself included) has failed
+        _SETUP_ATTEMPTS times in a row: a peer that is set up, or still setting up, has not.
+        Failures while the run finishes are not counted."""
         cause = getattr(err, "cause", None)
         if not isinstance(cause, SetupError) or self._finishing:
             return False
-        count = self._setup_failures[role] = self._setup_failures.get(role, 0) + 1
-        if count < _SETUP_ATTEMPTS or others_set_up:
+        count = self._setup_failures[actor] = self._setup_failures.get(actor, 0) + 1
+        if any(self._setup_failures.get(peer, 0) < _SETUP_ATTEMPTS for peer in peers):
             return False
         self._failure = f"{cause} (failed {count} times in a row; the run is stopped)"
-        self._failed_role = role
+        self._failed_role = actor.split("/")[0]
         return True
 
     def _finish(self, stop_rule: StopRule, stopped_by: str) -> RunSummary:
@@ -494,10 +499,10 @@ class Coordinator:
             refs = [s.run_ref for slots in self._workers.values() for s in slots if s.refresh()]
             if refs:
                 ray.wait(refs, num_returns=len(refs), timeout=_STOP_GRACE_S)
-            # An evaluator failing its setup would fail the final evaluation too.
-            evaluator_failed = self._setup_failures.get("evaluator", 0) > 0
+            evaluator_failed = self._failed_role == "evaluator"
             final = None if evaluator_failed else self._final_evaluation(stopped_by)
-            if final is None and not evaluator_failed:   # a server died just now: try once more
+            # A server died just now: try once more (not for an evaluator failing its setup).
+            if final is None and not evaluator_failed and "evaluator" not in self._setup_failures:
                 ray.wait(self._server_pings, num_returns=len(self._server_pings),
                          timeout=_CALL_TIMEOUT_S)
                 self._check_servers()

@@ -158,18 +158,19 @@ def test_a_run_whose_workers_cannot_read_their_data_ends_failed_with_the_cause(s
 def test_a_task_whose_first_step_fails_ends_the_run_but_what_others_trained_is_kept(
         started, tiny_config, tmp_path):
     # The fixed teacher is loaded on the first step: a missing file is a setup failure of the
-    # self_training workers, while rotation, segmentation and the evaluator are healthy.
+    # two self_training workers, while rotation, segmentation and the evaluator are healthy.
     missing = tmp_path / "no-such-teacher.pt"
     cfg = tiny_config(tasks=("rotation", "segmentation", "self_training"), extra=[
-        "run.name=noteacher", "run.max_updates=100000",
+        "run.name=noteacher", "run.max_updates=100000", "tasks.self_training.workers=2",
         "tasks.self_training.options.teacher=checkpoint",
         f"tasks.self_training.options.teacher_checkpoint={missing}"])
     coordinator, done, _ = started(cfg)
     summary = ray.get(done, timeout=300)
     assert summary.stopped_by == "failed"
     assert summary.error.startswith("worker self_training/") and str(missing) in summary.error
-    assert "3 times in a row" in summary.error and "\n" not in summary.error
-    assert summary.runtime.restarts["worker"] == 2 and summary.runtime.restarts["evaluator"] == 0
+    assert "times in a row" in summary.error and "\n" not in summary.error
+    # Each replica failed three times before the run ended (the last one is not replaced).
+    assert summary.runtime.restarts["worker"] >= 5 and summary.runtime.restarts["evaluator"] == 0
     # The final evaluation ran and checkpointed what the healthy tasks trained.
     assert summary.miou is not None and summary.final["final"] is True
     latest = CheckpointManager(RunFolder(cfg.run.out_dir).checkpoints, 3).latest()

@@ -182,6 +182,8 @@ class TaskWorker:
             return self._loop.step()
         try:
             stats = self._loop.step()
+        except torch.cuda.OutOfMemoryError:
+            raise                  # the device's memory at this moment, not this worker's setup
         except Exception as err:
             raise SetupError.of(f"worker {self._task}/{self._replica}", err) from err
         self._set_up = True
