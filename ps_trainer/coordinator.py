@@ -51,6 +51,12 @@ _SERVER_START_S = 120.0         # how long (re)starting the server actors is wai
 # in a row, and none of them is set up, the run ends with that error: its data, model or run
 # folder is broken, and replacements would fail the same way for as long as the run lasts.
 _SETUP_ATTEMPTS = 3
+_EVALUATOR = "evaluator"        # the evaluator's key in the setup-failure counts
+
+
+def _worker_key(task: str, replica: int) -> str:
+    """A worker replica's key in the setup-failure counts (replacements keep the replica)."""
+    return f"worker {task}/{replica}"
 
 
 @dataclass
@@ -166,11 +172,8 @@ class Coordinator:
         self._start_time = time.monotonic()
         self._done = False
         self._last_version: Optional[int] = None     # the newest version seen (supervision)
-        # "worker TASK/REPLICA" or "evaluator" -> SetupErrors in a row (replica numbers are
-        # kept by replacements)
-        self._setup_failures: dict[str, int] = {}
+        self._setup_failures: dict[str, int] = {}    # _worker_key or _EVALUATOR -> in a row
         self._failure: Optional[str] = None          # why the run ends as FAILED
-        self._failed_role: Optional[str] = None
         self._finishing = False
 
     # ------------------------------------------------------------------ starting actors
@@ -261,7 +264,7 @@ class Coordinator:
             while len(slots) > workers:
                 retired = slots.pop()
                 self._retire(retired)
-                self._setup_failures.pop(f"worker {task}/{retired.replica}", None)
+                self._setup_failures.pop(_worker_key(task, retired.replica), None)
             self._worker_counts()
             log.info("task %s now has %d workers", task, len(slots))
             return list(slots)
@@ -371,7 +374,7 @@ class Coordinator:
         for task, slots in self._workers.items():
             for slot in slots:
                 if slot.refresh() and slot.setup.poll():
-                    self._setup_failures.pop(f"worker {task}/{slot.replica}", None)
+                    self._setup_failures.pop(_worker_key(task, slot.replica), None)
             for i, slot in enumerate(slots):
                 ready, _ = ray.wait([slot.run_ref], timeout=0)
                 if not ready:
@@ -383,8 +386,8 @@ class Coordinator:
                     log.warning("worker %s/%d died; starting a replacement", task, slot.replica)
                 except Exception as err:
                     ray.kill(slot.handle)
-                    if self._gave_up(f"worker {task}/{slot.replica}", err,
-                                     [f"worker {task}/{s.replica}" for s in slots]):
+                    if self._gave_up(_worker_key(task, slot.replica), err,
+                                     [_worker_key(task, s.replica) for s in slots]):
                         log.error("worker %s/%d failed: %s; ending the run", task,
                                   slot.replica, _cause(err))
                         return
@@ -453,7 +456,7 @@ class Coordinator:
         ready, _ = ray.wait([self._evaluator_ref], timeout=0)
         if not ready:
             if self._evaluator_setup.poll():
-                self._setup_failures.pop("evaluator", None)
+                self._setup_failures.pop(_EVALUATOR, None)
             return
         try:
             ray.get(self._evaluator_ref)
@@ -461,7 +464,7 @@ class Coordinator:
         except ray.exceptions.RayActorError as err:
             log.warning("evaluator died (%s); starting a replacement", type(err).__name__)
         except Exception as err:
-            if self._gave_up("evaluator", err, ["evaluator"]):
+            if self._gave_up(_EVALUATOR, err, [_EVALUATOR]):
                 log.error("evaluator failed: %s; ending the run", _cause(err))
                 ray.kill(self._evaluator)
                 return
@@ -484,7 +487,6 @@ class Coordinator:
         if any(self._setup_failures.get(peer, 0) < _SETUP_ATTEMPTS for peer in peers):
             return False
         self._failure = f"{cause} (failed {count} times in a row; the run is stopped)"
-        self._failed_role = actor.split("/")[0]
         return True
 
     def _finish(self, stop_rule: StopRule, stopped_by: str) -> RunSummary:
@@ -499,10 +501,10 @@ class Coordinator:
             refs = [s.run_ref for slots in self._workers.values() for s in slots if s.refresh()]
             if refs:
                 ray.wait(refs, num_returns=len(refs), timeout=_STOP_GRACE_S)
-            evaluator_failed = self._failed_role == "evaluator"
+            evaluator_failed = self._setup_failures.get(_EVALUATOR, 0) >= _SETUP_ATTEMPTS
             final = None if evaluator_failed else self._final_evaluation(stopped_by)
             # A server died just now: try once more (not for an evaluator failing its setup).
-            if final is None and not evaluator_failed and "evaluator" not in self._setup_failures:
+            if final is None and not evaluator_failed and _EVALUATOR not in self._setup_failures:
                 ray.wait(self._server_pings, num_returns=len(self._server_pings),
                          timeout=_CALL_TIMEOUT_S)
                 self._check_servers()
