@@ -39,6 +39,8 @@ STALENESS_POLICIES = ("scale", "unscaled")
 GRAD_DTYPES = ("float32", "float16", "bfloat16")
 PUSH_TRANSPORTS = ("shared_memory", "object_store")
 DOMAIN_NAMES = ("source", "shifted")
+BACKBONES = ("small", "resnet18", "resnet34", "resnet50", "resnet101")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def _check_resources(resources: Mapping) -> None:
@@ -129,17 +131,49 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The shared ResNet-style trunk and how tasks read it."""
-    widths: tuple[int, ...] = (16, 32, 64)
-    blocks: tuple[int, ...] = (1, 1, 2)
-    stem_stride: int = 2
-    norm: str = "group"                  # batch | group | instance | layer | switchable
+    """The shared trunk and how tasks read it.
+
+    ``small`` is a small ResNet written out (``widths``, ``blocks``, ``stem_stride`` shape
+    it); ``resnet18`` ... ``resnet101`` are torchvision's ResNets, in torchvision's parameter
+    layout, so that ImageNet weights load (``pretrained``) and trained trunks export.
+    """
+    backbone: str = "small"              # small | resnet18 | resnet34 | resnet50 | resnet101
+    # ResNets: input pixels per feature pixel; 8 or 16 dilate the last stages instead of
+    # striding (DeepLab). null: the backbone's own (ResNets 32; small: its stem and stages).
+    output_stride: Optional[int] = None
+    # A torchvision-layout ResNet state_dict (e.g. ImageNet weights); fc.* is ignored. It must
+    # be readable wherever the model is built (the driver, every worker, the evaluator).
+    pretrained: Optional[str] = None
+    # Per-channel input normalisation of RGB in [0, 1]; null: the backbone's own (ResNets:
+    # ImageNet's mean and std, which pretrained weights expect; small: 0.45 and 0.25).
+    input_mean: Optional[tuple[float, float, float]] = None
+    input_std: Optional[tuple[float, float, float]] = None
+    widths: tuple[int, ...] = (16, 32, 64)   # small only
+    blocks: tuple[int, ...] = (1, 1, 2)      # small only
+    stem_stride: int = 2                     # small only
+    # batch | frozen_batch | group | instance | layer | switchable. frozen_batch keeps the
+    # pretrained weights' statistics and affine fixed (small per-GPU batches).
+    norm: str = "group"
     groups: int = 8                      # GroupNorm groups (capped by channels)
     lasso: bool = False                  # Doersch et al. 2017, sec. 3.3
     lasso_l1: float = 1e-3
     harmonize: bool = False              # Doersch et al. 2017, sec. 3.2: every task sees L only
 
     def __post_init__(self):
+        check_choice("backbone", self.backbone, BACKBONES)
+        if self.backbone == "small":
+            check(self.output_stride is None, "output_stride", self.output_stride,
+                  "null with backbone 'small' (its stride comes from stem_stride and widths)")
+        else:
+            check(self.output_stride in (None, 8, 16, 32), "output_stride", self.output_stride,
+                  "null, 8, 16 or 32")
+        check(self.norm != "frozen_batch" or self.pretrained, "norm", self.norm,
+              "frozen_batch keeps pretrained statistics: set model.pretrained too")
+        for name in ("input_mean", "input_std"):
+            value = getattr(self, name)
+            check(value is None or len(value) == 3, name, value, "null or three numbers (R, G, B)")
+        check(self.input_std is None or all(v > 0 for v in self.input_std), "input_std",
+              self.input_std, "all > 0")
         check(len(self.widths) >= 1, "widths", self.widths, "at least one stage")
         check(len(self.blocks) == len(self.widths), "blocks", self.blocks,
               f"one entry per stage ({len(self.widths)} stages in model.widths)")

@@ -42,7 +42,9 @@ class ShardLayout:
     @classmethod
     def of(cls, model: nn.Module, shard_of: Callable[[str], str]) -> "ShardLayout":
         params = _slots((n, p) for n, p in model.named_parameters() if p.requires_grad)
-        stats = _slots((n, b) for n, b in model.named_buffers() if b.is_floating_point())
+        saved = model.state_dict(keep_vars=True)      # persistent buffers only: not constants
+        stats = _slots((n, b) for n, b in model.named_buffers()
+                       if b.is_floating_point() and n in saved)
         return cls(_group(params, shard_of), _group(stats, shard_of))
 
     def size(self, shard: str) -> int:

@@ -8,14 +8,16 @@ import torch
 from ps_trainer.config import Config, ConfigError
 from ps_trainer.data.splits import num_classes_of
 from ps_trainer.model import MultiTaskModel
+from ps_trainer.model.backbones import trunk_geometry
 from ps_trainer.shards import shards_of_head
 from ps_trainer_workers.tasks import TASKS, Task, TaskContext, make_task
 
 
 def task_context(cfg: Config) -> TaskContext:
-    stride = cfg.model.stem_stride * 2 ** (len(cfg.model.widths) - 1)
+    geometry = trunk_geometry(cfg.model)
     return TaskContext(image_size=cfg.data.image_size, num_classes=num_classes_of(cfg.data),
-                       trunk_stride=stride)
+                       trunk_stride=geometry.stride, stage_channels=geometry.stage_channels,
+                       stage_strides=geometry.stage_strides)
 
 
 def build_task(cfg: Config, name: str) -> Task:
@@ -42,7 +44,7 @@ def build_model(cfg: Config, tasks: dict[str, Task], seed: Optional[int] = None)
     """Trunk + the heads `tasks` train (a borrowed head is built by the task that owns it).
     With `seed`, initialisation is reproducible; a head's initial weights depend only on
     (seed, head name), so models with different task sets agree."""
-    trunk_channels = cfg.model.widths[-1]
+    trunk_channels = trunk_geometry(cfg.model).channels
     heads = {}
     for task in tasks.values():
         name = task.head_name

@@ -20,6 +20,16 @@ def _batch(channels: int, groups: int) -> nn.Module:
     return nn.BatchNorm2d(channels)
 
 
+@NORMS.register("frozen_batch")
+def _frozen_batch(channels: int, groups: int) -> nn.Module:
+    """Batch norm whose statistics and affine are fixed buffers (torchvision's; the usual
+    choice when fine-tuning ImageNet weights with small per-GPU batches). Its keys are batch
+    norm's, so pretrained weights load into it and it exports as batch norm."""
+    from torchvision.ops import FrozenBatchNorm2d    # torchvision only where it is used
+
+    return FrozenBatchNorm2d(channels)
+
+
 @NORMS.register("group")
 def _group(channels: int, groups: int) -> nn.Module:
     # The largest group count <= `groups` that divides the channels.

@@ -1,18 +1,33 @@
-"""The shared convolutional trunk: a small ResNet written out (He et al., CVPR 2016).
+"""The ``small`` trunk: a small ResNet written out (He et al., CVPR 2016).
 
     trunk = Trunk(ModelConfig(widths=(16, 32, 64), blocks=(1, 1, 2)))
-    units = trunk(x)          # list of every residual unit's output, last = final features
+    out = trunk(x)            # TrunkOutput: every stage's output (last = final features)
 
 Stages after the first halve the resolution; the stem may already downsample
-(``stem_stride``). The list of unit outputs feeds Doersch's lasso.
+(``stem_stride``). With ``last_units=True`` the outputs of the last stage's residual units
+come too: they feed Doersch's lasso.
 """
 from __future__ import annotations
+
+from typing import NamedTuple, Optional
 
 import torch
 from torch import nn
 
 from ps_trainer.config import ModelConfig
 from ps_trainer.model.norms import make_norm
+
+
+class TrunkOutput(NamedTuple):
+    """What every trunk returns: each stage's output, low to high level, and (when asked) the
+    outputs of the last stage's residual units, for the lasso."""
+    stages: list[torch.Tensor]
+    last_units: Optional[list[torch.Tensor]] = None
+
+
+def stage_strides(cfg: ModelConfig) -> tuple[int, ...]:
+    """Input pixels per feature pixel after each stage of the small trunk."""
+    return tuple(cfg.stem_stride * 2 ** i for i in range(len(cfg.widths)))
 
 
 class BasicBlock(nn.Module):
@@ -39,7 +54,7 @@ class BasicBlock(nn.Module):
 
 
 class Trunk(nn.Module):
-    """Stem + stages of BasicBlocks; returns the outputs of every residual unit."""
+    """Stem + stages of BasicBlocks (the ``small`` backbone)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -61,7 +76,9 @@ class Trunk(nn.Module):
                 cin = width
         self.units = nn.ModuleList(units)
         self.out_channels = cin
-        self.stride = cfg.stem_stride * 2 ** (len(cfg.widths) - 1)
+        self.stage_channels = tuple(cfg.widths)
+        self.stage_strides = stage_strides(cfg)
+        self.stride = self.stage_strides[-1]
         self.last_stage_units = cfg.blocks[-1]
         self._init_weights()
 
@@ -70,13 +87,20 @@ class Trunk(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, last_units: bool = False) -> TrunkOutput:
         out = self.stem(x)                       # (B, w0, H/s, W/s)
-        outputs = []
-        for unit in self.units:
+        stages: list[torch.Tensor] = []
+        units: list[torch.Tensor] = []
+        last = len(self.stage_channels) - 1
+        for unit, stage in zip(self.units, self.stage_of_unit):
             out = unit(out)
-            outputs.append(out)
-        return outputs                           # last: (B, C, H/stride, W/stride)
+            if stage == len(stages) - 1:
+                stages[-1] = out
+            else:
+                stages.append(out)
+            if last_units and stage == last:
+                units.append(out)
+        return TrunkOutput(stages, units if last_units else None)  # last: (B, C, H/stride, W/stride)
 
     def last_shared_parameters(self) -> list[nn.Parameter]:
         """What GradNorm measures task gradients on (Chen et al. 2018: the last shared layer).

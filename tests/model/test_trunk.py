@@ -11,13 +11,17 @@ from ps_trainer.model import Lasso, MultiTaskModel, Trunk, shard_of
 
 
 @pytest.mark.parametrize("stem,expected", [(1, 8), (2, 4), (4, 2)])
-def test_trunk_returns_every_unit_and_has_the_stated_stride(stem, expected):
+def test_trunk_returns_every_stage_and_the_last_units_and_has_the_stated_stride(stem, expected):
     cfg = ModelConfig(widths=(4, 8, 16), blocks=(1, 2, 3), stem_stride=stem)
     trunk = Trunk(cfg)
-    units = trunk(torch.rand(2, 3, 32, 32))
-    assert len(units) == 6 and trunk.last_stage_units == 3
-    assert units[-1].shape == (2, 16, expected, expected)
+    out = trunk(torch.rand(2, 3, 32, 32), last_units=True)
+    assert len(out.stages) == 3 and len(out.last_units) == 3 and trunk.last_stage_units == 3
+    assert out.stages[-1].shape == (2, 16, expected, expected)
+    assert out.last_units[-1] is out.stages[-1]
+    for stage, (width, stride) in enumerate(zip((4, 8, 16), trunk.stage_strides)):
+        assert out.stages[stage].shape == (2, width, 32 // stride, 32 // stride)
     assert trunk.stride == 32 // expected and trunk.out_channels == 16
+    assert trunk(torch.rand(1, 3, 32, 32)).last_units is None
 
 
 def test_units_start_as_identity_residuals():

@@ -36,7 +36,11 @@ class TaskContext:
     """What a task may know about the run: the data and the trunk."""
     image_size: int          # side of the square training images
     num_classes: int         # segmentation classes of the data source
-    trunk_stride: int        # input pixels per feature pixel
+    trunk_stride: int        # input pixels per feature pixel of the final features
+    # Channels and strides of every trunk stage, low to high (a head reading earlier stages,
+    # such as DeepLabV3+'s low-level skip, sizes itself from them).
+    stage_channels: tuple[int, ...] = ()
+    stage_strides: tuple[int, ...] = ()
 
 
 class TaskModel:
@@ -49,13 +53,14 @@ class TaskModel:
     def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.model(self.head, inputs)
 
-    def features(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Trunk features (N, C, h, w) as this head reads them."""
+    def features(self, inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The trunk outputs this head reads, each (N, C_i, h_i, w_i) (the final features
+        alone for most heads)."""
         return self.model.features(self.head, inputs)
 
-    def decode(self, features: torch.Tensor) -> torch.Tensor:
+    def decode(self, features: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """The head alone, on features from :meth:`features`."""
-        return self.model.heads[self.head](features)
+        return self.model.heads[self.head](*features)
 
     @property
     def device(self) -> torch.device:

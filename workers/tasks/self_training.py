@@ -189,11 +189,12 @@ class SelfTraining(Task):
         device = model.device
         inputs, source = inputs.to(device), source.to(device)
         b = source.shape[0]
-        features = model.features(inputs)                                # (2B, C, h, w)
-        streams = [features]
+        features = model.features(inputs)                 # each level (2B, C_i, h_i, w_i)
         if o.feature_dropout > 0 and o.fp_weight > 0:
-            streams.append(F.dropout2d(features[:b], o.feature_dropout, training=True))
-        outputs = model.decode(torch.cat(streams))
+            # The FP stream: the weak half's features of every level the head reads, dropped.
+            features = tuple(torch.cat([f, F.dropout2d(f[:b], o.feature_dropout, training=True)])
+                             for f in features)
+        outputs = model.decode(features)
         weak, strong, perturbed = outputs[:b], outputs[b: 2 * b], outputs[2 * b:]
         teacher = weak.detach() if o.teacher == "pulled" else self._teacher(model, inputs[:b])
         loss = self.consistency(teacher, strong, source)
