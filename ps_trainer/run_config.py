@@ -49,9 +49,12 @@ def task_registry() -> Registry:
 
 
 def absolute_paths(cfg: Config) -> Config:
-    """run.out_dir, data.root and the tasks' file options (their ``path_keys``) resolved
-    against the driver's working directory."""
+    """run.out_dir, model.pretrained, data.root and the tasks' file options (their
+    ``path_keys``) resolved against the driver's working directory."""
     run = dataclasses.replace(cfg.run, out_dir=_absolute(cfg.run.out_dir))
+    model = cfg.model
+    if model.pretrained:
+        model = dataclasses.replace(model, pretrained=_absolute(model.pretrained))
     data = cfg.data
     if data.root:
         data = dataclasses.replace(data, root=_absolute(data.root))
@@ -62,7 +65,7 @@ def absolute_paths(cfg: Config) -> Config:
             if options.get(key):
                 options[key] = _absolute(options[key])
         tasks[name] = dataclasses.replace(task_cfg, options=FrozenDict(options))
-    return cfg.replace(run=run, data=data, tasks=FrozenDict(tasks))
+    return cfg.replace(run=run, model=model, data=data, tasks=FrozenDict(tasks))
 
 
 def _absolute(path: str) -> str:
