@@ -1,8 +1,11 @@
 """Semantic segmentation on the labelled split.
 
-The head is the light FCN-style :class:`DenseDecoder` (Long, Shelhamer & Darrell, CVPR 2015,
-"Fully Convolutional Networks for Semantic Segmentation"): a few convolutions with learned
-upsampling steps, then bilinear interpolation of the logits to the label resolution.
+Two heads (``head``): ``fcn``, the light FCN-style :class:`DenseDecoder` (Long, Shelhamer &
+Darrell, CVPR 2015, "Fully Convolutional Networks for Semantic Segmentation"): a few
+convolutions with learned upsampling steps; and ``deeplabv3plus``, DeepLabV3+'s ASPP with a
+low-level skip from the first trunk stage (:mod:`ps_trainer_workers.tasks.deeplab`), the
+usual choice with a ResNet trunk at output stride 8 or 16. Either way the logits are
+interpolated bilinearly to the label resolution.
 """
 from __future__ import annotations
 
@@ -14,21 +17,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ps_trainer.options import Options, check
+from ps_trainer.options import Options, check, check_choice
 from ps_trainer_workers.tasks.base import Task
+from ps_trainer_workers.tasks.deeplab import DeepLabV3PlusHead
 from ps_trainer_workers.tasks.heads import DenseDecoder, resize_like
 from ps_trainer_workers.tasks.registry import TASKS
 from ps_trainer_workers.tasks.views import zoom_grid
 
 IGNORE_INDEX = 255
+HEADS = ("fcn", "deeplabv3plus")
 
 
 @dataclass(frozen=True)
 class SegmentationOptions(Options):
     flip_probability: float = 0.5                 # horizontal flip of image and mask together
     scale_range: tuple[float, float] = (1.0, 1.0)  # zoom factors; (1, 1) = no scale jitter
-    output_stride: int = 4                        # decoder resolution before bilinear upsampling
-    decoder_width: int = 64
+    head: str = "fcn"                             # fcn | deeplabv3plus
+    output_stride: int = 4                        # fcn: decoder resolution before upsampling
+    decoder_width: int = 64                       # fcn
+    aspp_channels: int = 256                      # deeplabv3plus (the paper's)
+    skip_channels: int = 48                       # deeplabv3plus: reduced low-level features
 
     def __post_init__(self):
         check(0.0 <= self.flip_probability <= 1.0, "flip_probability", self.flip_probability,
@@ -38,6 +46,10 @@ class SegmentationOptions(Options):
         check(self.output_stride >= 1 and self.output_stride & (self.output_stride - 1) == 0,
               "output_stride", self.output_stride, "a power of two")
         check(self.decoder_width >= 16, "decoder_width", self.decoder_width, "must be >= 16")
+        check_choice("head", self.head, HEADS)
+        for name in ("aspp_channels", "skip_channels"):
+            value = getattr(self, name)
+            check(value >= 8 and value % 8 == 0, name, value, "a multiple of 8 (GroupNorm)")
 
 
 @TASKS.register("segmentation")
@@ -46,8 +58,9 @@ class Segmentation(Task):
 
     Batches: a random horizontal flip applied identically to image and mask, and optional
     scale jitter (zoom in: random crop; zoom out: padding labelled 255 = ignore).
-    Head: :class:`DenseDecoder`, logits (B, num_classes, H/4, W/4) by default; the loss (and
-    the evaluator) upsample them bilinearly (align_corners=False) to the mask's H, W.
+    Head: :class:`DenseDecoder` or DeepLabV3+, logits (B, num_classes, H/4, W/4) by default;
+    the loss (and the evaluator) upsample them bilinearly (align_corners=False) to the mask's
+    H, W.
     Loss: cross-entropy averaged over the pixels that are not 255.
     """
 
@@ -55,8 +68,15 @@ class Segmentation(Task):
     Options = SegmentationOptions
 
     def head(self, trunk_channels: int) -> nn.Module:
-        return DenseDecoder(trunk_channels, self.context.num_classes, self.context.trunk_stride,
-                            self.options.output_stride, self.options.decoder_width)
+        o, c = self.options, self.context
+        if o.head == "deeplabv3plus":
+            if not c.stage_channels:
+                raise ValueError("the deeplabv3plus head needs the trunk's stage channels "
+                                 "(TaskContext.stage_channels)")
+            return DeepLabV3PlusHead(c.stage_channels[0], trunk_channels, c.num_classes,
+                                     c.trunk_stride, o.aspp_channels, o.skip_channels)
+        return DenseDecoder(trunk_channels, c.num_classes, c.trunk_stride, o.output_stride,
+                            o.decoder_width)
 
     def make_batch(self, images: torch.Tensor, rng: np.random.Generator,
                    masks: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
