@@ -41,6 +41,7 @@ import numpy as np
 import ray
 import torch
 
+from ps_trainer.device_copies import HostStaging, StagedWeights, pin_host_memory
 from ps_trainer.params import FlatModel, Piece, encode_grad, readonly_tensor
 from ps_trainer.protocol import PushResult, PushStats, with_grad_norm
 from ps_trainer.push_buffers import PushBuffers
@@ -62,7 +63,8 @@ class _ServerLink:
         self.pieces = pieces
         self.keys = tuple(p.key for p in pieces)
         self.by_key = {p.key: p for p in pieces}
-        self.version = -1
+        self.version = -1                     # the version the model computes with
+        self.received = -1                    # the newest version pulled (maybe not yet in use)
         self.buffer: Optional[int] = None     # the server's id of our shared push buffer
 
 
@@ -83,6 +85,14 @@ class ParameterClient:
         self.links = self._links(servers)
         self._pending: collections.deque = collections.deque()
         self._prefetch: Optional[list] = None
+        self._device = next(iter(flat.params.values())).device
+        shards = sorted({p.shard for p in pieces})
+        # A GPU model's weights arrive through pinned memory into a second device buffer
+        # (device_copies.py); a CPU model adopts the object store's arrays without a copy.
+        self._staging = (StagedWeights({s: flat.params[s] for s in shards}, flat.bind)
+                         if self._device.type == "cuda" else None)
+        self._uncommitted = False              # a version staged during the step, not yet used
+        self._host = HostStaging()             # a GPU push's host copy, when not in a slot
         self._bound = False                    # CPU gradients live in the shared slots
         self._buffers = self._push_buffers() if shared_memory else None
         self._attached = False                 # asked the current servers to map the buffers
@@ -108,6 +118,8 @@ class ParameterClient:
         if self._bound:
             self._bindings = [self.flat.grad_binding(views) for views in buffers.views]
             self.flat.bind_grads(self._bindings[0])
+        else:             # GPU gradients are copied into the slots: make that one DMA
+            pin_host_memory(buffers.whole)
         return buffers
 
     @property
@@ -139,6 +151,9 @@ class ParameterClient:
         self._pending.clear()
         self._prefetch = None
         self._attached = False
+        self._uncommitted = False
+        if self._staging is not None:
+            self._staging.discard()
 
     def connect(self) -> None:
         """Pull the current weights (blocking), then start prefetching if the client does."""
@@ -152,38 +167,70 @@ class ParameterClient:
         return [link.handle.pull.remote(link.keys, link.version) for link in self.links]
 
     def refresh(self) -> bool:
-        """Apply the prefetched pull if every server has answered (without prefetch: pull now
-        and wait); True if weights changed."""
+        """Use the newest weights at hand before a step: a version staged during the last step,
+        else the prefetched pull if every server has answered (without prefetch: pull now and
+        wait); True if weights changed."""
+        if self._uncommitted:
+            self._commit()
+            return True
         if not self.prefetch:
             return self._apply(ray.get(self._request()))
         if self._prefetch is None:
             self.connect()
             return True
-        ready, _ = ray.wait(self._prefetch, num_returns=len(self._prefetch), timeout=0)
-        if len(ready) < len(self._prefetch):
+        if not self._answered():
             return False
         changed = self._apply(ray.get(self._prefetch))
         self._prefetch = self._request()
         return changed
 
-    def _apply(self, answers: list) -> bool:
+    def stage_arrived(self) -> None:
+        """While a GPU step computes: if the prefetched pull has arrived, copy it towards the
+        device now (pinned memory, a copy stream) and ask for the next; the next
+        :meth:`refresh` puts it in use. Nothing to do for a CPU model (it adopts at refresh)."""
+        if self._staging is None or self._prefetch is None or self._uncommitted:
+            return
+        if self._answered():
+            self._uncommitted = self._apply(ray.get(self._prefetch), commit=False)
+            self._prefetch = self._request()
+
+    def _answered(self) -> bool:
+        ready, _ = ray.wait(self._prefetch, num_returns=len(self._prefetch), timeout=0)
+        return len(ready) == len(self._prefetch)
+
+    def _apply(self, answers: list, commit: bool = True) -> bool:
         start = time.perf_counter()
         changed = False
         for link, (version, refs) in zip(self.links, answers):
             if refs:
                 arrays = ray.get(list(refs.values()))      # zero-copy views of the object store
                 for key, array in zip(refs, arrays):
-                    piece = link.by_key[key]
-                    if self.flat.can_adopt(piece.shard, array, piece.start):
-                        self.flat.adopt(piece.shard, array)   # a whole shard: no copy at all
-                    else:
-                        self.flat.load(piece.shard, array, piece.start)
+                    self._take(link.by_key[key], array)
                     self.pulled_bytes += array.nbytes
                 changed = True
-            link.version = version
+            link.received = version
+        if commit:
+            self._commit()
         if changed:
             self._timed("pull", start)
         return changed
+
+    def _take(self, piece: Piece, array: np.ndarray) -> None:
+        if self._staging is not None:
+            self._staging.stage(piece.shard, array, piece.start)
+        elif self.flat.can_adopt(piece.shard, array, piece.start):
+            self.flat.adopt(piece.shard, array)        # a whole shard: no copy at all
+        else:
+            self.flat.load(piece.shard, array, piece.start)
+
+    def _commit(self) -> None:
+        """The received versions become the ones the model computes with (and pushes count
+        their staleness from)."""
+        if self._staging is not None:
+            self._staging.commit()
+        for link in self.links:
+            link.version = link.received
+        self._uncommitted = False
 
     # ------------------------------------------------------------------ push
 
@@ -201,10 +248,7 @@ class ParameterClient:
         start = time.perf_counter()
         wanted = shards or tuple({p.shard for p in self.pieces})
         slot = self._slot
-        if self._buffers is not None and not self._bound:    # GPU: one copy, into the slot
-            for shard in wanted:
-                self._buffers.views[slot][shard].copy_(self.flat.grads[shard])
-        grads = {s: encode_grad(self.flat.grads[s], self.grad_dtype) for s in wanted}
+        grads = self._host_grads(wanted, slot)
         if self.report_norm:
             stats = with_grad_norm(stats, wire_norm(grads.values()))
         chunks = []
@@ -235,6 +279,25 @@ class ParameterClient:
             if self._bound:
                 self.flat.bind_grads(self._bindings[self._slot])
         self.push_seconds += time.perf_counter() - start
+
+    def _host_grads(self, shards: tuple[str, ...], slot: int) -> dict[str, np.ndarray]:
+        """This step's gradients as the host arrays that travel, each made with at most one
+        copy: a CPU model's are its gradient buffers (bound to the slot with shared memory);
+        a GPU model's are copied once, into the slot or a pinned buffer, converted to
+        grad_dtype on the device first."""
+        if self._device.type != "cuda":
+            return {s: encode_grad(self.flat.grads[s], self.grad_dtype) for s in shards}
+        if self._buffers is not None:                  # float32 into the shared slot
+            views = self._buffers.views[slot]
+            for shard in shards:
+                views[shard].copy_(self.flat.grads[shard], non_blocking=True)
+            HostStaging.wait(self._device)
+            return {s: views[s].numpy() for s in shards}
+        device_grads = {s: encode_grad(self.flat.grads[s], self.grad_dtype, on_device=True)
+                        for s in shards}
+        host = {s: self._host.to_host(s, g) for s, g in device_grads.items()}
+        HostStaging.wait(self._device)
+        return {s: t.numpy() for s, t in host.items()}
 
     def _attach(self) -> None:
         """Ask every server actor to map the push buffers (those on another node decline)."""

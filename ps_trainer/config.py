@@ -64,6 +64,13 @@ class RunConfig:
     # 0 (no limit). Where workers outnumber the cores they share, taking turns makes each step
     # finish sooner, so pushes are less stale (see ps_trainer/slots.py).
     compute_slots_per_node: Any = 0
+    # A worker's forward and backward: fp32, or autocast to bf16 or fp16 (fp16 with a dynamic
+    # loss scale per worker). Weights, pushed gradients and the server stay float32.
+    precision: str = "fp32"
+    # Activations in channels-last (NHWC) layout on CUDA, where tensor-core convolutions want
+    # them: auto (on CUDA, not on CPU), true, false. Weights keep their flat layout.
+    channels_last: Any = "auto"
+    cudnn_benchmark: bool = True         # CUDA: let cuDNN pick the fastest kernels per shape
 
     def __post_init__(self):
         check(self.max_updates > 0, "max_updates", self.max_updates, "must be > 0")
@@ -72,6 +79,9 @@ class RunConfig:
               self.target_miou, "null or in (0, 1]")
         check(self.progress_every_s > 0, "progress_every_s", self.progress_every_s, "must be > 0")
         check_choice("device", self.device, ("auto", "cpu", "cuda"))
+        check_choice("precision", self.precision, PRECISIONS)
+        check(self.channels_last in ("auto", True, False), "channels_last", self.channels_last,
+              "auto, true or false")
         slots = self.compute_slots_per_node
         check(slots == "cores" or (isinstance(slots, int) and not isinstance(slots, bool)
                                    and slots >= 0),

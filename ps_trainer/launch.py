@@ -30,10 +30,11 @@ from ps_trainer.progress import Progress
 from ps_trainer.protocol import CoordinatorStatus
 from ps_trainer.run_config import load_run_config, saved_run_config
 from ps_trainer.run_folder import RunFolder
-from ps_trainer.runtime import on_this_node, pick_device, set_threads
+from ps_trainer.runtime import on_this_node, pick_device, prepare_compute, set_threads
 from ps_trainer.schedule import RunSummary
 from ps_trainer.server import ParameterServer
 from ps_trainer_workers.assembly import build_model, build_task, build_tasks, task_shards
+from ps_trainer_workers.precision import StepPrecision
 from ps_trainer_workers.worker import TaskLoop, TaskWorker, task_inputs
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ def run_local(cfg: Config, resume: Optional[dict] = None,
     run = RunFolder(cfg.run.out_dir).create(cfg)
     model, _ = initial_model(cfg)
     model.to(device)
+    prepare_compute(cfg.run, model, device)
     flat = FlatModel(model, ShardLayout.of(model, shard_of))
     for shard, array in (initial or {}).items():
         flat.load(shard, np.ascontiguousarray(array, dtype=np.float32))
@@ -82,7 +84,7 @@ def run_local(cfg: Config, resume: Optional[dict] = None,
 def _shared_loop(cfg: Config, name: str, flat: FlatModel, device) -> TaskLoop:
     """A task loop that trains the shared model (instead of a private copy)."""
     task, sampler, rng = task_inputs(cfg, name, replica=0)
-    return TaskLoop(task, flat, sampler, rng, device)
+    return TaskLoop(task, flat, sampler, rng, device, StepPrecision.of(cfg.run, device))
 
 
 # --------------------------------------------------------------------------- distributed

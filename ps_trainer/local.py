@@ -30,7 +30,7 @@ class StepLoop(Protocol):
     """What the trainer needs of a task's loop (ps_trainer_workers.worker.TaskLoop)."""
     shards: tuple[str, ...]
 
-    def step(self) -> PushStats: ...
+    def step(self) -> Optional[PushStats]: ...
 
 
 class LocalTrainer:
@@ -80,6 +80,8 @@ class LocalTrainer:
         loop = self.loops[task]
         self._load_norm_stats(task)
         stats = loop.step()
+        if stats is None:            # an fp16 overflow: the step is skipped, as a worker's is
+            return
         grads = {shard: self.flat.grads[shard] for shard in self.store.task_keys[task]}
         norm_stats = {s: self.flat.stats[s].cpu().numpy() for s in loop.shards if s in self.flat.stats}
         self.store.push(task, self.store.version, grads, stats, norm_stats)

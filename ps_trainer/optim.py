@@ -115,7 +115,9 @@ class FlatOptimizer:
         cfg, (b1, b2) = self.cfg, self.cfg.betas
         if scale != 1.0 or g.dtype != torch.float32:
             g = torch.mul(g, scale, out=self._scratch[key][0])
-        step = self._step_tensors.setdefault(key, torch.zeros((), dtype=torch.float32))
+        step = self._step_tensors.get(key)
+        if step is None:         # on the piece's device: the fused kernel reads it there
+            step = self._step_tensors[key] = torch.zeros((), dtype=torch.float32, device=w.device)
         step.fill_(self.steps[key])
         torch._fused_adamw_([w], [g], [state["exp_avg"]], [state["exp_avg_sq"]], [], [step],
                             lr=lr, beta1=b1, beta2=b2, weight_decay=cfg.weight_decay, eps=cfg.eps,

@@ -192,7 +192,11 @@ class FlatModel:
         a view of it. For a worker that only reads its weights (forward and backward), this makes
         a pull free; the array (a read-only view of Ray's object store) stays alive as long as
         the parameters use it. Never use it on weights that are updated in place."""
-        flat = readonly_tensor(array)
+        self.bind(shard, readonly_tensor(array))
+
+    def bind(self, shard: str, flat: torch.Tensor) -> None:
+        """Make `flat` (a 1-D float32 tensor of the shard's size) the shard's weights: every
+        parameter becomes a view of it."""
         for slot, param in zip(self.layout.params[shard], self._modules_params[shard]):
             param.data = flat[slot.offset: slot.offset + slot.numel].view(slot.shape)
         self.params[shard] = flat
@@ -245,11 +249,13 @@ def readonly_tensor(array: np.ndarray) -> torch.Tensor:
     return tensor.view(torch.bfloat16) if array.dtype == np.uint16 else tensor
 
 
-def encode_grad(grad: torch.Tensor, dtype: str) -> np.ndarray:
+def encode_grad(grad: torch.Tensor, dtype: str, on_device: bool = False):
     """A gradient as the numpy array that travels: float32 as is (zero-copy on CPU),
-    float16 or bfloat16 (as uint16 bits) converted once."""
-    if dtype == "float32":
-        return grad.detach().cpu().numpy()
+    float16 or bfloat16 (as uint16 bits) converted once. With `on_device`, the converted
+    tensor where it is (a GPU gradient is then copied to the host once, by the caller)."""
+    grad = grad.detach()
     if dtype == "float16":
-        return grad.detach().to(torch.float16).cpu().numpy()
-    return grad.detach().to(torch.bfloat16).view(torch.uint16).cpu().numpy()
+        grad = grad.to(torch.float16)
+    elif dtype == "bfloat16":
+        grad = grad.to(torch.bfloat16).view(torch.uint16)
+    return grad if on_device else grad.cpu().numpy()

@@ -9,6 +9,7 @@ APPLIED = "applied"        # the update was applied
 QUEUED = "queued"          # accepted into the task's sync group; applied when the group fills
 STALE = "stale"            # staleness above server.max_staleness_updates: dropped
 NONFINITE = "nonfinite"    # NaN or Inf in the gradient or the reported loss: rejected
+OVERFLOW = "overflow"      # a worker's fp16 step overflowed its loss scale: never pushed
 REJECT_REASONS = (STALE, NONFINITE)
 
 

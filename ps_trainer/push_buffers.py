@@ -66,6 +66,7 @@ class PushBuffers:
         except OSError:
             os.close(self.fd)
             raise
+        self.whole = torch.frombuffer(self._map, dtype=torch.uint8)   # the file, e.g. to pin
         self.views = [{shard: torch.frombuffer(self._map, dtype=torch.float32, count=int(size),
                                                offset=(i * offset + self.offsets[shard])
                                                * _FLOAT_BYTES) if size else torch.zeros(0)

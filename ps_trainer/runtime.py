@@ -50,6 +50,15 @@ def usable_cores() -> int:
     return len(affinity(0)) if affinity else (os.cpu_count() or 1)
 
 
+def prepare_compute(run, model: torch.nn.Module, device: torch.device) -> None:
+    """The run's compute settings for a model about to train or predict on `device` (`run` is
+    the config's RunConfig): cuDNN's kernel search and channels-last activations on CUDA."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = run.cudnn_benchmark
+    if run.channels_last is True or (run.channels_last == "auto" and device.type == "cuda"):
+        model.memory_format = torch.channels_last
+
+
 def pick_device(name: str) -> torch.device:
     """'auto' -> CUDA when available, else CPU."""
     if name == "auto":

@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import ray
@@ -30,12 +30,13 @@ from ps_trainer.model import MultiTaskModel, shard_of
 from ps_trainer.shards import shards_of_head
 from ps_trainer.client import ParameterClient
 from ps_trainer.params import FlatModel, Piece, ShardLayout
-from ps_trainer.protocol import (NONFINITE, STALE, PushResult, PushStats, SetupError,
+from ps_trainer.protocol import (NONFINITE, OVERFLOW, STALE, PushResult, PushStats, SetupError,
                                  WorkerStatus)
-from ps_trainer.runtime import set_threads
+from ps_trainer.runtime import prepare_compute, set_threads
 from ps_trainer.slots import ComputeSlots, slot_count
 from ps_trainer_workers.assembly import build_model, build_task
 from ps_trainer_workers.tasks import Task
+from ps_trainer_workers.precision import StepPrecision
 from ps_trainer_workers.tasks.base import TaskModel
 
 log = logging.getLogger(__name__)
@@ -47,27 +48,38 @@ class TaskLoop:
     """One task's training step on a model bound to flat buffers (no Ray, no optimizer)."""
 
     def __init__(self, task: Task, flat: FlatModel, sampler: ImageSampler,
-                 rng: np.random.Generator, device: torch.device = torch.device("cpu")):
+                 rng: np.random.Generator, device: torch.device = torch.device("cpu"),
+                 precision: Optional[StepPrecision] = None):
         self.task = task
         self.flat = flat
         self.model: MultiTaskModel = flat.model
         self.sampler = sampler
         self.rng = rng
         self.device = device
+        self.precision = precision or StepPrecision("fp32", device)
         self.shards = shards_of_head(task.head_name)
         self._view = TaskModel(self.model, task.head_name)
         self._shared = list(self.model.trunk.last_shared_parameters())
 
-    def step(self) -> PushStats:
-        """Compute the task's gradients into ``flat.grads``; returns what is reported."""
+    def step(self, while_computing: Optional[Callable[[], None]] = None) -> Optional[PushStats]:
+        """Compute the task's gradients into ``flat.grads``; returns what is reported, or None
+        when an fp16 step overflowed (nothing to push; the loss scale was lowered).
+        `while_computing` runs once the backward pass is queued, before the step waits for
+        it: on a GPU, CPU work there (staging the next weights) overlaps the step."""
         start = time.perf_counter()
         images, masks = self.sampler.sample()
         self.flat.zero_grad()
         self.model.train()
-        loss = self.task.training_loss(self._view, images, self.rng, masks)
-        (loss + self.model.regularization(self.task.head_name)).backward()
+        with self.precision.autocast():
+            loss = self.task.training_loss(self._view, images, self.rng, masks)
+            total = loss + self.model.regularization(self.task.head_name)
+        (total * self.precision.loss_scale_factor).backward()
+        if while_computing is not None:
+            while_computing()
         # .grad is read after the step: the client may bind the gradients to another buffer
         # between steps (shared-memory pushes rotate through slots).
+        if not self.precision.unscale(self.flat.grads[s] for s in self.shards):
+            return None
         shared_norm = float(torch.linalg.vector_norm(torch.stack(
             [torch.linalg.vector_norm(p.grad) for p in self._shared])))
         return PushStats(loss=float(loss.detach()), shared_grad_norm=shared_norm,
@@ -96,7 +108,9 @@ def make_task_loop(cfg: Config, task_name: str, replica: int,
     """A TaskLoop with its own model copy (trunk + this task's head)."""
     task, sampler, rng = task_inputs(cfg, task_name, replica)
     model = build_model(cfg, {task_name: task}, seed=cfg.run.seed).to(device)
-    return TaskLoop(task, FlatModel(model, ShardLayout.of(model, shard_of)), sampler, rng, device)
+    prepare_compute(cfg.run, model, device)
+    return TaskLoop(task, FlatModel(model, ShardLayout.of(model, shard_of)), sampler, rng, device,
+                    StepPrecision.of(cfg.run, device))
 
 
 class TaskWorker:
@@ -175,13 +189,13 @@ class TaskWorker:
             raise SetupError.of(f"worker {task}/{self._replica}", err) from err
         self._client, self._loop, self._slots = client, loop, slots
 
-    def _step(self) -> PushStats:
+    def _step(self) -> Optional[PushStats]:
         """One training step; the first one still counts as setting up (it reads the first
         batch, and a task may load what it needs on first use)."""
         if self._set_up:
-            return self._loop.step()
+            return self._loop.step(self._client.stage_arrived)
         try:
-            stats = self._loop.step()
+            stats = self._loop.step(self._client.stage_arrived)
         except torch.cuda.OutOfMemoryError:
             raise                  # the device's memory at this moment, not this worker's setup
         except Exception as err:
@@ -204,10 +218,14 @@ class TaskWorker:
                         break
                     self._client.refresh()
                     stats = self._step()
-                    self._client.push(self._task, self._replica, stats,
-                                      self._loop.norm_stats(), self._loop.shards)
+                    if stats is not None:     # None: an fp16 overflow, nothing to push
+                        self._client.push(self._task, self._replica, stats,
+                                          self._loop.norm_stats(), self._loop.shards)
                 self._steps += 1
-                self._observe(stats)
+                if stats is None:
+                    self._results[OVERFLOW] += 1
+                else:
+                    self._observe(stats)
             except _SERVER_GONE as err:
                 log.warning("%s/%d: a server is unreachable (%s); waiting for a replacement",
                             self._task, self._replica, type(err).__name__)

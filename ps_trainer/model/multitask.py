@@ -46,12 +46,16 @@ class MultiTaskModel(nn.Module):
         # Not persistent: constants of the config, never trained, saved or shipped.
         self.register_buffer("input_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("input_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        # channels_last: NHWC activations for tensor-core convolutions (runtime.prepare_compute).
+        # Only activations: the weights stay views of the flat shard buffers, in their layout.
+        self.memory_format = torch.contiguous_format
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """RGB in [0, 1] -> trunk input (harmonized to Lab lightness if configured)."""
         if self.harmonize:
             images = lightness_as_rgb(images)
-        return (images - self.input_mean) / self.input_std
+        return ((images - self.input_mean) / self.input_std).contiguous(
+            memory_format=self.memory_format)
 
     def features(self, task: str, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The trunk outputs the task's head reads, each (B, C_i, H/s_i, W/s_i); the last
