@@ -90,12 +90,13 @@ def _damaged(tmp_path, good: Path, how: str) -> Path:
     ("truncated", "checksum mismatch"),
     ("truncated-no-checksum", "no checksum file"),
 ])
-@pytest.mark.parametrize("command", ["eval", "finetune"])
+@pytest.mark.parametrize("command", ["eval", "finetune", "export"])
 def test_a_bad_checkpoint_is_named_in_one_line(tmp_path, tiny_config, capsys, command, how, message):
     good = Path(untrained_checkpoint(tiny_config()))
     path = _damaged(tmp_path, good, how)
     capsys.readouterr()
-    extra = {"finetune": ["--labels", "2", "--out", str(tmp_path / "ft")]}.get(command, [])
+    extra = {"finetune": ["--labels", "2", "--out", str(tmp_path / "ft")],
+             "export": ["--out", str(tmp_path / "trunk.pth")]}.get(command, [])
     assert main([command, "--checkpoint", str(path), *extra]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [err[0]] and err[0].startswith(f"ps-trainer: {path}: ") and message in err[0]
