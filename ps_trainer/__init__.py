@@ -15,7 +15,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "load_run_config": "ps_trainer.run_config", "run_local": "ps_trainer.launch",
     "run_distributed": "ps_trainer.launch", "evaluate_checkpoint": "ps_trainer.launch",
-    "finetune": "ps_trainer.finetune", "Experiment": "ps_trainer.experiment",
+    "finetune": "ps_trainer.finetune", "export_trunk": "ps_trainer.export",
+    "Experiment": "ps_trainer.experiment",
     "load_experiment": "ps_trainer.experiment", "ParameterStore": "ps_trainer.store",
     "ParameterServer": "ps_trainer.server", "ParameterClient": "ps_trainer.client",
     "MultiTaskModel": "ps_trainer.model",

@@ -15,6 +15,7 @@ is refused, and :meth:`CheckpointManager.latest` falls back to the one before.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
@@ -56,13 +57,20 @@ def _to_numpy(obj: Any) -> Any:
     return obj
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to a temporary name beside `path`, fsync, rename: readers see the old
+    file or the new one, never part of one. A failed write leaves no temporary file."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):     # the write's own error is the one to report
+            tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(path.parent)
 
 
@@ -84,8 +92,8 @@ def save_checkpoint(path: str | Path, payload: dict) -> int:
     # Checksum first, keeping the ones it replaces: see the module docstring. Two of them, so
     # that a write that crashed between its two renames does not hide the bytes still on disk.
     recorded = [hashlib.sha256(data).hexdigest()] + _recorded_checksums(path)[:2]
-    _atomic_write(_sidecar(path), "".join(f"{c}\n" for c in recorded).encode())
-    _atomic_write(path, data)
+    atomic_write(_sidecar(path), "".join(f"{c}\n" for c in recorded).encode())
+    atomic_write(path, data)
     return len(data)
 
 

@@ -6,6 +6,7 @@
     ps-trainer status [--address auto]
     ps-trainer eval --checkpoint runs/quickstart/checkpoints/best.pt
     ps-trainer finetune --checkpoint runs/pretrain/checkpoints/best.pt --labels 16
+    ps-trainer export --checkpoint runs/pretrain/checkpoints/best.pt --out resnet50-trunk.pth
     ps-trainer experiment configs/experiments/labels.yaml
     ps-trainer bench --quick --out bench.json
     ps-trainer chaos --config configs/quickstart.yaml --kill-every-s 15 --out chaos.json
@@ -72,6 +73,17 @@ def _parser() -> argparse.ArgumentParser:
     ft.add_argument("--unlabelled-task", dest="unlabelled_tasks", action="append", default=[],
                     metavar="TASK", help="also train TASK on the unlabelled pool (e.g. "
                                          "self_training: semi-supervised fine-tuning); repeatable")
+
+    xp = sub.add_parser("export", help="write a checkpoint's ResNet trunk as a torchvision "
+                                       "state_dict (a model.pretrained file; torchvision, "
+                                       "mmsegmentation and DeepLab code load it)")
+    xp.add_argument("--checkpoint", required=True)
+    xp.add_argument("--out", required=True, help="the .pth file to write")
+    xp.add_argument("--with-head", action="store_true",
+                    help="add the segmentation head, under 'segmentation_head.'")
+    xp.add_argument("--stats-of", metavar="TASK", help="whose batch-norm statistics to write "
+                                                      "(default: segmentation's when trained, "
+                                                      "else the first task's that has them)")
 
     ex = sub.add_parser("experiment", help="run a grid of pretraining x balancing x labels x seeds")
     ex.add_argument("file", help="experiment YAML (configs/experiments/*.yaml)")
@@ -274,6 +286,19 @@ def _finetune(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from ps_trainer.export import export_trunk
+
+    done = export_trunk(args.checkpoint, args.out, args.with_head, args.stats_of)
+    what = "trunk and segmentation head" if done.with_head else "trunk"
+    print(f"exported the {done.backbone} {what} ({done.tensors} tensors, norm statistics of "
+          f"{done.stats_of}) to {done.path}")
+    if done.output_stride != 32:
+        print(f"trained at output stride {done.output_stride}: dilate the ResNet's last stages "
+              f"the same way (DeepLab's replace_stride_with_dilation) for the same features")
+    return 0
+
+
 def _experiment(args) -> int:
     from ps_trainer.experiment import Experiment, load_experiment
 
@@ -328,7 +353,8 @@ def _chaos(args) -> int:
 
 
 _COMMANDS = {"train": _train, "scale": _scale, "status": _status, "eval": _eval,
-             "finetune": _finetune, "experiment": _experiment, "bench": _bench, "chaos": _chaos}
+             "finetune": _finetune, "export": _export, "experiment": _experiment,
+             "bench": _bench, "chaos": _chaos}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -12,7 +12,7 @@ import logging
 import signal
 import threading
 from dataclasses import replace
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import ray
@@ -21,11 +21,12 @@ import torch
 from ps_trainer.checkpoint import CheckpointManager, load_checkpoint
 from ps_trainer.config import Config, ConfigError
 from ps_trainer.coordinator import Coordinator, RuntimeSpec
-from ps_trainer.evaluator import EvalResult, Evaluator, make_evaluation_loop
+from ps_trainer.evaluator import SEGMENTATION, EvalResult, Evaluator, make_evaluation_loop
 from ps_trainer.local import LocalTrainer
 from ps_trainer.metrics import MetricsHub
 from ps_trainer.model import MultiTaskModel, shard_of
-from ps_trainer.params import FlatModel, Piece, ShardLayout, plan_pieces
+from ps_trainer.params import (FlatModel, Piece, ShardLayout, load_norm_stats, load_pieces,
+                               plan_pieces)
 from ps_trainer.progress import Progress
 from ps_trainer.protocol import CoordinatorStatus
 from ps_trainer.run_config import load_run_config, saved_run_config
@@ -267,15 +268,27 @@ def checkpoint_config(payload: Optional[dict], config_path: Optional[str] = None
     return saved_run_config(payload["config"], overrides)
 
 
+def checkpoint_model(cfg: Config, payload: dict, heads: Sequence[str],
+                     stats_of: str) -> MultiTaskModel:
+    """The trunk and the heads of the tasks `heads`, as `cfg` builds them, holding a
+    checkpoint's weights and the norm statistics `stats_of`'s workers last pushed (the server
+    keeps one set per task). A shard whose size differs from the model's is a ValueError."""
+    model = build_model(cfg, {name: build_task(cfg, name) for name in heads}, seed=cfg.run.seed)
+    flat = FlatModel(model, ShardLayout.of(model, shard_of))
+    load_pieces(flat, payload["servers"], [Piece(**p) for p in payload["plan"]])
+    load_norm_stats(flat, payload["servers"], stats_of)
+    return model
+
+
 def evaluate_checkpoint(path: str, config_path: Optional[str] = None, overrides=()) -> EvalResult:
-    """mIoU of a checkpoint on the validation split of its own config (or of `config_path`)."""
+    """mIoU of a checkpoint on the validation split of its own config (or of `config_path`),
+    scored as the evaluator scores it: with the segmentation task's norm statistics."""
     payload = load_checkpoint(path)
     cfg = checkpoint_config(payload, config_path, overrides)
-    loop = make_evaluation_loop(cfg, functools.partial(build_eval_model, cfg),
-                                pick_device(cfg.run.device))
+    model = functools.partial(checkpoint_model, cfg, payload, (SEGMENTATION,), SEGMENTATION)
+    loop = make_evaluation_loop(cfg, model, pick_device(cfg.run.device))
     if loop is None:
         raise ValueError("the config has no segmentation task: nothing to score")
-    loop.load_pieces(payload["servers"], [Piece(**p) for p in payload["plan"]])
     return loop.evaluate()
 
 

@@ -229,9 +229,19 @@ def load_norm_stats(flat: FlatModel, states: Sequence[dict], task: str,
                     shards: Optional[Collection[str]] = None) -> None:
     """Copy the norm statistics saved for `task` (actor 0 holds them) into `flat`: those of
     `shards`, default every shard the model has."""
-    for shard, array in states[0].get("norm_stats", {}).get(task, {}).items():
+    for shard, array in _saved_norm_stats(states).get(task, {}).items():
         if shard in flat.stats and (shards is None or shard in shards):
             flat.load_stats(shard, array)
+
+
+def norm_stats_tasks(states: Sequence[dict], shard: str) -> tuple[str, ...]:
+    """The tasks whose norm statistics of `shard` are saved in `states`, in the order saved."""
+    return tuple(task for task, stats in _saved_norm_stats(states).items() if shard in stats)
+
+
+def _saved_norm_stats(states: Sequence[dict]) -> dict[str, dict[str, np.ndarray]]:
+    """Task -> shard -> statistics; actor 0 keeps them (the last push of each task wins)."""
+    return states[0].get("norm_stats", {})
 
 
 def _set_buffer(model: nn.Module, name: str, value: torch.Tensor) -> None:

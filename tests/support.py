@@ -1,5 +1,5 @@
 """Helpers the end-to-end tests share: waiting on events (not on seconds), free loopback
-ports, and stopping a run started through its coordinator."""
+ports, stopping a run started through its coordinator, and a checkpoint of an untrained run."""
 from __future__ import annotations
 
 import socket
@@ -40,3 +40,25 @@ def stop_run(coordinator, done, hub, timeout_s: float = 60.0) -> None:
     finally:
         ray.kill(coordinator)
         ray.kill(hub)
+
+
+def untrained_checkpoint(cfg) -> str:
+    """The path of a real checkpoint of `cfg`'s untrained model, written as the evaluator
+    writes one into `cfg.run.out_dir` (no task has pushed norm statistics yet)."""
+    import dataclasses
+
+    import numpy as np
+
+    from ps_trainer.launch import initial_model
+    from ps_trainer.params import plan_pieces
+    from ps_trainer.recorder import RunRecorder
+    from ps_trainer.run_folder import RunFolder
+
+    _, flat = initial_model(cfg)
+    plan = plan_pieces(flat.layout, 1)
+    params = flat.param_arrays()
+    state = {"version": 3, "weights": {p.key: np.ascontiguousarray(params[p.shard][p.start:p.stop])
+                                       for p in plan}}
+    payload = {"servers": [state], "plan": [dataclasses.asdict(p) for p in plan]}
+    run = RunFolder(cfg.run.out_dir).create(cfg)
+    return RunRecorder(cfg, run).record(3, 1.0, payload, None, None, {})["checkpoint"]

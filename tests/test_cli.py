@@ -1,7 +1,6 @@
 """The ps-trainer command: exit codes and messages, local training, eval of a checkpoint."""
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import pytest
 
 from ps_trainer.cli import main
 from ps_trainer.run_folder import RunFolder
+from support import untrained_checkpoint
 
 
 def cli(*args, timeout=300):
@@ -68,24 +68,6 @@ def test_a_distributed_run_whose_data_cannot_be_read_fails_in_one_line(ray_sessi
     assert "final mIoU: n/a" in captured.out      # nothing was trained, and that is said
 
 
-def _recorded_checkpoint(cfg, tmp_path):
-    """A real checkpoint of a tiny untrained run (what the evaluator writes)."""
-    import numpy as np
-
-    from ps_trainer.recorder import RunRecorder
-    from ps_trainer.launch import initial_model
-    from ps_trainer.params import plan_pieces
-
-    _, flat = initial_model(cfg)
-    plan = plan_pieces(flat.layout, 1)
-    params = flat.param_arrays()
-    state = {"version": 3, "weights": {p.key: np.ascontiguousarray(params[p.shard][p.start:p.stop])
-                                       for p in plan}}
-    payload = {"servers": [state], "plan": [dataclasses.asdict(p) for p in plan]}
-    run = RunFolder(cfg.run.out_dir).create(cfg)
-    return RunRecorder(cfg, run).record(3, 1.0, payload, None, None, {})["checkpoint"]
-
-
 def _damaged(tmp_path, good: Path, how: str) -> Path:
     path = tmp_path / f"{how}.pt"
     if how == "missing":
@@ -108,19 +90,20 @@ def _damaged(tmp_path, good: Path, how: str) -> Path:
     ("truncated", "checksum mismatch"),
     ("truncated-no-checksum", "no checksum file"),
 ])
-@pytest.mark.parametrize("command", ["eval", "finetune"])
+@pytest.mark.parametrize("command", ["eval", "finetune", "export"])
 def test_a_bad_checkpoint_is_named_in_one_line(tmp_path, tiny_config, capsys, command, how, message):
-    good = Path(_recorded_checkpoint(tiny_config(), tmp_path))
+    good = Path(untrained_checkpoint(tiny_config()))
     path = _damaged(tmp_path, good, how)
     capsys.readouterr()
-    extra = ["--labels", "2", "--out", str(tmp_path / "ft")] if command == "finetune" else []
+    extra = {"finetune": ["--labels", "2", "--out", str(tmp_path / "ft")],
+             "export": ["--out", str(tmp_path / "trunk.pth")]}.get(command, [])
     assert main([command, "--checkpoint", str(path), *extra]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [err[0]] and err[0].startswith(f"ps-trainer: {path}: ") and message in err[0]
 
 
 def test_a_checkpoint_copied_without_its_checksum_is_used_with_a_warning(tmp_path, tiny_config):
-    good = Path(_recorded_checkpoint(tiny_config(), tmp_path))
+    good = Path(untrained_checkpoint(tiny_config()))
     copy = _damaged(tmp_path, good, "copy")
     result = cli("eval", "--checkpoint", str(copy), timeout=120)
     assert result.returncode == 0, result.stderr
