@@ -209,3 +209,17 @@ def test_sync_group_whose_oldest_push_went_stale_is_dropped():
     np.testing.assert_allclose(store.weights["head/a"].numpy(), 0.0)
     assert store.push("a", store.version, grads("a"), STATS).reason == APPLIED
     np.testing.assert_allclose(store.weights["head/a"].numpy(), -1.0)    # mean of the fresh two
+
+
+def test_norm_statistics_are_kept_per_task_and_the_latest_accepted_push_wins():
+    """Several workers of one task each push their own running statistics: the store keeps
+    the newest accepted ones per task (those computed with the freshest weights); a rejected
+    push's statistics are not kept; tasks never overwrite each other's."""
+    store = make_store(max_staleness_updates=1)
+    store.push("a", 0, grads("a"), STATS, {"trunk": np.full(3, 1.0, np.float32)})   # worker 0
+    store.push("a", 1, grads("a"), STATS, {"trunk": np.full(3, 2.0, np.float32)})   # worker 1
+    store.push("b", 2, grads("b"), STATS, {"trunk": np.full(3, 9.0, np.float32)})
+    stale = store.push("a", 0, grads("a"), STATS, {"trunk": np.full(3, 5.0, np.float32)})
+    assert stale.reason == STALE
+    np.testing.assert_array_equal(store.norm_stats["a"]["trunk"], np.full(3, 2.0))
+    np.testing.assert_array_equal(store.norm_stats["b"]["trunk"], np.full(3, 9.0))
