@@ -99,7 +99,8 @@ def task_inputs(cfg: Config, task_name: str, replica: int
     dataset = splits.labelled if task.uses_labels else splits.unlabelled
     task_index = cfg.task_names.index(task_name)
     rng = np.random.default_rng([cfg.run.seed, task_index, replica])
-    sampler = ImageSampler(dataset, cfg.tasks[task_name].batch_size, cfg.data.image_size, rng)
+    sampler = ImageSampler(dataset, cfg.tasks[task_name].batch_size, cfg.data.image_size, rng,
+                           crops=task.crops())
     return task, sampler, rng
 
 

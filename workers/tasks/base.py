@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ps_trainer.data.crops import Crops
 from ps_trainer.options import Options
 
 
@@ -93,6 +94,11 @@ class Task(abc.ABC):
         inputs, targets = self.make_batch(images, rng, masks)
         device = model.device
         return self.loss(model(inputs.to(device)), targets.to(device))
+
+    def crops(self) -> Optional[Crops]:
+        """How the sampler makes this task's training images (None: a random
+        data.image_size square, see ps_trainer.data.crops)."""
+        return None
 
     @abc.abstractmethod
     def make_batch(self, images: torch.Tensor, rng: np.random.Generator,

@@ -17,12 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ps_trainer.data.crops import Crops, RescaleCrops
 from ps_trainer.options import Options, check, check_choice
 from ps_trainer_workers.tasks.base import Task
 from ps_trainer_workers.tasks.deeplab import DeepLabV3PlusHead
 from ps_trainer_workers.tasks.heads import DenseDecoder, resize_like
 from ps_trainer_workers.tasks.registry import TASKS
-from ps_trainer_workers.tasks.views import zoom_grid
+from ps_trainer_workers.tasks.views import color_jitter, zoom_grid
 
 IGNORE_INDEX = 255
 HEADS = ("fcn", "deeplabv3plus")
@@ -32,6 +33,16 @@ HEADS = ("fcn", "deeplabv3plus")
 class SegmentationOptions(Options):
     flip_probability: float = 0.5                 # horizontal flip of image and mask together
     scale_range: tuple[float, float] = (1.0, 1.0)  # zoom factors; (1, 1) = no scale jitter
+    # Real-resolution training (mmsegmentation / DeepLab): a crop_size [H, W] crop of the
+    # original rescaled by a factor in rescale_range of base_size [H, W] (null: the image's
+    # own), retried until no class covers more than cat_max_ratio of it; null crop_size: a
+    # data.image_size square of the image resized to it (the small synthetic default).
+    crop_size: Optional[tuple[int, int]] = None
+    rescale_range: tuple[float, float] = (0.5, 2.0)
+    base_size: Optional[tuple[int, int]] = None
+    cat_max_ratio: float = 0.75
+    jitter_probability: float = 0.0               # photometric jitter (brightness, contrast, saturation)
+    jitter_strength: float = 0.25
     head: str = "fcn"                             # fcn | deeplabv3plus
     output_stride: int = 4                        # fcn: decoder resolution before upsampling
     decoder_width: int = 64                       # fcn
@@ -47,6 +58,16 @@ class SegmentationOptions(Options):
               "output_stride", self.output_stride, "a power of two")
         check(self.decoder_width >= 16, "decoder_width", self.decoder_width, "must be >= 16")
         check_choice("head", self.head, HEADS)
+        for name in ("crop_size", "base_size"):
+            value = getattr(self, name)
+            check(value is None or (len(value) == 2 and min(value) >= 16), name, value,
+                  "null or [H, W], each >= 16")
+        low, high = self.rescale_range
+        check(0 < low <= high, "rescale_range", self.rescale_range, "0 < low <= high")
+        check(0 < self.cat_max_ratio <= 1, "cat_max_ratio", self.cat_max_ratio, "in (0, 1]")
+        check(0 <= self.jitter_probability <= 1, "jitter_probability", self.jitter_probability,
+              "in [0, 1]")
+        check(0 <= self.jitter_strength < 1, "jitter_strength", self.jitter_strength, "in [0, 1)")
         for name in ("aspp_channels", "skip_channels"):
             value = getattr(self, name)
             check(value >= 8 and value % 8 == 0, name, value, "a multiple of 8 (GroupNorm)")
@@ -78,6 +99,13 @@ class Segmentation(Task):
         return DenseDecoder(trunk_channels, c.num_classes, c.trunk_stride, o.output_stride,
                             o.decoder_width)
 
+    def crops(self) -> Optional[Crops]:
+        o = self.options
+        if o.crop_size is None:
+            return None
+        return RescaleCrops(tuple(o.crop_size), tuple(o.rescale_range),
+                            tuple(o.base_size) if o.base_size else None, o.cat_max_ratio)
+
     def make_batch(self, images: torch.Tensor, rng: np.random.Generator,
                    masks: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         if masks is None:
@@ -89,6 +117,9 @@ class Segmentation(Task):
         low, high = self.options.scale_range
         if (low, high) != (1.0, 1.0):
             images, masks = self._scale_jitter(images, masks, rng)
+        if self.options.jitter_probability > 0:
+            images = color_jitter(images, rng, self.options.jitter_probability,
+                                  self.options.jitter_strength).clamp(0.0, 1.0)
         return images.contiguous(), masks.contiguous()
 
     def _scale_jitter(self, images: torch.Tensor, masks: torch.Tensor,
