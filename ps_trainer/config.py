@@ -106,7 +106,9 @@ class DataConfig:
     image_size: int = 64
     labelled: int = 16                   # labelled training images (segmentation)
     unlabelled: int = 4096               # pool size for pretext tasks (0 = all on disk)
-    val: int = 256                       # validation images (0 = all on disk)
+    # Validation images: null = every image of the split on disk (synthetic scenes, which have
+    # no end: 256); N = the first N. Published numbers use every image.
+    val: Optional[int] = None
     source_domain: DomainConfig = DomainConfig()
     shifted_domain: DomainConfig = SHIFTED_DOMAIN
     shifted_fraction: float = 0.0        # share of unlabelled images from the shifted domain
@@ -123,7 +125,8 @@ class DataConfig:
         check(self.image_size >= 16, "image_size", self.image_size, "must be >= 16")
         check(self.labelled >= 0, "labelled", self.labelled, "must be >= 0")
         check(self.unlabelled >= 0, "unlabelled", self.unlabelled, "must be >= 0")
-        check(self.val >= 0, "val", self.val, "must be >= 0")
+        check(self.val is None or self.val >= 1, "val", self.val,
+              "null (every image; synthetic: 256) or >= 1")
         check(0.0 <= self.shifted_fraction <= 1.0, "shifted_fraction", self.shifted_fraction,
               "must be in [0, 1]")
         check_choice("val_domain", self.val_domain, DOMAIN_NAMES)
@@ -417,7 +420,8 @@ RENAMED_KEYS = {("server", "shards"): "actors",
                 ("server", "publish_every"): "publish_every_updates"}
 RENAMED_VALUES = {("server", "staleness_policy"): {"drop": "unscaled"},
                   ("optimizer", "name"): {"adam": "adamw"},
-                  ("finetune", "optimizer"): {"adam": "adamw"}}
+                  ("finetune", "optimizer"): {"adam": "adamw"},
+                  ("data", "val"): {0: None}}     # 0 meant every image on disk
 
 
 def upgrade_spellings(data: Mapping) -> dict:
@@ -434,11 +438,19 @@ def upgrade_spellings(data: Mapping) -> dict:
             part[new] = part.pop(old)
     for (section, key), values in RENAMED_VALUES.items():
         part = data.get(section)
-        if isinstance(part, dict) and isinstance(part.get(key), str) and part[key] in values:
+        if isinstance(part, dict) and _spelling(part.get(key)) in values:
             log.warning("config: %s.%s: %r is deprecated; it is now %r", section, key, part[key],
                         values[part[key]])
             part[key] = values[part[key]]
     return data
+
+
+def _spelling(value: Any) -> Any:
+    """`value` as a key of RENAMED_VALUES: strings and whole numbers (not booleans, which
+    equal 0 and 1), else None, which no old spelling is."""
+    if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    return None
 
 
 def config_from_dict(data: Mapping) -> Config:

@@ -225,3 +225,10 @@ def test_an_old_and_a_new_spelling_together_are_refused():
 def test_a_new_spelling_of_a_value_is_checked_like_any_other():
     assert error_of(["server.staleness_policy=sometimes"]).key == "server.staleness_policy"
     assert "unscaled" in str(error_of(["server.staleness_policy=sometimes"]))
+
+
+def test_data_val_zero_is_the_old_spelling_of_every_image(caplog):
+    with caplog.at_level("WARNING", logger="ps_trainer.config"):
+        cfg = load_config(None, BASE + ["data.val=0"])
+    assert cfg.data.val is None and "data.val" in caplog.text and "deprecated" in caplog.text
+    assert error_of(["data.val=false"]).key == "data.val"     # a boolean is no old spelling
