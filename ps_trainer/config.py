@@ -41,6 +41,7 @@ PUSH_TRANSPORTS = ("shared_memory", "object_store")
 DOMAIN_NAMES = ("source", "shifted")
 BACKBONES = ("small", "resnet18", "resnet34", "resnet50", "resnet101")
 PRECISIONS = ("fp32", "bf16", "fp16")
+EVAL_MODES = ("whole", "slide")
 
 
 def _check_resources(resources: Mapping) -> None:
@@ -300,16 +301,35 @@ class TaskConfig:
         check(self.sync >= 1, "sync", self.sync, "must be >= 1")
         check(self.inflight >= 1, "inflight", self.inflight, "must be >= 1")
         check(self.num_cpus >= 0, "num_cpus", self.num_cpus, "must be >= 0")
-        check(self.num_gpus >= 0, "num_gpus", self.num_gpus, "must be >= 0")
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Evaluation, checkpointing and previews."""
+    """Evaluation, checkpointing and previews.
+
+    Every validation image is scored whole, at its labels' resolution (ps_trainer/inference.py):
+    ``mode: whole`` runs the model on the image (resized to ``scale`` if set); ``slide`` on
+    ``crop_size`` windows every ``stride`` pixels, averaging the logits where windows overlap
+    (mmsegmentation's test modes; e.g. Cityscapes: crop [512, 1024], stride [341, 682]).
+    """
     every_s: float = 30.0
     every_updates: int = 0               # also evaluate every N server versions (0 = off)
     keep_last: int = 3
+    mode: str = "whole"                  # whole | slide
+    crop_size: Optional[tuple[int, int]] = None   # slide: window [h, w] in test-scale pixels
+    stride: Optional[tuple[int, int]] = None      # slide: [h, w] between windows, <= crop_size
+    # Test scale: null = each image's own resolution; [H, W] = resized, keeping its aspect
+    # ratio, until the long side fits max(H, W) and the short side min(H, W) (mmsegmentation's
+    # Resize(scale, keep_ratio=True)). Predictions are scored at the labels' resolution.
+    scale: Optional[tuple[int, int]] = None
+    flip: bool = False                   # also predict the mirrored image; probabilities averaged
+    scales: tuple[float, ...] = (1.0,)   # factors of the test scale; probabilities averaged
+    # Images (whole) or windows (slide) per forward pass; whole mode batches consecutive images
+    # of one size. Lower it for large images (a 1024x2048 image is 25 MB of float32 input).
     batch_size: int = 64
+    # Validation images kept in memory as read (uint8), so that later evaluations need not
+    # decode or render them again; beyond this the split is streamed, one batch at a time.
+    cache_bytes: int = 64 * 2 ** 20
     previews: int = 4
     num_cpus: float = 1.0
 
@@ -317,9 +337,31 @@ class EvalConfig:
         check(self.every_s > 0, "every_s", self.every_s, "must be > 0")
         check(self.every_updates >= 0, "every_updates", self.every_updates, "must be >= 0")
         check(self.keep_last >= 1, "keep_last", self.keep_last, "must be >= 1")
+        check_choice("mode", self.mode, EVAL_MODES)
+        self._check_windows()
+        check(self.scale is None or all(v >= 1 for v in self.scale), "scale", self.scale,
+              "null or [H, W], both >= 1")
+        check(len(self.scales) >= 1 and all(0.25 <= f <= 4.0 for f in self.scales), "scales",
+              self.scales, "one or more factors in [0.25, 4]")
         check(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
+        check(self.cache_bytes >= 0, "cache_bytes", self.cache_bytes, "must be >= 0")
         check(self.previews >= 0, "previews", self.previews, "must be >= 0")
         check(self.num_cpus > 0, "num_cpus", self.num_cpus, "must be > 0")
+
+    def _check_windows(self) -> None:
+        if self.mode != "slide":
+            for name in ("crop_size", "stride"):
+                check(getattr(self, name) is None, name, getattr(self, name),
+                      "null unless eval.mode is 'slide'")
+            return
+        crop, stride = self.crop_size, self.stride
+        check(crop is not None and all(v >= 1 for v in crop), "crop_size", crop,
+              "[h, w], both >= 1, with eval.mode 'slide'")
+        check(stride is not None and all(v >= 1 for v in stride), "stride", stride,
+              "[h, w], both >= 1, with eval.mode 'slide'")
+        check(all(s <= c for s, c in zip(stride, crop)), "stride", stride,
+              f"at most eval.crop_size {list(crop)} in each dimension (windows must cover "
+              f"every pixel)")
 
 
 @dataclass(frozen=True)
