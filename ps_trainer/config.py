@@ -301,6 +301,7 @@ class TaskConfig:
         check(self.sync >= 1, "sync", self.sync, "must be >= 1")
         check(self.inflight >= 1, "inflight", self.inflight, "must be >= 1")
         check(self.num_cpus >= 0, "num_cpus", self.num_cpus, "must be >= 0")
+        check(self.num_gpus >= 0, "num_gpus", self.num_gpus, "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -332,6 +333,7 @@ class EvalConfig:
     cache_bytes: int = 64 * 2 ** 20
     previews: int = 4
     num_cpus: float = 1.0
+    num_gpus: float = 0.0                # > 0: the evaluator actor asks Ray for a GPU, runs on CUDA
 
     def __post_init__(self):
         check(self.every_s > 0, "every_s", self.every_s, "must be > 0")
@@ -347,6 +349,7 @@ class EvalConfig:
         check(self.cache_bytes >= 0, "cache_bytes", self.cache_bytes, "must be >= 0")
         check(self.previews >= 0, "previews", self.previews, "must be >= 0")
         check(self.num_cpus > 0, "num_cpus", self.num_cpus, "must be > 0")
+        check(self.num_gpus >= 0, "num_gpus", self.num_gpus, "must be >= 0")
 
     def _check_windows(self) -> None:
         if self.mode != "slide":

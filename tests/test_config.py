@@ -240,6 +240,7 @@ SLIDE = ["eval.mode=slide", "eval.crop_size=[512,1024]", "eval.stride=[341,682]"
     (["eval.scale=[0,1024]"], "eval.scale", "both >= 1"),
     (["eval.scales=[]"], "eval.scales", "one or more"),
     (["eval.scales=[0.1]"], "eval.scales", "[0.25, 4]"),
+    (["eval.num_gpus=-1"], "eval.num_gpus", ">= 0"),
     (["eval.cache_bytes=-1"], "eval.cache_bytes", ">= 0"),
     (["data.val=-2"], "data.val", "null (every image"),
 ])
@@ -250,10 +251,10 @@ def test_evaluation_settings_are_checked(overrides, key, says):
 
 def test_evaluation_defaults_and_a_published_style_setting():
     cfg = load_config(None, BASE)
-    assert (cfg.eval.mode, cfg.eval.scale, cfg.eval.flip, cfg.eval.scales,
-            cfg.data.val) == ("whole", None, False, (1.0,), None)
+    assert (cfg.eval.mode, cfg.eval.scale, cfg.eval.flip, cfg.eval.scales, cfg.eval.num_gpus,
+            cfg.data.val) == ("whole", None, False, (1.0,), 0.0, None)
     cfg = load_config(None, BASE + SLIDE + ["eval.scale=[1024,2048]", "eval.flip=true",
-                                            "eval.scales=[0.75,1.0,1.25]"])
+                                            "eval.scales=[0.75,1.0,1.25]", "eval.num_gpus=1"])
     assert (cfg.eval.crop_size, cfg.eval.stride, cfg.eval.scale) == ((512, 1024), (341, 682),
                                                                     (1024, 2048))
     assert config_from_dict(config_to_dict(cfg)) == cfg
