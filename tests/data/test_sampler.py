@@ -111,8 +111,9 @@ class Sizes(Stripes):
 def test_eval_batches_hold_consecutive_images_of_one_size():
     data = Sizes([(8, 8), (8, 8), (8, 8), (6, 10), (8, 8), (8, 8)], bare={4})
     batches = list(iterate_eval(data, batch_size=2))
-    assert [(b[0].shape[0], *b[0].shape[2:]) for b in batches] == [(2, 8, 8), (1, 8, 8), (1, 6, 10), (2, 8, 8)]
-    assert [tuple(m.shape) for _, m in batches] == [(2, 8, 8), (1, 8, 8), (1, 6, 10), (2, 8, 8)]
+    shapes = [(2, 8, 8), (1, 8, 8), (1, 6, 10), (2, 8, 8)]      # (B, H, W): a new size starts a batch
+    assert [(b[0].shape[0], *b[0].shape[2:]) for b in batches] == shapes
+    assert [tuple(m.shape) for _, m in batches] == shapes
     assert (batches[-1][1][0] == 255).all() and (batches[-1][1][1] == 5 % 3).all()   # no mask: ignore
 
 
