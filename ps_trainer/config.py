@@ -41,6 +41,7 @@ PUSH_TRANSPORTS = ("shared_memory", "object_store")
 DOMAIN_NAMES = ("source", "shifted")
 BACKBONES = ("small", "resnet18", "resnet34", "resnet50", "resnet101")
 PRECISIONS = ("fp32", "bf16", "fp16")
+EVAL_MODES = ("whole", "slide")
 
 
 def _check_resources(resources: Mapping) -> None:
@@ -116,7 +117,9 @@ class DataConfig:
     image_size: int = 64
     labelled: int = 16                   # labelled training images (segmentation)
     unlabelled: int = 4096               # pool size for pretext tasks (0 = all on disk)
-    val: int = 256                       # validation images (0 = all on disk)
+    # Validation images: null = every image of the split on disk (synthetic scenes, which have
+    # no end: 256); N = the first N. Published numbers use every image.
+    val: Optional[int] = None
     source_domain: DomainConfig = DomainConfig()
     shifted_domain: DomainConfig = SHIFTED_DOMAIN
     shifted_fraction: float = 0.0        # share of unlabelled images from the shifted domain
@@ -133,7 +136,8 @@ class DataConfig:
         check(self.image_size >= 16, "image_size", self.image_size, "must be >= 16")
         check(self.labelled >= 0, "labelled", self.labelled, "must be >= 0")
         check(self.unlabelled >= 0, "unlabelled", self.unlabelled, "must be >= 0")
-        check(self.val >= 0, "val", self.val, "must be >= 0")
+        check(self.val is None or self.val >= 1, "val", self.val,
+              "null (every image; synthetic: 256) or >= 1")
         check(0.0 <= self.shifted_fraction <= 1.0, "shifted_fraction", self.shifted_fraction,
               "must be in [0, 1]")
         check_choice("val_domain", self.val_domain, DOMAIN_NAMES)
@@ -312,21 +316,65 @@ class TaskConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Evaluation, checkpointing and previews."""
+    """Evaluation, checkpointing and previews.
+
+    Every validation image is scored whole, at its labels' resolution (ps_trainer/inference.py):
+    ``mode: whole`` runs the model on the image (resized to ``scale`` if set); ``slide`` on
+    ``crop_size`` windows every ``stride`` pixels, averaging the logits where windows overlap
+    (mmsegmentation's test modes; e.g. Cityscapes: crop [512, 1024], stride [341, 682]).
+    """
     every_s: float = 30.0
     every_updates: int = 0               # also evaluate every N server versions (0 = off)
     keep_last: int = 3
+    mode: str = "whole"                  # whole | slide
+    crop_size: Optional[tuple[int, int]] = None   # slide: window [h, w] in test-scale pixels
+    stride: Optional[tuple[int, int]] = None      # slide: [h, w] between windows, <= crop_size
+    # Test scale: null = each image's own resolution; [H, W] = resized, keeping its aspect
+    # ratio, until the long side fits max(H, W) and the short side min(H, W) (mmsegmentation's
+    # Resize(scale, keep_ratio=True)). Predictions are scored at the labels' resolution.
+    scale: Optional[tuple[int, int]] = None
+    flip: bool = False                   # also predict the mirrored image; probabilities averaged
+    scales: tuple[float, ...] = (1.0,)   # factors of the test scale; probabilities averaged
+    # Images (whole) or windows (slide) per forward pass; whole mode batches consecutive images
+    # of one size. Lower it for large images (a 1024x2048 image is 25 MB of float32 input).
     batch_size: int = 64
+    # Validation images kept in memory as read (uint8), so that later evaluations need not
+    # decode or render them again; beyond this the split is streamed, one batch at a time.
+    cache_bytes: int = 64 * 2 ** 20
     previews: int = 4
     num_cpus: float = 1.0
+    num_gpus: float = 0.0                # > 0: the evaluator actor asks Ray for a GPU, runs on CUDA
 
     def __post_init__(self):
         check(self.every_s > 0, "every_s", self.every_s, "must be > 0")
         check(self.every_updates >= 0, "every_updates", self.every_updates, "must be >= 0")
         check(self.keep_last >= 1, "keep_last", self.keep_last, "must be >= 1")
+        check_choice("mode", self.mode, EVAL_MODES)
+        self._check_windows()
+        check(self.scale is None or all(v >= 1 for v in self.scale), "scale", self.scale,
+              "null or [H, W], both >= 1")
+        check(len(self.scales) >= 1 and all(0.25 <= f <= 4.0 for f in self.scales), "scales",
+              self.scales, "one or more factors in [0.25, 4]")
         check(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
+        check(self.cache_bytes >= 0, "cache_bytes", self.cache_bytes, "must be >= 0")
         check(self.previews >= 0, "previews", self.previews, "must be >= 0")
         check(self.num_cpus > 0, "num_cpus", self.num_cpus, "must be > 0")
+        check(self.num_gpus >= 0, "num_gpus", self.num_gpus, "must be >= 0")
+
+    def _check_windows(self) -> None:
+        if self.mode != "slide":
+            for name in ("crop_size", "stride"):
+                check(getattr(self, name) is None, name, getattr(self, name),
+                      "null unless eval.mode is 'slide'")
+            return
+        crop, stride = self.crop_size, self.stride
+        check(crop is not None and all(v >= 1 for v in crop), "crop_size", crop,
+              "[h, w], both >= 1, with eval.mode 'slide'")
+        check(stride is not None and all(v >= 1 for v in stride), "stride", stride,
+              "[h, w], both >= 1, with eval.mode 'slide'")
+        check(all(s <= c for s, c in zip(stride, crop)), "stride", stride,
+              f"at most eval.crop_size {list(crop)} in each dimension (windows must cover "
+              f"every pixel)")
 
 
 @dataclass(frozen=True)
@@ -427,7 +475,8 @@ RENAMED_KEYS = {("server", "shards"): "actors",
                 ("server", "publish_every"): "publish_every_updates"}
 RENAMED_VALUES = {("server", "staleness_policy"): {"drop": "unscaled"},
                   ("optimizer", "name"): {"adam": "adamw"},
-                  ("finetune", "optimizer"): {"adam": "adamw"}}
+                  ("finetune", "optimizer"): {"adam": "adamw"},
+                  ("data", "val"): {0: None}}     # 0 meant every image on disk
 
 
 def upgrade_spellings(data: Mapping) -> dict:
@@ -444,11 +493,19 @@ def upgrade_spellings(data: Mapping) -> dict:
             part[new] = part.pop(old)
     for (section, key), values in RENAMED_VALUES.items():
         part = data.get(section)
-        if isinstance(part, dict) and isinstance(part.get(key), str) and part[key] in values:
+        if isinstance(part, dict) and _spelling(part.get(key)) in values:
             log.warning("config: %s.%s: %r is deprecated; it is now %r", section, key, part[key],
                         values[part[key]])
             part[key] = values[part[key]]
     return data
+
+
+def _spelling(value: Any) -> Any:
+    """`value` as a key of RENAMED_VALUES: strings and whole numbers (not booleans, which
+    equal 0 and 1), else None, which no old spelling is."""
+    if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    return None
 
 
 def config_from_dict(data: Mapping) -> Config:

@@ -215,7 +215,8 @@ class Coordinator:
         node = NodeAffinitySchedulingStrategy(self._spec.driver_node_id, soft=False)
         offset = self._spec.time_offset_s + (time.monotonic() - self._start_time)
         self._evaluator = self._spec.evaluator_cls.options(
-            num_cpus=cfg.eval.num_cpus, max_concurrency=2, max_restarts=0,
+            num_cpus=cfg.eval.num_cpus, num_gpus=cfg.eval.num_gpus, max_concurrency=2,
+            max_restarts=0,
             scheduling_strategy=node).remote(cfg, self._servers, self._spec.plan,
                                              self._spec.model_factory, str(self._run.root),
                                              offset, self._hub)

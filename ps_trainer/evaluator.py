@@ -12,18 +12,19 @@ import logging
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional, Sequence
 
+import cv2
 import numpy as np
 import ray
 import torch
-import torch.nn.functional as F
 
-from ps_trainer.config import Config
+from ps_trainer.config import Config, EvalConfig
 from ps_trainer.data.base import SegmentationDataset
-from ps_trainer.data.sampler import iterate_eval
+from ps_trainer.data.sampler import EvalReader
 from ps_trainer.data.splits import build_splits
+from ps_trainer.inference import predict_logits
 from ps_trainer.metrics import EvaluatorMetrics, Reporter
 from ps_trainer.model import MultiTaskModel, shard_of
 from ps_trainer.params import FlatModel, Piece, ShardLayout, load_norm_stats, load_pieces
@@ -32,10 +33,11 @@ from ps_trainer.recorder import RunRecorder
 from ps_trainer.run_folder import RunFolder
 from ps_trainer.runtime import set_threads
 from ps_trainer.schedule import EvalSchedule
-from ps_trainer.segmetrics import confusion_matrix, mean_iou, pixel_accuracy
+from ps_trainer.segmetrics import confusion_counts, mean_iou, pixel_accuracy
 
 log = logging.getLogger(__name__)
 SEGMENTATION = "segmentation"
+_PREVIEW_SIDE = 512   # previews of large images are shrunk to this long side (pixels)
 
 
 @dataclass(frozen=True)
@@ -44,20 +46,31 @@ class EvalResult:
     per_class_iou: list[float]
     pixel_accuracy: float
     seconds: float
+    images: int = 0                      # validation images scored
+    skipped: int = 0                     # unusable ones, left out
+    # int64 (C, C): rows = truth, columns = prediction (ps_trainer.segmetrics)
+    confusion: Optional[np.ndarray] = field(default=None, compare=False, repr=False)
 
 
 class EvaluationLoop:
-    """Scores the segmentation head over the whole validation split (one confusion matrix)."""
+    """Scores the segmentation head over the whole validation split (one confusion matrix).
+
+    The split is streamed: one batch is read, predicted (``ps_trainer.inference``: whole or
+    sliding-window, at the test scale, with flips and scales as ``eval`` says) and counted at a
+    time, so memory does not grow with the split. The counts add up on the loop's device."""
 
     def __init__(self, model: MultiTaskModel, val: SegmentationDataset, num_classes: int,
-                 image_size: int, batch_size: int, device: torch.device = torch.device("cpu")):
+                 cfg: EvalConfig, device: torch.device = torch.device("cpu")):
         self.model = model.to(device)
         self.flat = FlatModel(self.model, ShardLayout.of(self.model, shard_of))
+        self.reader = EvalReader(val, cfg.cache_bytes)
         self.num_classes = num_classes
+        self.cfg = cfg
         self.device = device
-        # The split is fixed: prepare its tensors once.
-        self.batches = list(iterate_eval(val, batch_size, image_size))
-        if not self.batches:
+        self._previews = _Previews(0)
+        # Slide mode holds (K, H, W) sums per image: one image at a time, its windows batched.
+        self._images_per_batch = cfg.batch_size if cfg.mode == "whole" else 1
+        if next(self.reader.samples(), None) is None:       # fail at setup, not later
             raise ValueError("the validation split has no usable images")
 
     def load_pieces(self, states: Sequence[dict], plan: Sequence[Piece]) -> None:
@@ -67,26 +80,66 @@ class EvaluationLoop:
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [0, 1] -> (B, H, W) class ids."""
+        """(B, 3, H, W) in [0, 1] -> (B, H, W) class ids, on the loop's device."""
         self.model.eval()
-        logits = self.model(SEGMENTATION, images.to(self.device))
-        logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        return logits.argmax(1).cpu()
+        logits = predict_logits(self._forward, images.to(self.device), self.cfg)
+        return logits.argmax(1)
+
+    def _forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(SEGMENTATION, images)
 
     def evaluate(self) -> EvalResult:
         start = time.perf_counter()
-        confusion = np.zeros((self.num_classes, self.num_classes), np.int64)
-        for images, masks in self.batches:
-            confusion += confusion_matrix(self.predict(images), masks, self.num_classes)
-        miou, per_class = mean_iou(confusion)
+        confusion = torch.zeros((self.num_classes, self.num_classes), dtype=torch.int64,
+                                device=self.device)
+        previews = _Previews(self.cfg.previews)
+        scored = 0
+        for images, masks in self.reader.batches(self._images_per_batch):
+            predictions = self.predict(images)                           # (B, H, W)
+            confusion += confusion_counts(predictions, masks.to(self.device), self.num_classes)
+            previews.add(images, masks, predictions)
+            scored += len(images)
+        if not scored:
+            raise ValueError("the validation split has no usable images")
+        self._previews = previews
+        counts = confusion.cpu().numpy()
+        miou, per_class = mean_iou(counts)
         return EvalResult(miou, [None if np.isnan(v) else float(v) for v in per_class],
-                          pixel_accuracy(confusion), time.perf_counter() - start)
+                          pixel_accuracy(counts), time.perf_counter() - start,
+                          images=scored, skipped=len(self.reader.unusable), confusion=counts)
 
-    def previews(self, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        images, masks = self.batches[0]
-        images, masks = images[:count], masks[:count]
-        rgb = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-        return rgb, masks.numpy().astype(np.uint8), self.predict(images).numpy().astype(np.uint8)
+    def previews(self, count: int) -> tuple[list, list, list]:
+        """The first `count` validation images of the last evaluation: RGB, truth, prediction."""
+        return self._previews.rows(count)
+
+
+class _Previews:
+    """The first `count` images of an evaluation, kept small (the long side at most
+    ``_PREVIEW_SIDE`` pixels): uint8 RGB (H, W, 3), truth and prediction (H, W)."""
+
+    def __init__(self, count: int):
+        self.count = count
+        self.images: list[np.ndarray] = []
+        self.truths: list[np.ndarray] = []
+        self.predictions: list[np.ndarray] = []
+
+    def add(self, images: torch.Tensor, masks: torch.Tensor, predictions: torch.Tensor) -> None:
+        for i in range(min(len(images), self.count - len(self.images))):
+            rgb = (images[i].permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+            truth = masks[i].cpu().numpy().astype(np.uint8)
+            pred = predictions[i].cpu().numpy().astype(np.uint8)
+            factor = min(1.0, _PREVIEW_SIDE / max(rgb.shape[:2]))
+            if factor < 1.0:
+                size = (max(1, round(rgb.shape[1] * factor)), max(1, round(rgb.shape[0] * factor)))
+                rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+                truth = cv2.resize(truth, size, interpolation=cv2.INTER_NEAREST)
+                pred = cv2.resize(pred, size, interpolation=cv2.INTER_NEAREST)
+            self.images.append(rgb)
+            self.truths.append(truth)
+            self.predictions.append(pred)
+
+    def rows(self, count: int) -> tuple[list, list, list]:
+        return self.images[:count], self.truths[:count], self.predictions[:count]
 
 
 def make_evaluation_loop(cfg: Config, model_factory: Callable[[], MultiTaskModel],
@@ -95,8 +148,7 @@ def make_evaluation_loop(cfg: Config, model_factory: Callable[[], MultiTaskModel
     if SEGMENTATION not in cfg.tasks:
         return None
     splits = build_splits(cfg.data, cfg.run.seed)
-    return EvaluationLoop(model_factory(), splits.val, splits.num_classes, cfg.data.image_size,
-                          cfg.eval.batch_size, device)
+    return EvaluationLoop(model_factory(), splits.val, splits.num_classes, cfg.eval, device)
 
 
 class Evaluator:
@@ -175,6 +227,9 @@ class Evaluator:
             try:
                 device = torch.device("cuda" if ray.get_gpu_ids() else "cpu")
                 self._loop = make_evaluation_loop(self._cfg, self._model_factory, device)
+                if self._loop is not None:
+                    log.info("evaluating %d validation images on %s (mode %s)",
+                             len(self._loop.reader.dataset), device, self._cfg.eval.mode)
                 self._recorder = RunRecorder(self._cfg, RunFolder(self._run_dir))
             except Exception as err:
                 raise SetupError.of("the evaluator", err) from err

@@ -111,7 +111,7 @@ def check_resources(cfg: Config, autoscaling: bool = False) -> None:
     have = ray.cluster_resources()
     cpus = (cfg.server.num_cpus * cfg.server.actors + cfg.eval.num_cpus
             + sum(t.workers * t.num_cpus for t in cfg.tasks.values()))
-    gpus = sum(t.workers * t.num_gpus for t in cfg.tasks.values())
+    gpus = cfg.eval.num_gpus + sum(t.workers * t.num_gpus for t in cfg.tasks.values())
     problems = []
     if cpus > have.get("CPU", 0) + 1e-9:
         problems.append(f"the run asks for {cpus:g} CPUs (server {cfg.server.num_cpus:g} x "
@@ -119,11 +119,24 @@ def check_resources(cfg: Config, autoscaling: bool = False) -> None:
                         f" but the cluster has {have.get('CPU', 0):g}; lower "
                         f"tasks.<name>.num_cpus or workers (fractions allowed)")
     if gpus > have.get("GPU", 0) + 1e-9:
-        problems.append(f"the run asks for {gpus:g} GPUs but the cluster has {have.get('GPU', 0):g}")
+        problems.append(f"the run asks for {gpus:g} GPUs (evaluator {cfg.eval.num_gpus:g}, "
+                        f"workers x num_gpus) but the cluster has {have.get('GPU', 0):g}")
     for problem in problems:
         if not autoscaling:
             raise ConfigError("tasks", problem)
         log.warning("%s; waiting for the cluster to scale up", problem)
+    # The evaluator is placed on this node (it writes the run folder): no scaling adds GPUs here.
+    if cfg.eval.num_gpus > 0 and cfg.eval.num_gpus > _driver_node_gpus() + 1e-9:
+        raise ConfigError("eval.num_gpus", f"{cfg.eval.num_gpus:g} GPUs asked for, but the "
+                          f"evaluator runs on this node (it writes the run folder), which has "
+                          f"{_driver_node_gpus():g}")
+
+
+def _driver_node_gpus() -> float:
+    """GPUs of the node this process runs on, as Ray counts them."""
+    here = ray.get_runtime_context().get_node_id()
+    return next((n["Resources"].get("GPU", 0.0) for n in ray.nodes()
+                 if n["NodeID"] == here and n["Alive"]), 0.0)
 
 
 def _runtime_spec(cfg: Config, resume: Optional[dict]) -> RuntimeSpec:

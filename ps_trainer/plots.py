@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import cv2
 import numpy as np
@@ -16,6 +16,7 @@ CLASS_PALETTE = np.array([
     [0, 255, 255], [255, 0, 255], [119, 11, 32], [0, 80, 100], [220, 120, 60],
     [34, 139, 34], [153, 153, 153], [0, 0, 230], [244, 35, 232], [102, 102, 156], [0, 60, 100],
 ], dtype=np.uint8)
+_PREVIEW_ROW_PX = 192   # previews of small images are enlarged to about this height per row
 
 
 def colorize(mask: np.ndarray) -> np.ndarray:
@@ -25,14 +26,21 @@ def colorize(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def write_previews(path: str | Path, images: np.ndarray, truths: np.ndarray,
-                   predictions: np.ndarray, scale: int = 3) -> None:
-    """One row per example: image | truth | prediction. images (N, H, W, 3) uint8 RGB."""
+def write_previews(path: str | Path, images: Sequence[np.ndarray], truths: Sequence[np.ndarray],
+                   predictions: Sequence[np.ndarray], scale: Optional[int] = None) -> None:
+    """One row per example: image | truth | prediction; images (H, W, 3) uint8 RGB, of any
+    sizes (narrower rows are padded white). `scale` (None: rows about 192 pixels tall)
+    enlarges small images with nearest neighbours."""
     rows = []
     for image, truth, pred in zip(images, truths, predictions):
         row = np.concatenate([image, colorize(truth), colorize(pred)], axis=1)
         rows.append(np.pad(row, ((1, 1), (0, 0), (0, 0)), constant_values=255))
+    width = max(row.shape[1] for row in rows)
+    rows = [np.pad(row, ((0, 0), (0, width - row.shape[1]), (0, 0)), constant_values=255)
+            for row in rows]
     grid = np.concatenate(rows, axis=0)
+    if scale is None:
+        scale = max(1, _PREVIEW_ROW_PX // max(image.shape[0] for image in images))
     grid = cv2.resize(grid, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
     _write_rgb(path, grid)
 

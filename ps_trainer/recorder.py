@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Optional, Protocol
+from typing import Optional, Protocol, Sequence
 
 import numpy as np
 
@@ -29,9 +29,10 @@ class Scored(Protocol):
 
 
 class Previewer(Protocol):
-    """What draws previews (ps_trainer.evaluator.EvaluationLoop)."""
+    """What draws previews (ps_trainer.evaluator.EvaluationLoop): images, truths, predictions."""
 
-    def previews(self, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+    def previews(self, count: int) -> tuple[Sequence[np.ndarray], Sequence[np.ndarray],
+                                            Sequence[np.ndarray]]: ...
 
 
 class RunRecorder:

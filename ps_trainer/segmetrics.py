@@ -4,6 +4,8 @@
     for pred, mask in batches:
         conf += confusion_matrix(pred, mask, C)
     miou, per_class = mean_iou(conf)
+
+(:func:`confusion_counts` is the same count as a tensor on the inputs' device.)
 """
 from __future__ import annotations
 
@@ -15,6 +17,13 @@ IGNORE_INDEX = 255
 
 def confusion_matrix(pred, target, num_classes: int, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
     """int64 (C, C) counts; rows = truth, columns = prediction; `ignore_index` pixels skipped."""
+    return confusion_counts(pred, target, num_classes, ignore_index).cpu().numpy()
+
+
+def confusion_counts(pred, target, num_classes: int, ignore_index: int = IGNORE_INDEX
+                     ) -> torch.Tensor:
+    """:func:`confusion_matrix` as an int64 (C, C) tensor on the device of `pred` and `target`
+    (an evaluator on a GPU accumulates it there)."""
     pred = torch.as_tensor(pred).reshape(-1).long()
     target = torch.as_tensor(target).reshape(-1).long()
     if pred.shape != target.shape:
@@ -26,7 +35,7 @@ def confusion_matrix(pred, target, num_classes: int, ignore_index: int = IGNORE_
     if pred.numel() and (int(pred.max()) >= num_classes or int(pred.min()) < 0):
         raise ValueError(f"prediction holds class ids outside [0, {num_classes})")
     counts = torch.bincount(target * num_classes + pred, minlength=num_classes * num_classes)
-    return counts.reshape(num_classes, num_classes).cpu().numpy().astype(np.int64)
+    return counts.reshape(num_classes, num_classes)
 
 
 def mean_iou(confusion: np.ndarray) -> tuple[float, np.ndarray]:

@@ -225,3 +225,43 @@ def test_an_old_and_a_new_spelling_together_are_refused():
 def test_a_new_spelling_of_a_value_is_checked_like_any_other():
     assert error_of(["server.staleness_policy=sometimes"]).key == "server.staleness_policy"
     assert "unscaled" in str(error_of(["server.staleness_policy=sometimes"]))
+
+
+SLIDE = ["eval.mode=slide", "eval.crop_size=[512,1024]", "eval.stride=[341,682]"]
+
+
+@pytest.mark.parametrize("overrides,key,says", [
+    (["eval.mode=tiles"], "eval.mode", "whole, slide"),
+    (["eval.mode=slide"], "eval.crop_size", "with eval.mode 'slide'"),
+    (["eval.mode=slide", "eval.crop_size=[512,1024]"], "eval.stride", "with eval.mode 'slide'"),
+    (SLIDE + ["eval.stride=[341,1025]"], "eval.stride", "at most eval.crop_size [512, 1024]"),
+    (SLIDE + ["eval.crop_size=[0,1024]"], "eval.crop_size", "both >= 1"),
+    (["eval.crop_size=[512,1024]"], "eval.crop_size", "unless eval.mode is 'slide'"),
+    (["eval.scale=[0,1024]"], "eval.scale", "both >= 1"),
+    (["eval.scales=[]"], "eval.scales", "one or more"),
+    (["eval.scales=[0.1]"], "eval.scales", "[0.25, 4]"),
+    (["eval.num_gpus=-1"], "eval.num_gpus", ">= 0"),
+    (["eval.cache_bytes=-1"], "eval.cache_bytes", ">= 0"),
+    (["data.val=-2"], "data.val", "null (every image"),
+])
+def test_evaluation_settings_are_checked(overrides, key, says):
+    err = error_of(overrides)
+    assert err.key == key and says in str(err)
+
+
+def test_evaluation_defaults_and_a_published_style_setting():
+    cfg = load_config(None, BASE)
+    assert (cfg.eval.mode, cfg.eval.scale, cfg.eval.flip, cfg.eval.scales, cfg.eval.num_gpus,
+            cfg.data.val) == ("whole", None, False, (1.0,), 0.0, None)
+    cfg = load_config(None, BASE + SLIDE + ["eval.scale=[1024,2048]", "eval.flip=true",
+                                            "eval.scales=[0.75,1.0,1.25]", "eval.num_gpus=1"])
+    assert (cfg.eval.crop_size, cfg.eval.stride, cfg.eval.scale) == ((512, 1024), (341, 682),
+                                                                    (1024, 2048))
+    assert config_from_dict(config_to_dict(cfg)) == cfg
+
+
+def test_data_val_zero_is_the_old_spelling_of_every_image(caplog):
+    with caplog.at_level("WARNING", logger="ps_trainer.config"):
+        cfg = load_config(None, BASE + ["data.val=0"])
+    assert cfg.data.val is None and "data.val" in caplog.text and "deprecated" in caplog.text
+    assert error_of(["data.val=false"]).key == "data.val"     # a boolean is no old spelling

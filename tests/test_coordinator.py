@@ -188,3 +188,23 @@ def checkpoints_broken(folder: RunFolder):
     finally:
         folder.checkpoints.unlink()
         aside.rename(folder.checkpoints)
+
+
+def test_an_evaluator_asking_for_a_gpu_the_driver_node_lacks_fails_at_start(ray_session,
+                                                                             tiny_config,
+                                                                             monkeypatch):
+    """eval.num_gpus is counted with the workers' GPUs, and the evaluator runs on the driver's
+    node: a GPU elsewhere in the cluster does not help, and no scaling adds one here."""
+    from ps_trainer import launch
+    from ps_trainer.config import ConfigError
+
+    cfg = tiny_config(extra=["eval.num_gpus=1"])
+    assert launch._driver_node_gpus() == 0                     # the session's Ray has no GPU
+    with pytest.raises(ConfigError, match=r"asks for 1 GPUs \(evaluator 1"):
+        launch.check_resources(cfg)
+    have = ray.cluster_resources()
+    monkeypatch.setattr(launch.ray, "cluster_resources", lambda: {**have, "GPU": 1.0})
+    for autoscaling in (False, True):
+        with pytest.raises(ConfigError, match="eval.num_gpus.*runs on this node.*which has 0"):
+            launch.check_resources(cfg, autoscaling=autoscaling)
+    launch.check_resources(tiny_config())                      # no GPU asked for: fine

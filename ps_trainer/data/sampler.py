@@ -1,10 +1,11 @@
-"""Batches of training images (and masks) as torch tensors, skipping unusable files.
+"""Batches of images (and masks) as torch tensors, skipping unusable files.
 
-Every image is made by a :mod:`~ps_trainer.data.crops` pipeline: by default the shorter side
-resized to ``image_size`` and a random square (centred for evaluation); segmentation may use
-rescaled ``crop_size`` crops instead. Prepared images are cached in memory
-up to ``cache_images`` so that a worker decodes (or renders) each image once; an unusable one
-is read, logged and counted once, then never drawn again.
+Training: every image is made by a :mod:`~ps_trainer.data.crops` pipeline: by default the
+shorter side resized to ``image_size`` and a random square; segmentation may use rescaled
+``crop_size`` crops instead. Prepared images are cached in memory up to ``cache_images`` so
+that a worker decodes (or renders) each image once; an unusable one is read, logged and
+counted once, then never drawn again. Evaluation (:class:`EvalReader`) streams whole images at
+their own resolution; ``ps_trainer/inference.py`` applies the test scale.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
-from ps_trainer.data.base import Sample, SegmentationDataset, UnreadableImage
+from ps_trainer.data.base import IGNORE_INDEX, Sample, SegmentationDataset, UnreadableImage
 from ps_trainer.data.crops import Crops, SquareCrops, crop_square, resize_short_side
 
 log = logging.getLogger(__name__)
@@ -86,23 +87,66 @@ class ImageSampler:
             self._masks[i] = cropped.mask
 
 
-def iterate_eval(dataset: SegmentationDataset, batch_size: int, image_size: int
-                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The whole dataset once, in order, centre-cropped; unusable files are skipped and logged."""
-    images, masks = [], []
-    for index in range(len(dataset)):
-        try:
-            image, mask = crop_square(resize_short_side(dataset[index], image_size), image_size)
-        except UnreadableImage as err:
-            log.warning("skipping unusable validation image: %s", err)
-            continue
-        images.append(image)
-        masks.append(mask)
-        if len(images) == batch_size:
+class EvalReader:
+    """A validation split read in order, one pass per evaluation, each image at its own
+    resolution. An unusable image is skipped, logged and counted once, and not read again.
+    Samples are kept as read (uint8) up to `cache_bytes`: a small split (the synthetic scenes,
+    256 x 16 KiB) is read once, a large one is streamed (only one batch is held)."""
+
+    def __init__(self, dataset: SegmentationDataset, cache_bytes: int = 0):
+        self.dataset = dataset
+        self.unusable: set[int] = set()   # bounded by the dataset
+        self._cache: dict[int, Sample] = {}
+        self._cache_bytes = cache_bytes
+        self._cached_bytes = 0
+
+    def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches of up to `batch_size` consecutive images of one size: (B, 3, H, W) float32 in
+        [0, 1] and masks (B, H, W) int64 (255 where an image has none)."""
+        images, masks = [], []
+        for sample in self.samples():
+            if images and images[0].shape != sample.image.shape:
+                yield to_tensors(np.stack(images), np.stack(masks))
+                images, masks = [], []
+            images.append(sample.image)
+            masks.append(sample.mask if sample.mask is not None
+                         else np.full(sample.image.shape[:2], IGNORE_INDEX, np.uint8))
+            if len(images) == batch_size:
+                yield to_tensors(np.stack(images), np.stack(masks))
+                images, masks = [], []
+        if images:
             yield to_tensors(np.stack(images), np.stack(masks))
-            images, masks = [], []
-    if images:
-        yield to_tensors(np.stack(images), np.stack(masks))
+
+    def samples(self) -> Iterator[Sample]:
+        """Every usable sample once, in order."""
+        for index in range(len(self.dataset)):
+            if index in self.unusable:
+                continue
+            sample = self._cache.get(index)
+            if sample is None:
+                sample = self._read(index)
+            if sample is not None:
+                yield sample
+
+    def _read(self, index: int) -> Optional[Sample]:
+        try:
+            sample = self.dataset[index]
+        except UnreadableImage as err:
+            self.unusable.add(index)
+            log.warning("skipping unusable validation image (%d so far): %s",
+                        len(self.unusable), err)
+            return None
+        size = sample.image.nbytes + (sample.mask.nbytes if sample.mask is not None else 0)
+        if self._cached_bytes + size <= self._cache_bytes:
+            self._cache[index] = sample
+            self._cached_bytes += size
+        return sample
+
+
+def iterate_eval(dataset: SegmentationDataset, batch_size: int
+                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One pass over `dataset` in batches (see :class:`EvalReader`), nothing cached."""
+    return EvalReader(dataset).batches(batch_size)
 
 
 def to_tensors(images: np.ndarray, masks: Optional[np.ndarray]):

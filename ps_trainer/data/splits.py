@@ -5,7 +5,8 @@ Synthetic scenes: the validation images and the unlabelled pool depend only on t
 the same images; the labelled images are the first N of a pool drawn with ``run.seed``, so
 N = 8 is a subset of N = 16 and seeds vary which images are labelled.
 Disk datasets: labelled = the first N of a ``run.seed`` permutation of the train split;
-unlabelled = the train split without masks; validation = the val split.
+unlabelled = the train split without masks; validation = the val split, every image unless
+``data.val`` names how many (the first N).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from ps_trainer.data.base import Concat, SegmentationDataset, Subset
 # Stream ids so that the splits never share an image.
 _VAL_STREAM, _UNLABELLED_STREAM, _SHIFTED_STREAM, _LABELLED_STREAM = 1, 2, 3, 4
 _LABELLED_POOL = 100_000
+SYNTHETIC_VAL_IMAGES = 256   # data.val: null with synthetic scenes, which have no end
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ def _synthetic(cfg: DataConfig, seed: int) -> Splits:
     labelled = Subset(scenes(_LABELLED_POOL, _LABELLED_STREAM, cfg.source_domain, run_seed=seed),
                       np.arange(cfg.labelled))
     val_domain = cfg.shifted_domain if cfg.val_domain == "shifted" else cfg.source_domain
-    val = scenes(cfg.val, _VAL_STREAM, val_domain)
+    val = scenes(cfg.val or SYNTHETIC_VAL_IMAGES, _VAL_STREAM, val_domain)
     return Splits(unlabelled, labelled, val, len(CLASS_NAMES), tuple(CLASS_NAMES))
 
 
@@ -77,6 +79,6 @@ def _on_disk(cfg: DataConfig, seed: int) -> Splits:
     labelled = Subset(train, order[: cfg.labelled])
     unlabelled_count = len(train) if cfg.unlabelled == 0 else min(cfg.unlabelled, len(train))
     unlabelled = Subset(train, np.arange(unlabelled_count), with_masks=False)
-    if cfg.val:
+    if cfg.val is not None:
         val = Subset(val, np.arange(min(cfg.val, len(val))))
     return Splits(unlabelled, labelled, val, train.num_classes, tuple(train.class_names))

@@ -7,7 +7,8 @@ import torch
 
 from ps_trainer.config import DataConfig
 from ps_trainer.data import Sample, SegmentationDataset, UnreadableImage, build_splits
-from ps_trainer.data.sampler import ImageSampler, crop_square, iterate_eval, resize_short_side
+from ps_trainer.data.sampler import (EvalReader, ImageSampler, crop_square, iterate_eval,
+                                     resize_short_side)
 
 
 class Stripes(SegmentationDataset):
@@ -85,9 +86,50 @@ def test_resize_then_centre_crop_keeps_aspect_and_labels():
 
 
 def test_eval_iterates_everything_once_in_order_skipping_unusable():
-    batches = list(iterate_eval(Stripes(n=7, broken={3}), batch_size=4, image_size=8))
+    batches = list(iterate_eval(Stripes(n=7, broken={3}), batch_size=4))
     firsts = torch.cat([(b[0][:, 0, 0, 0] * 255).round().long() for b in batches]).tolist()
     assert firsts == [0, 1, 2, 4, 5, 6]
+    assert [tuple(b[0].shape) for b in batches] == [(4, 3, 12, 20), (2, 3, 12, 20)]   # own size
+    masks = torch.cat([m for _, m in batches])
+    assert masks.shape == (6, 12, 20) and masks[:, 0, 0].tolist() == [0, 1, 2, 1, 2, 0]
+
+
+class Sizes(Stripes):
+    """Stripes whose image i has the size sizes[i]; image i without a mask when i in `bare`."""
+
+    def __init__(self, sizes, bare=(), **kw):
+        super().__init__(n=len(sizes), **kw)
+        self.sizes, self.bare, self.reads = sizes, set(bare), []
+
+    def __getitem__(self, i):
+        self.reads.append(i)
+        self.size = self.sizes[i]
+        sample = super().__getitem__(i)
+        return Sample(sample.image) if i in self.bare else sample
+
+
+def test_eval_batches_hold_consecutive_images_of_one_size():
+    data = Sizes([(8, 8), (8, 8), (8, 8), (6, 10), (8, 8), (8, 8)], bare={4})
+    batches = list(iterate_eval(data, batch_size=2))
+    shapes = [(2, 8, 8), (1, 8, 8), (1, 6, 10), (2, 8, 8)]      # (B, H, W): a new size starts a batch
+    assert [(b[0].shape[0], *b[0].shape[2:]) for b in batches] == shapes
+    assert [tuple(m.shape) for _, m in batches] == shapes
+    assert (batches[-1][1][0] == 255).all() and (batches[-1][1][1] == 5 % 3).all()   # no mask: ignore
+
+
+def test_eval_reader_reads_a_bad_image_once_and_caches_within_its_budget():
+    data = Sizes([(8, 8)] * 5, broken={2})
+    per_image = 8 * 8 * 3 + 8 * 8                        # image and mask bytes
+    reader = EvalReader(data, cache_bytes=2 * per_image)
+    for _ in range(3):
+        assert [int(x[0, 0, 0, 0] * 255 + 0.5) for x, _ in reader.batches(1)] == [0, 1, 3, 4]
+    # pass 1 reads all five; later passes only the two that did not fit the cache (3, 4)
+    assert data.reads == [0, 1, 2, 3, 4, 3, 4, 3, 4]
+    assert reader.unusable == {2}
+    streamed = Sizes([(8, 8)] * 3)
+    reader = EvalReader(streamed, cache_bytes=0)
+    list(reader.batches(2)), list(reader.batches(2))
+    assert streamed.reads == [0, 1, 2, 0, 1, 2]           # nothing kept: read again each pass
 
 
 def test_synthetic_splits_are_disjoint_nested_and_val_is_seed_independent():
@@ -107,3 +149,20 @@ def test_shifted_fraction_mixes_domains_in_the_unlabelled_pool():
     splits = build_splits(cfg, seed=0)
     assert [len(p) for p in splits.unlabelled.parts] == [7, 3]
     assert splits.val.domain.palette == "shifted"
+
+
+def test_val_is_every_image_on_disk_unless_limited_and_256_synthetic_scenes(tmp_path):
+    import cv2
+
+    for split, count in (("train", 2), ("val", 300)):
+        for folder in ("images", "masks"):
+            (tmp_path / folder / split).mkdir(parents=True)
+        for i in range(count):
+            assert cv2.imwrite(str(tmp_path / "images" / split / f"{i:03d}.png"), np.zeros((2, 2, 3)))
+            assert cv2.imwrite(str(tmp_path / "masks" / split / f"{i:03d}.png"), np.zeros((2, 2)))
+    disk = DataConfig(source="folder", root=str(tmp_path), num_classes=2)
+    assert disk.val is None and len(build_splits(disk, seed=0).val) == 300
+    first = build_splits(DataConfig(source="folder", root=str(tmp_path), num_classes=2, val=5), 0)
+    assert [p[0].name for p in first.val.base.pairs[:5]] == [f"{i:03d}.png" for i in range(5)]
+    assert len(first.val) == 5 and list(first.val.indices) == [0, 1, 2, 3, 4]
+    assert len(build_splits(DataConfig(image_size=32), seed=0).val) == 256
