@@ -32,7 +32,12 @@ __all__ = ["Config", "ConfigError", "FrozenDict", "Options", "load_config", "con
 
 # --------------------------------------------------------------------------- sections
 
-DATA_SOURCES = ("synthetic", "folder", "cityscapes", "voc")
+DATA_SOURCES = ("synthetic", "folder", "cityscapes", "gta5", "voc")
+# The splits each data set on disk has (its reader checks the same names) and the classes of
+# those that know theirs (folder: data.num_classes; synthetic: six, see data/synthetic.py).
+SOURCE_SPLITS = {"folder": ("train", "val"), "cityscapes": ("train", "val", "test"),
+                 "gta5": ("train",), "voc": ("train", "val", "train_aug")}
+SOURCE_CLASSES = {"synthetic": 6, "cityscapes": 19, "gta5": 19, "voc": 21}
 OPTIMIZERS = ("sgd", "adamw", "rmsprop")
 SCHEDULES = ("constant", "step", "cosine")
 STALENESS_POLICIES = ("scale", "unscaled")
@@ -101,7 +106,7 @@ SHIFTED_DOMAIN = DomainConfig(palette="shifted", texture=1.6, lighting=1.8, nois
 class DataConfig:
     """Where images come from and how the splits are drawn."""
     source: str = "synthetic"
-    root: Optional[str] = None           # folder | cityscapes | voc
+    root: Optional[str] = None           # folder | cityscapes | gta5 | voc
     num_classes: Optional[int] = None    # folder only; the others know theirs
     image_size: int = 64
     labelled: int = 16                   # labelled training images (segmentation)

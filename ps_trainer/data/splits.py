@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ps_trainer.config import DataConfig
+from ps_trainer.config import SOURCE_CLASSES, DataConfig
 from ps_trainer.data.base import Concat, SegmentationDataset, Subset
 
 # Stream ids so that the splits never share an image.
@@ -32,10 +32,7 @@ class Splits:
 
 def num_classes_of(cfg: DataConfig) -> int:
     """Segmentation classes of the configured source, known without reading any file."""
-    if cfg.source == "synthetic":
-        from ps_trainer.data.synthetic import CLASS_NAMES
-        return len(CLASS_NAMES)
-    return {"cityscapes": 19, "voc": 21}.get(cfg.source) or int(cfg.num_classes)
+    return SOURCE_CLASSES.get(cfg.source) or int(cfg.num_classes)
 
 
 def build_splits(cfg: DataConfig, seed: int) -> Splits:
