@@ -1,15 +1,20 @@
-"""Split lists in the forms semi-supervised papers publish and VOC's SBD-augmented set; the
-errors name the file and the line, in one line."""
+"""Split lists in the forms semi-supervised papers publish, VOC's SBD-augmented set, and the
+splits they make: the labelled images a list names, an unlabelled pool without them, and the
+errors (one line, naming the file and the line)."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import cv2
 import numpy as np
 import pytest
 
+from ps_trainer.config import ConfigError, SplitSource
 from ps_trainer.data.readers import CityscapesDataset, GTA5Dataset, VOCDataset
 from ps_trainer.data.split_lists import SplitListError, listed_indices
+from ps_trainer.data.splits import build_splits, check_splits_here
+from ps_trainer.run_config import load_run_config
 
 CITY_FRAMES = [("aachen", "aachen_000000_000019"), ("aachen", "aachen_000001_000019"),
                ("bonn", "bonn_000000_000019"), ("bonn", "bonn_000004_000019"),
@@ -163,3 +168,113 @@ def test_voc_train_aug_without_its_list(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"SegmentationAug.train_aug\.txt.*Segmentation."
                                                 r"train_aug\.txt"):
         VOCDataset(tmp_path, "train_aug")
+
+
+# --------------------------------------------------------------------------- the splits
+
+def disk_config(tmp_path, *extra):
+    return load_run_config(None, ["tasks.rotation.workers=1", "tasks.segmentation.workers=1",
+                                  "data.source=cityscapes", f"data.root={tmp_path / 'cityscapes'}",
+                                  "data.unlabelled=0", "data.val=0", *extra]).data
+
+
+@pytest.fixture
+def two_sets(tmp_path):
+    make_cityscapes(tmp_path / "cityscapes")
+    make_cityscapes(tmp_path / "cityscapes", "val", CITY_FRAMES[:2])
+    make_gta5(tmp_path / "gta5", count=6)
+    return tmp_path
+
+
+def files_of(subset):
+    return [subset.base.pairs[int(i)][0] for i in subset.indices]
+
+
+def test_a_labelled_list_is_the_labelled_split_and_leaves_the_unlabelled_pool(two_sets):
+    path = write_list(two_sets / "labeled.txt", WANTED)
+    splits = build_splits(disk_config(two_sets, f"data.labelled_list={path}",
+                                      "data.labelled=2"), seed=0)
+    labelled = {p.name for p in files_of(splits.labelled)}
+    assert labelled == {f"{stem}_leftImg8bit.png" for stem in WANTED}
+    unlabelled = files_of(splits.unlabelled)
+    assert len(unlabelled) == len(CITY_FRAMES) - 2 and not labelled & {p.name for p in unlabelled}
+    assert not splits.unlabelled.has_masks and splits.labelled.has_masks
+    kept = build_splits(disk_config(two_sets, f"data.labelled_list={path}", "data.labelled=2",
+                                    "data.unlabelled_excludes_labelled=false"), seed=0)
+    assert len(kept.unlabelled) == len(CITY_FRAMES)
+
+
+def test_fewer_labelled_than_listed_are_drawn_from_the_list_by_seed(two_sets):
+    path = write_list(two_sets / "labeled.txt", [stem for _, stem in CITY_FRAMES[:4]])
+    listed = {f"{stem}_leftImg8bit.png" for _, stem in CITY_FRAMES[:4]}
+    drawn = []
+    for seed in range(6):
+        splits = build_splits(disk_config(two_sets, f"data.labelled_list={path}",
+                                          "data.labelled=2"), seed=seed)
+        labelled = {p.name for p in files_of(splits.labelled)}
+        unlabelled = {p.name for p in files_of(splits.unlabelled)}
+        assert len(labelled) == 2 and labelled <= listed and not labelled & unlabelled
+        assert len(unlabelled) == len(CITY_FRAMES) - 2
+        drawn.append(frozenset(labelled))
+    assert len(set(drawn)) > 1
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_without_a_list_the_pools_are_disjoint_and_cover_the_train_split(two_sets, seed):
+    splits = build_splits(disk_config(two_sets, "data.labelled=2"), seed=seed)
+    labelled, unlabelled = set(files_of(splits.labelled)), set(files_of(splits.unlabelled))
+    assert len(labelled) == 2 and not labelled & unlabelled
+    assert len(labelled | unlabelled) == len(CITY_FRAMES)
+
+
+def test_exclusion_holds_through_another_spelling_of_the_root(two_sets):
+    (two_sets / "link").symlink_to(two_sets / "cityscapes")
+    cfg = disk_config(two_sets, "data.labelled=2")
+    # The driver resolves links in the roots it is given; a config built elsewhere may not.
+    cfg = dataclasses.replace(cfg, unlabelled_from=SplitSource(root=str(two_sets / "link")))
+    splits = build_splits(cfg, seed=0)
+    assert splits.unlabelled.base is not splits.labelled.base
+    labelled = {p.name for p in files_of(splits.labelled)}
+    unlabelled = {p.name for p in files_of(splits.unlabelled)}
+    assert len(unlabelled) == len(CITY_FRAMES) - 2 and not labelled & unlabelled
+
+
+def test_gta5_labelled_cityscapes_unlabelled_and_val(two_sets):
+    cfg = disk_config(two_sets, "data.labelled=6", "data.labelled_from.source=gta5",
+                      f"data.labelled_from.root={two_sets / 'gta5'}")
+    splits = build_splits(cfg, seed=0)
+    assert isinstance(splits.labelled.base, GTA5Dataset) and len(splits.labelled) == 6
+    assert isinstance(splits.unlabelled.base, CityscapesDataset)
+    assert len(splits.unlabelled) == len(CITY_FRAMES)     # another data set: nothing excluded
+    assert splits.val.base.split == "val" and len(splits.val) == 2
+    assert splits.num_classes == 19 and splits.class_names[0] == "road"
+
+
+def test_more_labelled_than_the_pool_is_one_config_error_at_start(two_sets):
+    path = write_list(two_sets / "labeled.txt", WANTED)
+    cfg = disk_config(two_sets, f"data.labelled_list={path}", "data.labelled=3")
+    with pytest.raises(ConfigError) as info:
+        build_splits(cfg, seed=0)
+    assert info.value.key == "data.labelled" and "\n" not in str(info.value)
+    assert "3 is more than the list" in str(info.value) and "at most 2" in str(info.value)
+    with pytest.raises(ConfigError, match="at most 2"):
+        check_splits_here(cfg, seed=0)      # the driver finds it before any actor starts
+
+
+def test_a_list_line_not_in_the_data_set_is_a_config_error_naming_the_line(two_sets):
+    path = write_list(two_sets / "labeled.txt", ["aachen_000000_000019", "ulm_000009_000019"])
+    with pytest.raises(ConfigError) as info:
+        build_splits(disk_config(two_sets, f"data.labelled_list={path}"), seed=0)
+    assert info.value.key == "data.labelled_list" and "line 2: 'ulm_000009_000019'" in str(info.value)
+    val_list = write_list(two_sets / "val.txt", ["zurich_000002_000019"])   # a train frame
+    with pytest.raises(ConfigError) as info:
+        build_splits(disk_config(two_sets, f"data.val_from.list={val_list}", "data.labelled=2"),
+                     seed=0)
+    assert info.value.key == "data.val_from.list" and "line 1" in str(info.value)
+
+
+def test_check_splits_here_leaves_data_it_cannot_see_to_the_workers(two_sets):
+    cfg = disk_config(two_sets, "data.labelled_from.source=gta5",
+                      f"data.labelled_from.root={two_sets / 'not-on-this-machine'}")
+    assert check_splits_here(cfg, seed=0) is False
+    assert check_splits_here(disk_config(two_sets, "data.labelled=2"), seed=0) is True
