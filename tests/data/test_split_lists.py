@@ -278,3 +278,16 @@ def test_check_splits_here_leaves_data_it_cannot_see_to_the_workers(two_sets):
                       f"data.labelled_from.root={two_sets / 'not-on-this-machine'}")
     assert check_splits_here(cfg, seed=0) is False
     assert check_splits_here(disk_config(two_sets, "data.labelled=2"), seed=0) is True
+
+
+def test_an_unlabelled_task_with_every_image_labelled_says_why_it_has_none(two_sets, tmp_path):
+    from ps_trainer_workers.worker import task_inputs
+
+    cfg = load_run_config(None, ["tasks.rotation.workers=1", "tasks.segmentation.workers=1",
+                                 f"run.out_dir={tmp_path / 'run'}", "data.source=cityscapes",
+                                 f"data.root={two_sets / 'cityscapes'}",
+                                 f"data.labelled={len(CITY_FRAMES)}"])
+    with pytest.raises(ValueError, match=r"'rotation' has no unlabelled images.*the 5 labelled"):
+        task_inputs(cfg, "rotation", replica=0)
+    _, sampler, _ = task_inputs(cfg, "segmentation", replica=0)
+    assert len(sampler.dataset) == len(CITY_FRAMES)
