@@ -10,6 +10,7 @@
     ps-trainer experiment configs/experiments/labels.yaml
     ps-trainer bench --quick --out bench.json
     ps-trainer chaos --config configs/quickstart.yaml --kill-every-s 15 --out chaos.json
+    ps-trainer data export --layout cityscapes --size 1024x2048 --out data/cityscapes-like --val 8
     ps-trainer --version
 """
 from __future__ import annotations
@@ -106,7 +107,25 @@ def _parser() -> argparse.ArgumentParser:
     ch.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
     ch.add_argument("--kill-every-s", type=float, default=15.0)
     ch.add_argument("--out", help="write the report as JSON to this file")
+    _data_parser(sub)
     return p
+
+
+def _data_parser(sub) -> None:
+    data = sub.add_parser("data", help="data sets: write synthetic scenes in a real layout")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    ex = data_sub.add_parser("export", help="write synthetic scenes in the Cityscapes or GTA5 "
+                                            "layout, at any resolution (see ps_trainer/data/export.py)")
+    ex.add_argument("--layout", choices=("cityscapes", "gta5"), required=True)
+    ex.add_argument("--size", required=True, metavar="HxW",
+                    help="image height x width, e.g. 1024x2048 (Cityscapes), 1052x1914 (GTA5)")
+    ex.add_argument("--out", required=True, help="a new (or empty) folder")
+    ex.add_argument("--train", type=int, default=16, help="training images (default 16)")
+    ex.add_argument("--val", type=int, help="validation images (cityscapes; default 8); "
+                                            "gta5 has no val split")
+    ex.add_argument("--domain", choices=("source", "shifted"), default="source",
+                    help="the synthetic domain (shifted: other palettes, textures, lighting)")
+    ex.add_argument("--seed", type=int, default=0)
 
 
 def _version() -> str:
@@ -352,9 +371,23 @@ def _chaos(args) -> int:
     return 0
 
 
+def _data(args) -> int:
+    from ps_trainer.data.export import ExportPlan, export, parse_size
+
+    height, width = parse_size(args.size)
+    val = args.val if args.val is not None else (8 if args.layout == "cityscapes" else 0)
+    plan = ExportPlan(args.layout, height, width, args.out, args.train, val, args.domain,
+                      args.seed)
+    counts = export(plan)
+    written = " + ".join(f"{n} {split}" for split, n in counts.items()) or "no"
+    print(f"wrote {written} images ({args.layout} layout, {height}x{width}, {args.domain} "
+          f"domain) to {args.out}")
+    return 0
+
+
 _COMMANDS = {"train": _train, "scale": _scale, "status": _status, "eval": _eval,
              "finetune": _finetune, "export": _export, "experiment": _experiment,
-             "bench": _bench, "chaos": _chaos}
+             "bench": _bench, "chaos": _chaos, "data": _data}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -32,7 +32,14 @@ __all__ = ["Config", "ConfigError", "FrozenDict", "Options", "load_config", "con
 
 # --------------------------------------------------------------------------- sections
 
-DATA_SOURCES = ("synthetic", "folder", "cityscapes", "voc")
+DATA_SOURCES = ("synthetic", "folder", "cityscapes", "gta5", "voc")
+# The splits each data set on disk has (its reader checks the same names) and the classes of
+# those that know theirs (folder: data.num_classes; synthetic: six, see data/synthetic.py).
+SOURCE_SPLITS = {"folder": ("train", "val"), "cityscapes": ("train", "val", "test"),
+                 "gta5": ("train",), "voc": ("train", "val", "train_aug")}
+SOURCE_CLASSES = {"synthetic": 6, "cityscapes": 19, "gta5": 19, "voc": 21}
+SPLIT_ROLES = ("labelled", "unlabelled", "val")
+_DEFAULT_SPLIT = {"labelled": "train", "unlabelled": "train", "val": "val"}
 OPTIMIZERS = ("sgd", "adamw", "rmsprop")
 SCHEDULES = ("constant", "step", "cosine")
 STALENESS_POLICIES = ("scale", "unscaled")
@@ -109,10 +116,38 @@ SHIFTED_DOMAIN = DomainConfig(palette="shifted", texture=1.6, lighting=1.8, nois
 
 
 @dataclass(frozen=True)
+class SplitSource:
+    """Where one split's images come from, when not from data.source / data.root: e.g.
+    ``data.labelled_from: {source: gta5, root: /data/gta5}`` trains segmentation on GTA5 while
+    the unlabelled and validation images stay Cityscapes'. Each field left out (null) is the
+    data set's own: data.source, data.root (when the source is the same), the split's usual
+    split name (train; val for the validation images) and no list."""
+    source: Optional[str] = None
+    root: Optional[str] = None
+    split: Optional[str] = None
+    list: Optional[str] = None           # a split list: only the images it names
+
+    def __post_init__(self):
+        if self.source is not None:
+            check_choice("source", self.source, DATA_SOURCES)
+        check(self.root is None or bool(self.root), "root", self.root, "null or a directory")
+        check(self.list is None or bool(self.list), "list", self.list, "null or a file")
+
+
+@dataclass(frozen=True)
+class ResolvedSplit:
+    """One split's data set, every default filled in (DataConfig.split_source)."""
+    source: str
+    root: Optional[str]
+    split: str
+    list: Optional[str]
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """Where images come from and how the splits are drawn."""
     source: str = "synthetic"
-    root: Optional[str] = None           # folder | cityscapes | voc
+    root: Optional[str] = None           # folder | cityscapes | gta5 | voc
     num_classes: Optional[int] = None    # folder only; the others know theirs
     image_size: int = 64
     labelled: int = 16                   # labelled training images (segmentation)
@@ -124,6 +159,17 @@ class DataConfig:
     shifted_domain: DomainConfig = SHIFTED_DOMAIN
     shifted_fraction: float = 0.0        # share of unlabelled images from the shifted domain
     val_domain: str = "source"           # source | shifted
+    # Per-split data sets on disk (null: data.source and data.root), e.g. GTA5 labelled,
+    # Cityscapes unlabelled and val; all must share one class space.
+    labelled_from: Optional[SplitSource] = None
+    unlabelled_from: Optional[SplitSource] = None
+    val_from: Optional[SplitSource] = None
+    # A split list of the labelled images (ids, image paths or "image label" lines, as
+    # semi-supervised papers publish them); data.labelled of them are used.
+    labelled_list: Optional[str] = None
+    # Leave the labelled images out of the unlabelled pool (acts only where both splits come
+    # from one data set; the split lists semi-supervised papers publish are disjoint too).
+    unlabelled_excludes_labelled: bool = True
 
     def __post_init__(self):
         check_choice("source", self.source, DATA_SOURCES)
@@ -141,6 +187,68 @@ class DataConfig:
         check(0.0 <= self.shifted_fraction <= 1.0, "shifted_fraction", self.shifted_fraction,
               "must be in [0, 1]")
         check_choice("val_domain", self.val_domain, DOMAIN_NAMES)
+        self._check_split_sources()
+
+    @property
+    def on_disk(self) -> bool:
+        """True when the images are read from disk (not the synthetic generator)."""
+        return self.source != "synthetic"
+
+    def split_source(self, role: str) -> ResolvedSplit:
+        """The data set of split `role` (labelled | unlabelled | val), defaults filled in."""
+        given = getattr(self, f"{role}_from") or SplitSource()
+        source = given.source or self.source
+        root = given.root or (self.root if source == self.source else None)
+        listed = given.list or (self.labelled_list if role == "labelled" else None)
+        return ResolvedSplit(source, root, given.split or _DEFAULT_SPLIT[role], listed)
+
+    def _check_split_sources(self) -> None:
+        """Per-split sources and lists: each names a data set on disk, a split it has, and
+        one class space for all three."""
+        given = [role for role in SPLIT_ROLES if getattr(self, f"{role}_from") is not None]
+        if not self.on_disk and not given:
+            check(self.labelled_list is None, "labelled_list", self.labelled_list,
+                  "split lists name files of a data set on disk (data.source is 'synthetic')")
+            return
+        check(self.labelled_list is None or self.labelled_from is None
+              or self.labelled_from.list is None, "labelled_list", self.labelled_list,
+              "give the list once: data.labelled_list or data.labelled_from.list")
+        classes = {role: self._check_split_source(role) for role in SPLIT_ROLES}
+        first = classes["labelled"]
+        for role in ("unlabelled", "val"):
+            if classes[role] != first:
+                raise ConfigError(f"{role}_from", _class_mismatch(self, first, role, classes[role]))
+
+    def _check_split_source(self, role: str) -> int:
+        """The number of classes of split `role`'s data set, once its settings are checked."""
+        key, split = f"{role}_from", self.split_source(role)
+        if split.source == "synthetic":
+            raise ConfigError(f"{key}.source", "'synthetic' is not allowed: per-split sources "
+                                               "and lists name data sets on disk (write the "
+                                               "scenes out with `ps-trainer data export`)")
+        check(bool(split.root), f"{key}.root", split.root,
+              f"a directory is required: its source {split.source!r} is not data.source")
+        allowed = SOURCE_SPLITS[split.source]
+        if split.split not in allowed:
+            raise ConfigError(f"{key}.split", f"{split.split!r} is not allowed: "
+                                              f"{split.source} has the splits "
+                                              f"{', '.join(allowed)}"
+                                              f"{_VAL_HINT if role == 'val' else ''}")
+        if split.source == "folder":
+            check(self.num_classes is not None and self.num_classes >= 2, "num_classes",
+                  self.num_classes, f"an integer >= 2 is required: data.{key} reads a folder")
+            return int(self.num_classes)
+        return SOURCE_CLASSES[split.source]
+
+
+_VAL_HINT = " (validate on another data set: data.val_from, e.g. Cityscapes' val)"
+
+
+def _class_mismatch(cfg: DataConfig, classes: int, role: str, other: int) -> str:
+    labelled, this = cfg.split_source("labelled"), cfg.split_source(role)
+    what = "validation" if role == "val" else role
+    return (f"the {what} images ({this.source}, {other} classes) and the labelled images "
+            f"({labelled.source}, {classes} classes) must share one class space")
 
 
 @dataclass(frozen=True)

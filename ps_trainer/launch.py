@@ -21,6 +21,7 @@ import torch
 from ps_trainer.checkpoint import CheckpointManager, load_checkpoint
 from ps_trainer.config import Config, ConfigError
 from ps_trainer.coordinator import Coordinator, RuntimeSpec
+from ps_trainer.data.splits import check_splits_here
 from ps_trainer.evaluator import SEGMENTATION, EvalResult, Evaluator, make_evaluation_loop
 from ps_trainer.local import LocalTrainer
 from ps_trainer.metrics import MetricsHub
@@ -189,6 +190,7 @@ def start_coordinator(cfg: Config, resume: Optional[dict] = None, hub=None):
 def run_distributed(cfg: Config, address: Optional[str] = None,
                     resume: Optional[dict] = None) -> RunSummary:
     """Run the parameter server, workers and evaluator on Ray until a stop condition."""
+    check_splits_here(cfg.data, cfg.run.seed)
     connect(cfg, address)
     check_resources(cfg, autoscaling=bool(address or cfg.ray.address))
     hub, _ = start_metrics(cfg)

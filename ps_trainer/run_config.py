@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Optional
 
 from ps_trainer.balancing import BALANCERS
-from ps_trainer.config import Config, ConfigError, apply_overrides, config_from_dict, load_config
+from ps_trainer.config import (SPLIT_ROLES, Config, ConfigError, DataConfig, apply_overrides,
+                               config_from_dict, load_config)
 from ps_trainer.model.norms import NORMS
 from ps_trainer.options import FrozenDict, check_choice
 from ps_trainer.registry import Registry
@@ -49,15 +50,13 @@ def task_registry() -> Registry:
 
 
 def absolute_paths(cfg: Config) -> Config:
-    """run.out_dir, model.pretrained, data.root and the tasks' file options (their
-    ``path_keys``) resolved against the driver's working directory."""
+    """run.out_dir, model.pretrained, the data's roots and split lists and the tasks' file
+    options (their ``path_keys``) resolved against the driver's working directory."""
     run = dataclasses.replace(cfg.run, out_dir=_absolute(cfg.run.out_dir))
     model = cfg.model
     if model.pretrained:
         model = dataclasses.replace(model, pretrained=_absolute(model.pretrained))
-    data = cfg.data
-    if data.root:
-        data = dataclasses.replace(data, root=_absolute(data.root))
+    data = _absolute_data_paths(cfg.data)
     tasks, registry = {}, task_registry()
     for name, task_cfg in cfg.tasks.items():
         options = dict(task_cfg.options)
@@ -66,6 +65,19 @@ def absolute_paths(cfg: Config) -> Config:
                 options[key] = _absolute(options[key])
         tasks[name] = dataclasses.replace(task_cfg, options=FrozenDict(options))
     return cfg.replace(run=run, model=model, data=data, tasks=FrozenDict(tasks))
+
+
+def _absolute_data_paths(data: DataConfig) -> DataConfig:
+    """data.root, data.labelled_list and the roots and lists of data.<split>_from, absolute."""
+    changes = {key: _absolute(getattr(data, key)) for key in ("root", "labelled_list")
+               if getattr(data, key)}
+    for role in SPLIT_ROLES:
+        given = getattr(data, f"{role}_from")
+        if given is not None:
+            paths = {key: _absolute(getattr(given, key)) for key in ("root", "list")
+                     if getattr(given, key)}
+            changes[f"{role}_from"] = dataclasses.replace(given, **paths)
+    return dataclasses.replace(data, **changes)
 
 
 def _absolute(path: str) -> str:

@@ -7,9 +7,13 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 from ps_trainer.cli import main
+from ps_trainer.config import ConfigError
+from ps_trainer.run_config import load_run_config
 from ps_trainer.run_folder import RunFolder
 from support import untrained_checkpoint
 
@@ -144,3 +148,146 @@ def test_version_comes_from_the_package():
     result = cli("--version", timeout=60)
     assert result.returncode == 0
     assert result.stdout.strip() == f"ps-trainer {setup['metadata']['version']}"
+
+
+# --------------------------------------------------------------------------- data export
+
+GTA5_SIZE, CITYSCAPES_SIZE = (1052, 1914), (1024, 2048)
+# Synthetic class (sky, ground, road, building, vegetation, object) -> Cityscapes train id
+# (sky, terrain, road, building, vegetation, car), written out independently of the exporter.
+SYNTHETIC_TRAIN_IDS = np.array([10, 9, 0, 2, 8, 13], dtype=np.uint8)
+
+
+def export_args(layout, size, out, *extra):
+    return ["data", "export", "--layout", layout, "--size", "x".join(map(str, size)),
+            "--out", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A GTA5-layout and a Cityscapes-layout export at full resolution, written by the CLI."""
+    root = tmp_path_factory.mktemp("exported")
+    assert main(export_args("gta5", GTA5_SIZE, root / "gta5", "--train", "3", "--seed", "1")) == 0
+    assert main(export_args("cityscapes", CITYSCAPES_SIZE, root / "cityscapes", "--train", "2",
+                            "--val", "2", "--domain", "shifted", "--seed", "2")) == 0
+    return root / "gta5", root / "cityscapes"
+
+
+def expected_scene(seed, split_index, index, size, domain):
+    """The scene the exporter documents: rendered square at the longer side, centre cut."""
+    from ps_trainer.data.synthetic import render_scene
+
+    height, width = size
+    side = max(size)
+    image, mask = render_scene(np.random.default_rng([seed, split_index, index]), side, domain)
+    top, left = (side - height) // 2, (side - width) // 2
+    return image[top:top + height, left:left + width], mask[top:top + height, left:left + width]
+
+
+def test_data_export_writes_each_layout_at_full_resolution(exported):
+    from PIL import Image
+
+    from ps_trainer.config import SHIFTED_DOMAIN, DomainConfig
+    from ps_trainer.data.readers import CityscapesDataset, GTA5Dataset
+
+    gta5_root, cityscapes_root = exported
+    gta5 = GTA5Dataset(gta5_root)
+    assert [image.name for image, _ in gta5.pairs] == ["00001.png", "00002.png", "00003.png"]
+    with Image.open(gta5.pairs[0][1]) as label:
+        assert label.mode == "P" and label.size == GTA5_SIZE[::-1]     # as GTA5 ships them
+    val = CityscapesDataset(cityscapes_root, "val")
+    assert len(CityscapesDataset(cityscapes_root, "train")) == 2 and len(val) == 2
+    assert val.pairs[1][1].name == "synthval_000001_000019_gtFine_labelIds.png"
+    assert cv2.imread(str(val.pairs[1][1]), cv2.IMREAD_UNCHANGED).ndim == 2
+    for data, seed, split_index, index, size, domain in (
+            (gta5, 1, 0, 2, GTA5_SIZE, DomainConfig()),
+            (val, 2, 1, 1, CITYSCAPES_SIZE, SHIFTED_DOMAIN)):
+        image, classes = expected_scene(seed, split_index, index, size, domain)
+        sample = data[index]
+        np.testing.assert_array_equal(sample.image, image)             # PNG: lossless
+        np.testing.assert_array_equal(sample.mask, SYNTHETIC_TRAIN_IDS[classes])
+
+
+def test_a_gta5_and_a_cityscapes_export_are_one_class_space(tmp_path):
+    from ps_trainer.data.readers import CityscapesDataset, GTA5Dataset
+
+    for layout in ("gta5", "cityscapes"):
+        assert main(export_args(layout, (48, 80), tmp_path / layout, "--train", "2", "--val",
+                                "0", "--seed", "5")) == 0
+    gta5, city = GTA5Dataset(tmp_path / "gta5"), CityscapesDataset(tmp_path / "cityscapes", "train")
+    assert gta5.class_names == city.class_names
+    for i in range(2):
+        np.testing.assert_array_equal(gta5[i].image, city[i].image)
+        np.testing.assert_array_equal(gta5[i].mask, city[i].mask)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--layout", "gta5", "--size", "1024by2048"], "--size must be HEIGHTxWIDTH"),
+    (["--layout", "gta5", "--size", "8x2048"], "at least 16x16"),
+    (["--layout", "gta5", "--size", "64x64", "--val", "2"], "gta5 layout has no val split"),
+    (["--layout", "cityscapes", "--size", "64x64", "--train", "-1"], "must be >= 0"),
+    (["--layout", "cityscapes", "--size", "64x64", "--out", "{full}"], "is not an empty folder"),
+])
+def test_data_export_mistakes_are_one_line(tmp_path, capsys, args, message):
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "old.png").write_bytes(b"")
+    args = [a.format(full=full) for a in args]
+    out = [] if "--out" in args else ["--out", str(tmp_path / "new")]
+    assert main(["data", "export", *out, *args]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not (tmp_path / "new").exists()
+
+
+def gta5_to_cityscapes(tmp_path, tiny, exported, *extra):
+    gta5_root, cityscapes_root = exported
+    return load_run_config(None, tiny(tmp_path, ("rotation", "segmentation"), extra=[
+        "run.name=gta5-to-cityscapes", "eval.every_updates=6",
+        "data.source=cityscapes", f"data.root={cityscapes_root}", "data.labelled=3",
+        "data.unlabelled=0", "data.val=0", "data.labelled_from.source=gta5",
+        f"data.labelled_from.root={gta5_root}", "tasks.segmentation.batch_size=2",
+        "tasks.rotation.batch_size=2", *extra]))
+
+
+@pytest.mark.ray
+def test_gta5_labelled_cityscapes_unlabelled_and_val_train_distributed(ray_session, tmp_path,
+                                                                       tiny, exported):
+    """The case the per-split sources are for, through the distributed runtime: segmentation
+    on full-resolution GTA5-layout frames, rotation on Cityscapes-layout ones, scored on the
+    Cityscapes-layout val split."""
+    import ray
+
+    from ps_trainer.launch import start_coordinator, start_metrics
+    from support import wait_for
+
+    cfg = gta5_to_cityscapes(tmp_path, tiny, exported, "run.max_updates=100000")
+    hub, _ = start_metrics(cfg)
+    coordinator = start_coordinator(cfg, None, hub)
+    done = coordinator.run.remote()
+    try:
+        applied = lambda: ray.get(coordinator.status.remote()).servers[0].applied  # noqa: E731
+        wait_for(lambda: min(applied().values()) > 0, what="a push of each task")
+        wait_for(lambda: RunFolder(cfg.run.out_dir).records(), what="an evaluation")
+        coordinator.stop.remote()
+        summary = ray.get(done, timeout=120)
+    finally:
+        ray.kill(coordinator)
+        ray.kill(hub)
+    assert summary.error is None and summary.miou is not None
+    assert summary.applied["segmentation"] > 0 and summary.applied["rotation"] > 0
+    record = RunFolder(cfg.run.out_dir).records()[-1]
+    assert len(record["per_class_iou"]) == 19 and record["miou"] == summary.miou
+
+
+def test_a_distributed_run_asking_more_labels_than_the_list_holds_stops_before_ray(
+        tmp_path, tiny, exported, monkeypatch):
+    from ps_trainer import launch
+
+    def must_not_start(*args, **kwargs):
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr(launch, "connect", must_not_start)
+    with pytest.raises(ConfigError, match=r"'data.labelled': 4 is more than the gta5 train split"
+                                          r".*\(3 usable images\)"):
+        launch.run_distributed(gta5_to_cityscapes(tmp_path, tiny, exported, "data.labelled=4"))

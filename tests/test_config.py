@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from ps_trainer.config import (Config, ConfigError, config_from_dict, config_to_dict, dump_config,
+from ps_trainer.config import (DATA_SOURCES, SOURCE_CLASSES, SOURCE_SPLITS, Config, ConfigError,
+                               ResolvedSplit, config_from_dict, config_to_dict, dump_config,
                                load_config)
 from ps_trainer.experiment import load_experiment
 from ps_trainer.run_config import load_run_config, saved_run_config
@@ -265,3 +266,89 @@ def test_data_val_zero_is_the_old_spelling_of_every_image(caplog):
         cfg = load_config(None, BASE + ["data.val=0"])
     assert cfg.data.val is None and "data.val" in caplog.text and "deprecated" in caplog.text
     assert error_of(["data.val=false"]).key == "data.val"     # a boolean is no old spelling
+
+
+# --------------------------------------------------------------------------- per-split data
+
+CITYSCAPES = ["data.source=cityscapes", "data.root=/data/cityscapes"]
+GTA5_LABELLED = ["data.labelled_from.source=gta5", "data.labelled_from.root=/data/gta5"]
+
+
+@pytest.mark.parametrize("overrides, key, says", [
+    (["data.source=gta5", "data.root=/data/gta5"], "data.val_from.split",
+     "gta5 has the splits train (validate on another data set: data.val_from"),
+    (CITYSCAPES + ["data.labelled_from.source=gta5"], "data.labelled_from.root",
+     "its source 'gta5' is not data.source"),
+    (CITYSCAPES + ["data.val_from.source=voc", "data.val_from.root=/data/voc"], "data.val_from",
+     "the validation images (voc, 21 classes) and the labelled images (cityscapes, 19 classes)"),
+    (CITYSCAPES + ["data.unlabelled_from.source=folder", "data.unlabelled_from.root=/f"],
+     "data.num_classes", "data.unlabelled_from reads a folder"),
+    (CITYSCAPES + ["data.unlabelled_from.source=folder", "data.unlabelled_from.root=/f",
+                   "data.num_classes=6"], "data.unlabelled_from",
+     "the unlabelled images (folder, 6 classes)"),
+    (CITYSCAPES + ["data.labelled_from.split=trainval"], "data.labelled_from.split",
+     "cityscapes has the splits train, val, test"),
+    (CITYSCAPES + ["data.labelled_from.source=synthetic"], "data.labelled_from.source",
+     "per-split sources and lists name data sets on disk"),
+    (["data.labelled_from.source=gta5", "data.labelled_from.root=/g"], "data.unlabelled_from.source",
+     "'synthetic' is not allowed"),
+    (["data.labelled_list=labeled.txt"], "data.labelled_list", "data.source is 'synthetic'"),
+    (CITYSCAPES + ["data.labelled_list=a.txt", "data.labelled_from.list=b.txt"],
+     "data.labelled_list", "give the list once"),
+    (CITYSCAPES + ["data.labelled_from.sorce=gta5"], "data.labelled_from.sorce",
+     "did you mean 'source'"),
+    (CITYSCAPES + ["data.val_from.source=kitti"], "data.val_from.source", "gta5"),
+])
+def test_per_split_sources_are_checked_in_one_line(overrides, key, says):
+    err = error_of(overrides)
+    assert err.key == key and says in str(err) and "\n" not in str(err)
+
+
+def test_gta5_labelled_with_cityscapes_unlabelled_and_val(tmp_path, monkeypatch):
+    """The case the per-split sources exist for: the defaults fill in the rest, and every
+    path is made absolute in the driver."""
+    monkeypatch.chdir(tmp_path)
+    cfg = load_run_config(None, BASE + ["data.source=cityscapes", "data.root=cityscapes",
+                                        "data.labelled_from.source=gta5",
+                                        "data.labelled_from.root=gta5",
+                                        "data.labelled_from.list=gta5-1_8.txt",
+                                        "data.val_from.list=val-list.txt"]).data
+    labelled, unlabelled, val = (cfg.split_source(r) for r in ("labelled", "unlabelled", "val"))
+    assert (labelled.source, labelled.root, labelled.split, labelled.list) == (
+        "gta5", str(tmp_path / "gta5"), "train", str(tmp_path / "gta5-1_8.txt"))
+    assert (unlabelled.source, unlabelled.root, unlabelled.split, unlabelled.list) == (
+        "cityscapes", str(tmp_path / "cityscapes"), "train", None)
+    assert (val.source, val.root, val.split, val.list) == (
+        "cityscapes", str(tmp_path / "cityscapes"), "val", str(tmp_path / "val-list.txt"))
+    listed = load_run_config(None, BASE + ["data.source=voc", "data.root=voc",
+                                           "data.labelled_list=splits/1464.txt",
+                                           "data.labelled_from.split=train_aug"]).data
+    assert listed.split_source("labelled").list == str(tmp_path / "splits" / "1464.txt")
+    assert listed.split_source("labelled").split == "train_aug"
+    assert listed.split_source("unlabelled").list is None
+
+
+def test_configs_without_per_split_sources_mean_what_they_did():
+    cfg = load_config(None, BASE + CITYSCAPES).data
+    assert [cfg.split_source(r) for r in ("labelled", "unlabelled", "val")] == [
+        ResolvedSplit("cityscapes", "/data/cityscapes", "train", None),
+        ResolvedSplit("cityscapes", "/data/cityscapes", "train", None),
+        ResolvedSplit("cityscapes", "/data/cityscapes", "val", None)]
+    assert cfg.unlabelled_excludes_labelled is True
+    saved = config_to_dict(load_config(None, BASE))
+    for key in ("labelled_from", "unlabelled_from", "val_from", "labelled_list",
+                "unlabelled_excludes_labelled"):
+        del saved["data"][key]                 # a checkpoint written before these keys
+    assert config_from_dict(saved) == load_config(None, BASE)
+
+
+def test_reader_tables_are_the_config_tables():
+    """The splits and classes the config checks are those the readers have."""
+    from ps_trainer.data.readers import READERS
+    from ps_trainer.data.synthetic import CLASS_NAMES
+
+    for source, reader in READERS.items():
+        if source != "folder":
+            assert reader.num_classes == SOURCE_CLASSES[source]
+    assert SOURCE_CLASSES["synthetic"] == len(CLASS_NAMES)
+    assert set(SOURCE_SPLITS) == set(READERS) and set(DATA_SOURCES) == {"synthetic", *READERS}

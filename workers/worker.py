@@ -97,6 +97,10 @@ def task_inputs(cfg: Config, task_name: str, replica: int
     task = build_task(cfg, task_name)
     splits = build_splits(cfg.data, cfg.run.seed)
     dataset = splits.labelled if task.uses_labels else splits.unlabelled
+    if len(dataset) == 0 and not task.uses_labels:
+        raise ValueError(f"task {task_name!r} has no unlabelled images: the pool is empty once "
+                         f"the {len(splits.labelled)} labelled ones are left out (set "
+                         f"data.unlabelled_excludes_labelled: false, or label fewer)")
     task_index = cfg.task_names.index(task_name)
     rng = np.random.default_rng([cfg.run.seed, task_index, replica])
     sampler = ImageSampler(dataset, cfg.tasks[task_name].batch_size, cfg.data.image_size, rng,

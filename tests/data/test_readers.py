@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from ps_trainer.data.base import UnreadableImage
-from ps_trainer.data.readers import CityscapesDataset, FolderDataset, VOCDataset, open_dataset
+from ps_trainer.data.readers import (CityscapesDataset, FolderDataset, GTA5Dataset, VOCDataset,
+                                    open_dataset)
 from ps_trainer.data.readers.voc import voc_color
 
 H, W = 12, 16
@@ -395,10 +396,16 @@ def test_open_dataset_dispatches(tmp_path):
     assert isinstance(open_dataset("voc", str(make_voc(tmp_path / "v")), "val"), VOCDataset)
     city = open_dataset("cityscapes", str(make_cityscapes(tmp_path / "c")), "train", 19)
     assert isinstance(city, CityscapesDataset)
+    assert [city.image_id(image) for image, _ in city.pairs] == ["aachen_000000_000019",
+                                                                 "bonn_000001_000019"]
+    write_image(tmp_path / "g" / "images" / "00001.png")
+    write_mask(tmp_path / "g" / "labels" / "00001.png", index_mask([7, 26, 0]))
+    gta5 = open_dataset("gta5", str(tmp_path / "g"), "train")
+    assert isinstance(gta5, GTA5Dataset) and set(np.unique(gta5[0].mask)) == {0, 13, 255}
 
 
 def test_open_dataset_rejects_bad_arguments(tmp_path):
-    with pytest.raises(ValueError, match="folder, cityscapes, voc"):
+    with pytest.raises(ValueError, match="folder, cityscapes, gta5, voc"):
         open_dataset("coco", str(tmp_path), "train")
     with pytest.raises(ValueError, match="num_classes"):
         open_dataset("folder", str(tmp_path), "train")

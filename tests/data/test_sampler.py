@@ -160,9 +160,10 @@ def test_val_is_every_image_on_disk_unless_limited_and_256_synthetic_scenes(tmp_
         for i in range(count):
             assert cv2.imwrite(str(tmp_path / "images" / split / f"{i:03d}.png"), np.zeros((2, 2, 3)))
             assert cv2.imwrite(str(tmp_path / "masks" / split / f"{i:03d}.png"), np.zeros((2, 2)))
-    disk = DataConfig(source="folder", root=str(tmp_path), num_classes=2)
+    disk = DataConfig(source="folder", root=str(tmp_path), num_classes=2, labelled=2)
     assert disk.val is None and len(build_splits(disk, seed=0).val) == 300
-    first = build_splits(DataConfig(source="folder", root=str(tmp_path), num_classes=2, val=5), 0)
+    first = build_splits(DataConfig(source="folder", root=str(tmp_path), num_classes=2, labelled=2,
+                                    val=5), 0)
     assert [p[0].name for p in first.val.base.pairs[:5]] == [f"{i:03d}.png" for i in range(5)]
     assert len(first.val) == 5 and list(first.val.indices) == [0, 1, 2, 3, 4]
     assert len(build_splits(DataConfig(image_size=32), seed=0).val) == 256

@@ -6,14 +6,16 @@ from typing import Optional
 from ps_trainer.data.base import SegmentationDataset
 from ps_trainer.data.readers.cityscapes import CityscapesDataset
 from ps_trainer.data.readers.folder import FolderDataset
+from ps_trainer.data.readers.gta5 import GTA5Dataset
 from ps_trainer.data.readers.voc import VOCDataset
 
-READERS = {"folder": FolderDataset, "cityscapes": CityscapesDataset, "voc": VOCDataset}
+READERS = {"folder": FolderDataset, "cityscapes": CityscapesDataset, "gta5": GTA5Dataset,
+           "voc": VOCDataset}
 
 
 def open_dataset(source: str, root: str, split: str,
                  num_classes: Optional[int] = None) -> SegmentationDataset:
-    """The `split` of the dataset at `root` laid out as `source` (folder | cityscapes | voc).
+    """The `split` of the dataset at `root` laid out as `source` (folder | cityscapes | gta5 | voc).
 
     `num_classes` is required for "folder"; for the others it may be left out or must match.
     """
@@ -30,4 +32,4 @@ def open_dataset(source: str, root: str, split: str,
     return reader(root, split)
 
 
-__all__ = ["CityscapesDataset", "FolderDataset", "VOCDataset", "open_dataset"]
+__all__ = ["CityscapesDataset", "FolderDataset", "GTA5Dataset", "VOCDataset", "open_dataset"]

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ps_trainer.config import SOURCE_SPLITS
 from ps_trainer.data.base import IGNORE_INDEX
 from ps_trainer.data.readers.files import (ImageMaskFiles, as_index_mask, check_split,
                                            require_dir)
 
-CITYSCAPES_SPLITS = ("train", "val", "test")
+CITYSCAPES_SPLITS = SOURCE_SPLITS["cityscapes"]
 IMAGE_SUFFIX = "_leftImg8bit.png"
 MASK_SUFFIX = "_gtFine_labelIds.png"
 
@@ -38,6 +39,16 @@ def _label_to_train_id() -> np.ndarray:
 
 LABEL_TO_TRAIN_ID = _label_to_train_id()
 
+# The color of each labelId 0..33 (cityscapesScripts labels.py): the palette of GTA5's labels.
+LABEL_COLORS = (
+    (0, 0, 0), (0, 0, 0), (0, 0, 0), (0, 0, 0), (0, 0, 0), (111, 74, 0), (81, 0, 81),
+    (128, 64, 128), (244, 35, 232), (250, 170, 160), (230, 150, 140), (70, 70, 70),
+    (102, 102, 156), (190, 153, 153), (180, 165, 180), (150, 100, 100), (150, 120, 90),
+    (153, 153, 153), (153, 153, 153), (250, 170, 30), (220, 220, 0), (107, 142, 35),
+    (152, 251, 152), (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70),
+    (0, 60, 100), (0, 0, 90), (0, 0, 110), (0, 80, 100), (0, 0, 230), (119, 11, 32),
+)
+
 
 class CityscapesDataset(ImageMaskFiles):
     """Cityscapes leftImg8bit images with gtFine labels as train ids (255 = ignore)."""
@@ -54,6 +65,10 @@ class CityscapesDataset(ImageMaskFiles):
             stem = image.name[: -len(IMAGE_SUFFIX)]
             self._add(image, mask_root / image.parent.name / f"{stem}{MASK_SUFFIX}")
         self._require_pairs()
+
+    def image_id(self, image: Path) -> str:
+        """`aachen_000000_000019` for `aachen_000000_000019_leftImg8bit.png`."""
+        return image.name[: -len(IMAGE_SUFFIX)]
 
     def labels(self, raw_mask: np.ndarray, path: Path) -> np.ndarray:
         return LABEL_TO_TRAIN_ID[as_index_mask(raw_mask, path)]

@@ -12,6 +12,8 @@ import numpy as np
 from ps_trainer.data.base import Sample, SegmentationDataset, UnreadableImage
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_PALETTE = 3  # the IHDR color type of an indexed-color PNG
 
 
 def check_split(split: str, allowed: tuple[str, ...]) -> None:
@@ -54,6 +56,30 @@ def read_mask_file(path: Path) -> np.ndarray:
     return _decode(path, cv2.IMREAD_UNCHANGED)
 
 
+def read_label_ids(path: Path) -> np.ndarray:
+    """An index mask as stored: a palette PNG's indices (cv2 would give their colors, which
+    need not be unique), else the file as :func:`read_mask_file` reads it."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(26)   # signature, IHDR length and type, width, height, depth, type
+    except OSError as error:
+        raise UnreadableImage(f"{path}: cannot be read ({error.strerror or error})") from error
+    if head[:8] == _PNG_SIGNATURE and head[12:16] == b"IHDR" and len(head) == 26 \
+            and head[25] == _PNG_PALETTE:
+        return _palette_indices(path)
+    return read_mask_file(path)
+
+
+def _palette_indices(path: Path) -> np.ndarray:
+    from PIL import Image  # cv2 cannot keep palette indices; pillow can (torchvision needs it)
+
+    try:
+        with Image.open(path) as image:
+            return np.array(image, dtype=np.uint8)   # (H, W) palette indices
+    except (OSError, SyntaxError, ValueError) as error:
+        raise UnreadableImage(f"{path}: cannot be decoded ({error})") from error
+
+
 def as_index_mask(raw: np.ndarray, path: Path) -> np.ndarray:
     """A stored mask as uint8 (H, W) indices; raises UnreadableImage for a color mask."""
     if raw.ndim == 3:
@@ -74,6 +100,8 @@ def as_index_mask(raw: np.ndarray, path: Path) -> np.ndarray:
 
 class ImageMaskFiles(SegmentationDataset):
     """Base of the readers of image/mask file pairs: listing bookkeeping and loading."""
+
+    read_mask = staticmethod(read_mask_file)   # how a mask file is decoded
 
     def __init__(self, root: Path, split: str):
         self.root = root
@@ -105,13 +133,17 @@ class ImageMaskFiles(SegmentationDataset):
     def labels(self, raw_mask: np.ndarray, path: Path) -> np.ndarray:
         """Class indices (uint8 (H, W), 255 = ignore) from a stored mask; raises UnreadableImage."""
 
+    def image_id(self, image: Path) -> str:
+        """The id split lists name an image by (its file name without the extension)."""
+        return image.stem
+
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __getitem__(self, index: int) -> Sample:
         image_path, mask_path = self.pairs[index]
         image = read_rgb(image_path)
-        raw_mask = read_mask_file(mask_path)
+        raw_mask = self.read_mask(mask_path)
         if raw_mask.shape[:2] != image.shape[:2]:
             raise UnreadableImage(
                 f"{mask_path}: mask is {raw_mask.shape[1]}x{raw_mask.shape[0]} but image "

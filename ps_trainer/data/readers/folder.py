@@ -17,12 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ps_trainer.config import SOURCE_SPLITS
 from ps_trainer.data.base import IGNORE_INDEX, UnreadableImage
 from ps_trainer.data.readers.files import (IMAGE_EXTENSIONS, ImageMaskFiles, as_index_mask,
                                            check_split, files_with_extensions, require_dir)
 
 MASK_EXTENSION = ".png"
-FOLDER_SPLITS = ("train", "val")
+FOLDER_SPLITS = SOURCE_SPLITS["folder"]
 HOLDOUT_EVERY = 10
 CLASSES_FILE = "classes.txt"
 MAX_CLASSES = IGNORE_INDEX  # class indices must stay below the ignore value in a uint8 mask

@@ -8,6 +8,13 @@ Layout::
 The masks are palette PNGs; cv2 expands them to color, so colors are mapped back to
 indices through the standard VOC color map. A mask stored as single-channel indices (as in
 the SBD-augmented "SegmentationClassAug" sets) is used as it is.
+
+The split ``train_aug`` is the SBD-augmented training set (10,582 images, Hariharan et al.
+2011) that semi-supervised papers draw their labelled lists from: its list is
+``ImageSets/SegmentationAug/train_aug.txt`` or ``ImageSets/Segmentation/train_aug.txt``, its
+masks ``SegmentationClassAug/`` (else ``SegmentationClass/``, where some setups keep the
+augmented masks). List lines may be ids or "image mask" paths
+(``/JPEGImages/2007_000032.jpg /SegmentationClassAug/2007_000032.png``).
 """
 from __future__ import annotations
 
@@ -15,10 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ps_trainer.config import SOURCE_SPLITS
 from ps_trainer.data.base import IGNORE_INDEX, UnreadableImage
 from ps_trainer.data.readers.files import ImageMaskFiles, check_split, require_dir
+from ps_trainer.data.split_lists import list_id
 
-VOC_SPLITS = ("train", "val")
+VOC_SPLITS = SOURCE_SPLITS["voc"]
 CLASS_NAMES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
     "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
@@ -26,6 +35,8 @@ CLASS_NAMES = (
 )
 IMAGE_DIR, MASK_DIR, LIST_DIR = "JPEGImages", "SegmentationClass", "ImageSets/Segmentation"
 IMAGE_EXTENSION, MASK_EXTENSION = ".jpg", ".png"
+AUG_SPLIT, AUG_MASK_DIR = "train_aug", "SegmentationClassAug"
+AUG_LISTS = ("ImageSets/SegmentationAug/train_aug.txt", "ImageSets/Segmentation/train_aug.txt")
 
 
 def voc_color(index: int) -> tuple[int, int, int]:
@@ -72,17 +83,29 @@ class VOCDataset(ImageMaskFiles):
     def __init__(self, root: str | Path, split: str):
         check_split(split, VOC_SPLITS)
         super().__init__(require_dir(Path(root), "dataset root"), split)
-        id_list = self.root / LIST_DIR / f"{split}.txt"
-        if not id_list.is_file():
-            raise FileNotFoundError(f"split list not found: {id_list}")
+        id_list, mask_dir = self._list_and_masks(split)
         image_dir = require_dir(self.root / IMAGE_DIR, "image folder")
-        mask_dir = require_dir(self.root / MASK_DIR, "mask folder")
         for line in id_list.read_text().splitlines():
             if line.strip():
-                image_id = line.split()[0]  # some lists carry a second column
+                image_id = list_id(line.split()[0])  # an id, or an "image mask" pair of paths
                 self._add(image_dir / f"{image_id}{IMAGE_EXTENSION}",
                           mask_dir / f"{image_id}{MASK_EXTENSION}")
         self._require_pairs()
+
+    def _list_and_masks(self, split: str) -> tuple[Path, Path]:
+        """The id list of `split` and the folder of its masks."""
+        if split != AUG_SPLIT:
+            id_list = self.root / LIST_DIR / f"{split}.txt"
+            if not id_list.is_file():
+                raise FileNotFoundError(f"split list not found: {id_list}")
+            return id_list, require_dir(self.root / MASK_DIR, "mask folder")
+        lists = [self.root / name for name in AUG_LISTS]
+        id_list = next((p for p in lists if p.is_file()), None)
+        if id_list is None:
+            raise FileNotFoundError(f"split list not found: {lists[0]} (or {lists[1]})")
+        aug_masks = self.root / AUG_MASK_DIR
+        return id_list, aug_masks if aug_masks.is_dir() else require_dir(self.root / MASK_DIR,
+                                                                         "mask folder")
 
     def labels(self, raw_mask: np.ndarray, path: Path) -> np.ndarray:
         if raw_mask.dtype != np.uint8:
