@@ -54,6 +54,7 @@ class RunRecorder:
                   "miou": result.miou if result else None,
                   "per_class_iou": result.per_class_iou if result else None,
                   "pixel_accuracy": result.pixel_accuracy if result else None,
+                  "eval_images": result.images if result else None,
                   "checkpoint": str(path), "checkpoint_bytes": size,
                   "checkpoint_seconds": round(time.perf_counter() - start, 4), **extra}
         self.run.append(record)

@@ -245,7 +245,7 @@ def gta5_to_cityscapes(tmp_path, tiny, exported, *extra):
     return load_run_config(None, tiny(tmp_path, ("rotation", "segmentation"), extra=[
         "run.name=gta5-to-cityscapes", "eval.every_updates=6",
         "data.source=cityscapes", f"data.root={cityscapes_root}", "data.labelled=3",
-        "data.unlabelled=0", "data.val=0", "data.labelled_from.source=gta5",
+        "data.unlabelled=0", "data.val=null", "data.labelled_from.source=gta5",
         f"data.labelled_from.root={gta5_root}", "tasks.segmentation.batch_size=2",
         "tasks.rotation.batch_size=2", *extra]))
 
@@ -255,13 +255,15 @@ def test_gta5_labelled_cityscapes_unlabelled_and_val_train_distributed(ray_sessi
                                                                        tiny, exported):
     """The case the per-split sources are for, through the distributed runtime: segmentation
     on full-resolution GTA5-layout frames, rotation on Cityscapes-layout ones, scored on the
-    Cityscapes-layout val split."""
+    Cityscapes-layout val split at full resolution by sliding windows."""
     import ray
 
     from ps_trainer.launch import start_coordinator, start_metrics
     from support import wait_for
 
-    cfg = gta5_to_cityscapes(tmp_path, tiny, exported, "run.max_updates=100000")
+    cfg = gta5_to_cityscapes(tmp_path, tiny, exported, "run.max_updates=100000",
+                             "eval.mode=slide", "eval.crop_size=[512,1024]",
+                             "eval.stride=[512,1024]", "eval.batch_size=2")
     hub, _ = start_metrics(cfg)
     coordinator = start_coordinator(cfg, None, hub)
     done = coordinator.run.remote()
@@ -278,6 +280,7 @@ def test_gta5_labelled_cityscapes_unlabelled_and_val_train_distributed(ray_sessi
     assert summary.applied["segmentation"] > 0 and summary.applied["rotation"] > 0
     record = RunFolder(cfg.run.out_dir).records()[-1]
     assert len(record["per_class_iou"]) == 19 and record["miou"] == summary.miou
+    assert record["eval_images"] == 2            # both 1024x2048 val frames, in 512x1024 windows
 
 
 def test_a_distributed_run_asking_more_labels_than_the_list_holds_stops_before_ray(
