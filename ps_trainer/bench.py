@@ -16,8 +16,13 @@
 4. Memory: resident memory of the server and a worker over a long run of updates.
 5. Hardware efficiency (emulated accelerator-bound workers) and statistical efficiency
    (mIoU against updates, synchronous loop vs. asynchronous runtime): see ``efficiency.py``.
+6. Real sizes (``--sections real_sizes``, not part of the default run): ResNet-50 and
+   ResNet-101 trunks with AdamW, and how many GPU workers one server actor feeds: see
+   ``real_sizes.py``.
 
-``--sections trunks,scaling,memory,end_to_end,hardware,statistical`` runs a subset.
+``--sections trunks,scaling,memory,end_to_end,hardware,statistical,real_sizes`` runs a subset
+(the default: every section but real_sizes). Every row names the optimizer the server ran
+(SGD with momentum 0.9 unless it says otherwise).
 
 Ratios hold across machines; absolute figures only on the same machine.
 """
@@ -31,14 +36,14 @@ import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import ray
 import torch
 from torch import nn
 
-from ps_trainer import efficiency
+from ps_trainer import efficiency, real_sizes
 from ps_trainer.client import ParameterClient
 from ps_trainer.config import Config, config_from_dict
 from ps_trainer.params import FlatModel, ShardLayout, plan_pieces
@@ -54,10 +59,17 @@ TASK = "bench"
 _TENSORS_PER_TRUNK = 64     # a trunk is many tensors (conv weights); the naive server pays per tensor
 # Object store for the bench's own Ray: room for a 25M trunk's pushes and published versions,
 # and no more (a much larger store costs page faults on every transfer; README, "Performance").
+# The real_sizes section sizes it for its own runs (object_store_bytes).
 OBJECT_STORE_BYTES = 1 << 30
+# The server's optimizer by name: a learning rate small enough that weights stay finite.
+_OPTIMIZERS = {"sgd": {"name": "sgd", "lr": 1e-6, "momentum": 0.9, "weight_decay": 0.0,
+                       "schedule": "constant"},
+               "adamw": {"name": "adamw", "lr": 1e-6, "schedule": "constant"}}
 
 
-SECTIONS = ("trunks", "scaling", "memory", "end_to_end", "hardware", "statistical")
+SECTIONS = ("trunks", "scaling", "memory", "end_to_end", "hardware", "statistical", "real_sizes")
+# What a plain `ps-trainer bench` runs: real_sizes adds minutes and a larger object store.
+DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s != "real_sizes")
 # --quick's statistical section: the quickstart shrunk to seconds (a smoke test of the section).
 _TINY_RUN = ("data.image_size=32", "data.unlabelled=64", "data.val=16", "model.widths=[8,16]",
              "model.blocks=[1,1]", "tasks.self_training.options.rampup_steps=10")
@@ -94,7 +106,8 @@ class BenchPlan:
     statistical_evals: int = 6
     statistical_target: float = 0.33                 # reached by the quickstart within the budget
     statistical_extra: tuple[str, ...] = ()
-    sections: tuple[str, ...] = SECTIONS
+    real_sizes: real_sizes.RealSizesPlan = real_sizes.RealSizesPlan()
+    sections: tuple[str, ...] = DEFAULT_SECTIONS
 
     @classmethod
     def quick(cls) -> "BenchPlan":
@@ -103,7 +116,7 @@ class BenchPlan:
                    end_to_end=False, hardware_params=(1_000_000,), hardware_workers=(1, 2),
                    hardware_actors=(1, 2), hardware_step_s=0.05, hardware_updates=10,
                    statistical_workers=(1,), statistical_updates=120, statistical_evals=3,
-                   statistical_extra=_TINY_RUN)
+                   statistical_extra=_TINY_RUN, real_sizes=real_sizes.RealSizesPlan.quick())
 
 
 # --------------------------------------------------------------------------- the stub model
@@ -124,10 +137,10 @@ def _shard(name: str) -> str:
 
 
 def _bench_config(actors: int = 1, grad_dtype: str = "float32", verify: bool = True,
-                  inflight: int = 2, pushes: str = "shared_memory") -> Config:
+                  inflight: int = 2, pushes: str = "shared_memory",
+                  optimizer: str = "sgd") -> Config:
     return config_from_dict({
-        "optimizer": {"name": "sgd", "lr": 1e-6, "momentum": 0.9, "weight_decay": 0.0,
-                      "schedule": "constant"},
+        "optimizer": _OPTIMIZERS[optimizer],
         "server": {"actors": actors, "num_cpus": 0.5, "grad_dtype": grad_dtype,
                    "max_staleness_updates": 1_000_000, "verify_gradients": verify,
                    "same_node_pushes": pushes},
@@ -146,6 +159,15 @@ def _private_bytes() -> int:
     with open("/proc/self/statm") as f:
         _, resident, shared = (int(v) for v in f.read().split()[:3])
     return (resident - shared) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _memory_bytes() -> dict:
+    """This process's private memory, resident memory (RSS: shared pages it touched count,
+    object-store pages among them) and the peak RSS since it started."""
+    with open("/proc/self/status") as f:
+        fields = dict(line.split(":", 1) for line in f if line.startswith(("VmRSS", "VmHWM")))
+    kib = {k: int(v.split()[0]) * 1024 for k, v in fields.items()}
+    return {"private": _private_bytes(), "resident": kib["VmRSS"], "peak_resident": kib["VmHWM"]}
 
 
 class StubWorker:
@@ -189,11 +211,15 @@ class StubWorker:
 
 
 class BenchServer(ParameterServer):
-    """The real server, plus what the benchmark reads of it: private memory, and the time its
-    pushes (check + weight + apply) and publishes took, from its own Prometheus histograms."""
+    """The real server, plus what the benchmark reads of it: private memory, the time its
+    pushes (check + weight + apply) and publishes took, from its own Prometheus histograms,
+    and the CPU time of its process (every thread: Ray's calls as well as the passes)."""
 
     def private_bytes(self) -> int:
         return _private_bytes()
+
+    def memory_bytes(self) -> dict:
+        return _memory_bytes()
 
     def seconds_spent(self) -> dict:
         out = {}
@@ -201,6 +227,8 @@ class BenchServer(ParameterServer):
             for sample in family.samples:
                 if sample.name in ("ps_apply_seconds_sum", "ps_publish_seconds_sum"):
                     out[sample.name.split("_")[1]] = sample.value
+        times = os.times()
+        out["cpu"] = times.user + times.system
         return out
 
 
@@ -242,21 +270,25 @@ def warmup_updates(params: int, objects_per_update: int = 2) -> int:
 def measure_ours(params: int, updates: int, workers: int = 1, actors: int = 1,
                  grad_dtype: str = "float32", verify: bool = True, step_s: float = 0.0,
                  inflight: int = 2, warmup: Optional[int] = None,
-                 pushes: str = "shared_memory") -> dict:
+                 pushes: str = "shared_memory", optimizer: str = "sgd") -> dict:
     """Updates/s and bytes/s of the real server with `workers` stub workers (each step a
-    wait of `step_s`), and where the time of one update goes (ms per update, averaged)."""
-    cfg = _bench_config(actors, grad_dtype, verify, inflight, pushes)
+    wait of `step_s`), where the time of one update goes (ms per update, averaged), each
+    server actor's CPU time per update, and server actor 0's memory after the warm-up and
+    after the timed updates."""
+    cfg = _bench_config(actors, grad_dtype, verify, inflight, pushes, optimizer)
     servers, stubs = _start(cfg, params, workers)
     try:
         shared = pushes == "shared_memory" and grad_dtype == "float32" and SHARED_PUSHES
         warm = warmup_updates(params, 1 if shared else 2) if warmup is None else warmup
         ray.get([w.run.remote(warm, 0, step_s) for w in stubs])
         ray.get([w.reset.remote() for w in stubs])
+        memory_before = ray.get(servers[0].memory_bytes.remote())
         before = ray.get([s.seconds_spent.remote() for s in servers])
         start = time.perf_counter()
         results = ray.get([w.run.remote(updates, 0, step_s) for w in stubs])
         seconds = time.perf_counter() - start
         after = ray.get([s.seconds_spent.remote() for s in servers])
+        memory_after = ray.get(servers[0].memory_bytes.remote())
     finally:
         _kill(stubs, servers)
     moved = sum(r["pulled_bytes"] + r["pushed_bytes"] for r in results)
@@ -269,7 +301,29 @@ def measure_ours(params: int, updates: int, workers: int = 1, actors: int = 1,
                     for k in ("push", "pull", "wait")}}
     return {"updates_per_s": total / seconds, "mb_per_s": moved / seconds / 1e6,
             "seconds_per_update": seconds / total, "breakdown": breakdown,
-            "shared_memory_pushes": all(r["shared_links"] for r in results)}
+            "server_cpu_ms": [per_update(a["cpu"] - b["cpu"]) for a, b in zip(after, before)],
+            "shared_memory_pushes": all(r["shared_links"] for r in results),
+            "optimizer": optimizer, "server_memory": {"before": memory_before,
+                                                      "after": memory_after}}
+
+
+def measure_worker_counts(params: int, updates: int, workers: Sequence[int], step_s: float,
+                          optimizer: str = "sgd", warmup: int = 3) -> dict[int, float]:
+    """Updates/s with each number in `workers` of stub workers (`updates` each, each step a
+    wait of `step_s`, one push in flight), timed in turn on one server and one set of
+    max(workers) stubs: starting the actors takes longer than the timing."""
+    cfg = _bench_config(inflight=1, optimizer=optimizer)
+    servers, stubs = _start(cfg, params, max(workers))
+    try:
+        ray.get([w.run.remote(warmup, 0, step_s) for w in stubs])
+        rates = {}
+        for n in workers:
+            start = time.perf_counter()
+            ray.get([w.run.remote(updates, 0, step_s) for w in stubs[:n]])
+            rates[n] = n * updates / (time.perf_counter() - start)
+    finally:
+        _kill(stubs, servers)
+    return rates
 
 
 # --------------------------------------------------------------------------- the naive server
@@ -359,26 +413,32 @@ def memcpy_bandwidth(nbytes: int = 256 << 20, repeats: int = 5) -> float:
     return nbytes / best
 
 
-def server_passes(params: int, repeats: int = 21) -> dict:
+def server_passes(params: int, repeats: int = 21, optimizer: str = "sgd") -> dict:
     """The server's own work on one update, without Ray, in this process on one thread (ms,
-    median of `repeats`): the real store's check + apply of one push (a gradient in a
-    shared push buffer, as from a worker on the node), the norm pass alone, and one copy of
-    the weights into memory already mapped, the least a publish can cost. The process's
-    torch threads are as before afterwards (later sections time the local loop here)."""
-    def median_ms(work) -> float:
+    median of `repeats`): the real store's check + apply of one push with `optimizer` (a
+    gradient in a shared push buffer, as from a worker on the node), the norm pass alone,
+    and one copy of the weights into memory already mapped, the least a publish can cost.
+    Each also as CPU time of this thread (``*_cpu_ms``): on a loaded machine the wall time
+    includes waiting for a core. The process's torch threads are as before afterwards
+    (later sections time the local loop here)."""
+    cpu = {}
+
+    def median_ms(name: str, work) -> float:
         work()                                          # first touch of every page
-        times = []
+        wall_s, cpu_s = [], []
         for _ in range(repeats):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.thread_time()
             work()
-            times.append(time.perf_counter() - start)
-        return 1000 * float(np.median(times))
+            cpu_s.append(time.thread_time() - start_cpu)
+            wall_s.append(time.perf_counter() - start)
+        cpu[f"{name}_cpu_ms"] = 1000 * float(np.median(cpu_s))
+        return 1000 * float(np.median(wall_s))
 
     threads = torch.get_num_threads()
     set_threads(1)
     buffers = None
     try:
-        cfg = _bench_config()
+        cfg = _bench_config(optimizer=optimizer)
         weights = {"trunk": huge_page_zeros(params)}
         store = make_store(cfg, weights, {TASK: ("trunk",)})
         buffers = PushBuffers({"trunk": params}, 1) if SHARED_PUSHES else None
@@ -386,15 +446,16 @@ def server_passes(params: int, repeats: int = 21) -> dict:
         grad.normal_(0, 1e-3)
         published = torch.empty(params)
         stats = PushStats(loss=1.0, shared_grad_norm=1.0)
-        out = {"apply_ms": median_ms(lambda: store.push(TASK, store.version, {"trunk": grad},
-                                                        stats)),
-               "norm_ms": median_ms(lambda: store.part_norm2({"trunk": grad}, stats)),
-               "copy_ms": median_ms(lambda: published.copy_(weights["trunk"]))}
+        out = {"apply_ms": median_ms("apply", lambda: store.push(
+                   TASK, store.version, {"trunk": grad}, stats)),
+               "norm_ms": median_ms("norm", lambda: store.part_norm2({"trunk": grad}, stats)),
+               "copy_ms": median_ms("copy", lambda: published.copy_(weights["trunk"]))}
     finally:
         if buffers:
             buffers.close()
         torch.set_num_threads(threads)
     out["total_ms"] = out["apply_ms"] + out["copy_ms"]
+    out.update(cpu, total_cpu_ms=cpu["apply_cpu_ms"] + cpu["copy_cpu_ms"], optimizer=optimizer)
     return out
 
 
@@ -415,7 +476,8 @@ def round_trip(plan: BenchPlan, bandwidth: float) -> list[dict]:
                "breakdown": ours["breakdown"], "server_passes": passes,
                "server_passes_floor_s": passes_floor_s,
                "server_passes_floor_ratio": passes["total_ms"] / 1000 / passes_floor_s,
-               "shared_memory_pushes": ours["shared_memory_pushes"]}
+               "shared_memory_pushes": ours["shared_memory_pushes"],
+               "optimizer": ours["optimizer"]}
         bf16 = measure_ours(params, updates, grad_dtype="bfloat16", warmup=plan.warmup)
         row["bf16_updates_per_s"] = bf16["updates_per_s"]
         trusting = measure_ours(params, updates, verify=False, warmup=plan.warmup)
@@ -436,7 +498,8 @@ def scaling(plan: BenchPlan) -> list[dict]:
     for workers in plan.scaling_workers:
         r = measure_ours(plan.scaling_params, plan.scaling_updates, workers=workers,
                          warmup=plan.warmup)
-        rows.append({"workers": workers, "server_actors": 1, "updates_per_s": r["updates_per_s"]})
+        rows.append({"workers": workers, "server_actors": 1, "updates_per_s": r["updates_per_s"],
+                     "optimizer": r["optimizer"]})
         log.info("scaling: %d workers, 1 server actor: %.1f upd/s", workers, r["updates_per_s"])
     workers = max(plan.scaling_workers)
     for actors in plan.scaling_actors:
@@ -444,7 +507,8 @@ def scaling(plan: BenchPlan) -> list[dict]:
             continue
         r = measure_ours(plan.scaling_params, plan.scaling_updates, workers=workers, actors=actors,
                          warmup=plan.warmup)
-        rows.append({"workers": workers, "server_actors": actors, "updates_per_s": r["updates_per_s"]})
+        rows.append({"workers": workers, "server_actors": actors,
+                     "updates_per_s": r["updates_per_s"], "optimizer": r["optimizer"]})
         log.info("scaling: %d workers, %d server actors: %.1f upd/s", workers, actors, r["updates_per_s"])
     return rows
 
@@ -464,6 +528,7 @@ def memory(plan: BenchPlan) -> dict:
         _kill(stubs, servers)
     worker_before, worker_after = result["memory"][0][1], result["memory"][-1][1]
     out = {"updates": plan.memory_updates, "params": plan.memory_params,
+           "optimizer": cfg.optimizer.name,
            "server_private_start_mb": server_before / 1e6,
            "server_private_end_mb": server_after / 1e6,
            "server_growth_mb": (server_after - server_before) / 1e6,
@@ -473,6 +538,16 @@ def memory(plan: BenchPlan) -> dict:
     log.info("memory over %d updates: server %+.1f MB, worker %+.1f MB", plan.memory_updates,
              out["server_growth_mb"], out["worker_growth_mb"])
     return out
+
+
+def object_store_bytes(plan: BenchPlan) -> int:
+    """OBJECT_STORE_BYTES, or what the real_sizes section needs (in steps of 256 MiB) when it
+    runs: a 42.5M trunk's published versions for 8 workers do not fit in 1 GiB."""
+    if "real_sizes" not in plan.sections:
+        return OBJECT_STORE_BYTES
+    step = 256 << 20
+    need = -(-plan.real_sizes.store_need_bytes() // step) * step
+    return max(OBJECT_STORE_BYTES, need)
 
 
 def run_bench(plan: BenchPlan, out: Optional[str] = None, scratch_dir: Optional[str] = None) -> dict:
@@ -485,7 +560,7 @@ def run_bench(plan: BenchPlan, out: Optional[str] = None, scratch_dir: Optional[
     started = not ray.is_initialized()
     if started:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING,
-                 object_store_memory=OBJECT_STORE_BYTES)
+                 object_store_memory=object_store_bytes(plan))
     store = int(ray.available_resources().get("object_store_memory", OBJECT_STORE_BYTES))
     plots = Path(out).parent if out else Path(scratch_dir)
     stem = Path(out).stem if out else "bench"
@@ -503,6 +578,7 @@ def run_bench(plan: BenchPlan, out: Optional[str] = None, scratch_dir: Optional[
             plan.statistical_config, plan.statistical_workers, plan.statistical_updates,
             plan.statistical_evals, f"{scratch_dir}/statistical", plan.statistical_target,
             plan.statistical_extra),
+        "real_sizes": lambda: real_sizes.measure(plan.real_sizes, store),
     }
     try:
         report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
@@ -522,41 +598,50 @@ def run_bench(plan: BenchPlan, out: Optional[str] = None, scratch_dir: Optional[
     return report
 
 
+def _format_trunks(rows: list[dict]) -> list[str]:
+    """The round trip per trunk size as a table, then where an update's time goes."""
+    lines = ["", "| trunk params | ours upd/s | MB/s | naive upd/s | speedup | floor ratio "
+                 "| bf16 upd/s | unverified upd/s (floor ratio) "
+                 "| object-store pushes upd/s (floor ratio) |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['params'] / 1e6:.0f}M | {r['updates_per_s']:.1f} | "
+                     f"{r['mb_per_s']:.0f} | {r['naive_updates_per_s']:.1f} | "
+                     f"{r['speedup_vs_naive']:.1f}x | {r['floor_ratio']:.2f} | "
+                     f"{r['bf16_updates_per_s']:.1f} | {r['unverified_updates_per_s']:.1f} "
+                     f"({r['unverified_floor_ratio']:.2f}) | "
+                     f"{r['object_store_updates_per_s']:.1f} "
+                     f"({r['object_store_floor_ratio']:.2f}) |")
+    lines.append(f"(optimizer: {_optimizers(rows)})")
+    lines += ["", "where an update's time goes (ms per update): server apply / publish, "
+                  "worker push / pull / wait"]
+    for r in rows:
+        b = r["breakdown"]
+        p = r["server_passes"]
+        lines.append(f"- {r['params'] / 1e6:.0f}M: server {b['server_apply_ms']} / "
+                     f"{b['server_publish_ms']}, worker {b['worker_push_ms']} / "
+                     f"{b['worker_pull_ms']} / {b['worker_wait_ms']}; the server's passes "
+                     f"without Ray: check + apply {p['apply_ms']:.2f} (norm "
+                     f"{p['norm_ms']:.2f}) + copy {p['copy_ms']:.2f} = "
+                     f"{r['server_passes_floor_ratio']:.2f}x the floor")
+    return lines
+
+
 def format_report(report: dict) -> str:
     lines = [f"memcpy {report['memcpy_gb_per_s']:.2f} GB/s on {report['machine']['cpus']} CPUs"]
     if report.get("trunks"):
-        lines += ["", "| trunk params | ours upd/s | MB/s | naive upd/s | speedup | floor ratio "
-                      "| bf16 upd/s | unverified upd/s (floor ratio) "
-                      "| object-store pushes upd/s (floor ratio) |",
-                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for r in report["trunks"]:
-            lines.append(f"| {r['params'] / 1e6:.0f}M | {r['updates_per_s']:.1f} | "
-                         f"{r['mb_per_s']:.0f} | {r['naive_updates_per_s']:.1f} | "
-                         f"{r['speedup_vs_naive']:.1f}x | {r['floor_ratio']:.2f} | "
-                         f"{r['bf16_updates_per_s']:.1f} | {r['unverified_updates_per_s']:.1f} "
-                         f"({r['unverified_floor_ratio']:.2f}) | "
-                         f"{r['object_store_updates_per_s']:.1f} "
-                         f"({r['object_store_floor_ratio']:.2f}) |")
-        lines += ["", "where an update's time goes (ms per update): server apply / publish, "
-                      "worker push / pull / wait"]
-        for r in report["trunks"]:
-            b = r["breakdown"]
-            p = r["server_passes"]
-            lines.append(f"- {r['params'] / 1e6:.0f}M: server {b['server_apply_ms']} / "
-                         f"{b['server_publish_ms']}, worker {b['worker_push_ms']} / "
-                         f"{b['worker_pull_ms']} / {b['worker_wait_ms']}; the server's passes "
-                         f"without Ray: check + apply {p['apply_ms']:.2f} (norm "
-                         f"{p['norm_ms']:.2f}) + copy {p['copy_ms']:.2f} = "
-                         f"{r['server_passes_floor_ratio']:.2f}x the floor")
+        lines += _format_trunks(report["trunks"])
     if report.get("scaling"):
-        lines += ["", "| workers | server actors | upd/s |", "|---:|---:|---:|"]
+        lines += ["", f"scaling (optimizer: {_optimizers(report['scaling'])}):",
+                  "| workers | server actors | upd/s |", "|---:|---:|---:|"]
         lines += [f"| {r['workers']} | {r['server_actors']} | {r['updates_per_s']:.1f} |"
                   for r in report["scaling"]]
     m = report.get("memory")
     if m:
         lines += ["", f"memory over {m['updates']} updates ({m['params'] / 1e6:.0f}M params): "
                       f"private memory of the server {m['server_private_start_mb']:.0f} -> "
-                      f"{m['server_private_end_mb']:.0f} MB ({m['server_growth_mb']:+.1f}), of a "
+                      f"{m['server_private_end_mb']:.0f} MB ({m['server_growth_mb']:+.1f}; "
+                      f"optimizer {m['optimizer']}), of a "
                       f"worker {m['worker_private_start_mb']:.0f} -> "
                       f"{m['worker_private_end_mb']:.0f} MB ({m['worker_growth_mb']:+.1f})"]
     e = report.get("end_to_end")
@@ -564,7 +649,8 @@ def format_report(report: dict) -> str:
         lines += format_time_to_target(e)
     if report.get("hardware"):
         lines += ["", "hardware efficiency (emulated accelerator step of "
-                      f"{1000 * report['hardware'][0]['step_s']:.0f} ms; ideal = workers / step):",
+                      f"{1000 * report['hardware'][0]['step_s']:.0f} ms; ideal = workers / step; "
+                      f"optimizer: {_optimizers(report['hardware'])}):",
                   "| params | server actors | workers | upd/s | ideal | efficiency |",
                   "|---:|---:|---:|---:|---:|---:|"]
         lines += [f"| {r['params'] / 1e6:.0f}M | {r['server_actors']} | {r['workers']} | "
@@ -584,7 +670,13 @@ def format_report(report: dict) -> str:
                          f"{'-' if final is None else f'{final:.3f}'} | "
                          f"{r['updates_to_target'] or '-'} | "
                          f"{'-' if ratio is None else f'{ratio:.2f}'} |")
+    if report.get("real_sizes"):
+        lines += real_sizes.format_section(report["real_sizes"])
     return "\n".join(lines)
+
+
+def _optimizers(rows: list[dict]) -> str:
+    return ", ".join(sorted({r["optimizer"] for r in rows}))
 
 
 def format_time_to_target(e: dict) -> list[str]:

@@ -41,9 +41,7 @@ def hardware_efficiency(params: Sequence[int], workers: Sequence[int], actors: S
     for size in params:
         for n_actors in actors:
             for n in workers:
-                # Each worker has up to `inflight` (1 here) pushes and the server one published
-                # version per actor in the object store; leave room or Ray spills to disk.
-                if (n + n_actors + 1) * 4 * size > 0.8 * store_bytes:
+                if not fits_object_store(size, n, n_actors, store_bytes):
                     log.info("hardware: %.0fM x %d workers skipped: exceeds the object store",
                              size / 1e6, n)
                     continue
@@ -52,11 +50,27 @@ def hardware_efficiency(params: Sequence[int], workers: Sequence[int], actors: S
                 ideal = n / step_s
                 rows.append({"params": size, "server_actors": n_actors, "workers": n, "step_s": step_s,
                              "updates_per_s": r["updates_per_s"], "ideal_updates_per_s": ideal,
-                             "efficiency": r["updates_per_s"] / ideal})
+                             "efficiency": r["updates_per_s"] / ideal,
+                             "optimizer": r["optimizer"]})
                 log.info("hardware: %.0fM, %d server actors, %d workers (step %.0f ms): "
                          "%.1f upd/s of %.1f ideal", size / 1e6, n_actors, n, 1000 * step_s,
                          r["updates_per_s"], ideal)
     return rows
+
+
+def object_store_need_bytes(params: int, workers: int, actors: int,
+                            versions_per_worker: int = 1) -> int:
+    """The object store a run of `workers` stub workers needs, a fifth more for room, or Ray
+    spills to disk: the server's published version (one per actor), and per worker
+    `versions_per_worker` trunk-sized objects: a push in flight (`inflight` 1 here) or the
+    version it adopted; 2 where a saturated server also keeps a newer prefetched version
+    pinned for every worker (seen with 8 workers at 42.5M parameters)."""
+    return int((workers * versions_per_worker + actors + 1) * 4 * params / 0.8)
+
+
+def fits_object_store(params: int, workers: int, actors: int, store_bytes: int,
+                      versions_per_worker: int = 1) -> bool:
+    return object_store_need_bytes(params, workers, actors, versions_per_worker) <= store_bytes
 
 
 def plot_hardware(path: Path, rows: list[dict]) -> None:

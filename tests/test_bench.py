@@ -99,3 +99,122 @@ def test_timing_the_servers_passes_leaves_the_process_threads_as_they_were():
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
+
+
+def test_real_sizes_section_measures_each_size_and_models_the_split(ray_session, tmp_path,
+                                                                      capsys):
+    from ps_trainer.real_sizes import CallCosts, feed_model
+
+    out = tmp_path / "real.json"
+    assert main(["bench", "--quick", "--sections", "real_sizes", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["trunks"] is None and report["hardware"] is None
+    section = report["real_sizes"]
+    assert section["optimizer"] == "adamw" and section["repeats"] == 1
+    (size,) = section["sizes"]
+    assert (size["name"], size["params"], size["optimizer"]) == ("tiny", 200_000, "adamw")
+    passes = size["passes"]          # timed on the real store with AdamW
+    assert passes["apply_ms"]["mean"] > passes["norm_ms"]["mean"] > 0
+    assert passes["apply_cpu_ms"]["mean"] > 0 and passes["copy_cpu_ms"]["mean"] > 0
+    for clock in ("", "_cpu"):
+        assert passes[f"total{clock}_ms"]["mean"] == pytest.approx(
+            passes[f"apply{clock}_ms"]["mean"] + passes[f"copy{clock}_ms"]["mean"])
+    for pushes in ("shared_memory", "object_store"):
+        rt = size["round_trip"][pushes]
+        (rate,) = rt["updates_per_s"]["values"]            # one repeat: its own mean, no spread
+        assert rate > 0 and rt["updates_per_s"]["mean"] == rate
+        assert rt["updates_per_s"]["std"] == 0 and rt["server_ms"]["mean"] > 0
+        assert rt["server_cpu_ms"]["mean"] > 0               # read from the actor's process
+        assert size["workers_fed"][pushes] == pytest.approx(
+            {"measured": rate * 0.02, "cpu": 1000 / rt["server_cpu_ms"]["mean"] * 0.02})
+    assert [r["workers"] for r in size["scaling"]] == [1, 2]
+    for r in size["scaling"]:        # each step waits 20 ms: at most 50 updates/s a worker
+        assert r["ideal_updates_per_s"] == pytest.approx(50 * r["workers"])
+        assert 0 < r["updates_per_s"]["mean"] <= r["ideal_updates_per_s"] * 1.05
+        assert r["efficiency"] == pytest.approx(r["updates_per_s"]["mean"]
+                                                / r["ideal_updates_per_s"])
+    memory = size["server_memory"]   # the server holds at least its weights and AdamW's state
+    assert memory["private_end_mb"]["mean"] > memory["state_mb"] == pytest.approx(2.4)
+    assert memory["peak_resident_mb"]["mean"] >= memory["private_end_mb"]["mean"]
+
+    fixed = section["fixed"]         # the model is fed the figures measured above
+    assert fixed["call_ms"]["mean"] > 0 and fixed["part_ms"]["mean"] > 0
+    assert fixed["decision_ms"]["mean"] >= 0
+    cpu_ms = size["round_trip"]["object_store"]["server_cpu_ms"]["mean"]
+    costs = CallCosts(*(fixed[k]["mean"] for k in ("call_ms", "decision_ms", "part_ms")))
+    expected = feed_model(max(cpu_ms - costs.call_ms, 0.0), costs, 200_000, 0.02, (1, 2),
+                          section["nic_gbit_s"] * 1e9 / 8)
+    assert size["split"] == pytest.approx(expected)
+    one = size["split"][0]          # one actor: the CPU time per update that was measured
+    assert one["ms_per_update"] == pytest.approx(max(cpu_ms, costs.call_ms))
+
+    printed = capsys.readouterr().out
+    assert "real sizes (optimizer adamw; mean ± std of 1 repeats;" in printed
+    assert "| tiny | 0.2M |" in printed and "GPU workers fed" in printed
+
+
+def test_feed_model_divides_the_passes_and_the_bytes_over_the_actors():
+    from ps_trainer.real_sizes import CallCosts, feed_model
+
+    # 20 ms that grow with the trunk; fixed: 2 ms alone, actor 0 +1 ms per other actor, the
+    # others 2.5 ms; 25M params.
+    costs = CallCosts(call_ms=2.0, decision_ms=1.0, part_ms=2.5)
+    rows = feed_model(20.0, costs, 25_000_000, 0.15, (1, 2, 4), nic_bytes_per_s=1e9)
+    # 1: 2 + 20; 2: max(2 + 1, 2.5) + 10; 4: max(2 + 3, 2.5) + 5
+    assert [r["ms_per_update"] for r in rows] == pytest.approx([22.0, 13.0, 10.0])
+    assert [r["network_updates_per_s"] for r in rows] == pytest.approx([10.0, 20.0, 40.0])
+    # 1 GB/s carries 10 pushes of 100 MB per second: one actor is network-bound
+    assert [r["updates_per_s"] for r in rows] == pytest.approx([10.0, 20.0, 40.0])
+    assert rows[2]["workers_fed"] == pytest.approx(40.0 * 0.15)
+    fast = feed_model(20.0, CallCosts(2.0, 0.0, 4.0), 25_000_000, 0.15, (1, 4),
+                      nic_bytes_per_s=1e12)           # the other actors' fixed cost sets the pace
+    assert [r["updates_per_s"] for r in fast] == pytest.approx([1000 / 22, 1000 / 9])
+    assert fast[1]["cpu_updates_per_s"] == fast[1]["updates_per_s"]
+
+
+def test_real_sizes_summary_is_mean_and_spread_over_the_repeats():
+    from ps_trainer.real_sizes import RealSizesPlan, TrunkSize, _summarise
+
+    def run(rate, passes_ms, scaled):
+        timed = {"updates_per_s": rate, "server_memory": {
+                     "before": {"private": 400e6}, "after": {"private": 410e6,
+                                                            "peak_resident": 600e6}},
+                 "breakdown": {"server_apply_ms": 10.0, "server_publish_ms": 2.0,
+                               "worker_wait_ms": 5.0}, "server_cpu_ms": [1000 / rate]}
+        return {"passes": {"apply_ms": passes_ms, "norm_ms": 1.0, "copy_ms": 2.0,
+                           "total_ms": passes_ms + 2.0, "apply_cpu_ms": passes_ms - 1.0,
+                           "copy_cpu_ms": 1.5, "total_cpu_ms": passes_ms + 0.5},
+                "shared": timed, "objects": {**timed, "updates_per_s": rate / 2,
+                                             "server_cpu_ms": [2000 / rate]},
+                "scaling": scaled}
+
+    size = TrunkSize("r50", 1_000_000, 0.1, 10)
+    plan = RealSizesPlan(sizes=(size,), workers=(1, 8), split_actors=(1,), nic_gbit_s=1e6)
+    fixed = {"call_ms": {"mean": 5.0}, "decision_ms": {"mean": 1.0}, "part_ms": {"mean": 4.0}}
+    row = _summarise(size, [run(20.0, 8.0, {1: 9.0}), run(40.0, 10.0, {1: 7.0})], fixed, plan)
+    rt = row["round_trip"]["shared_memory"]["updates_per_s"]
+    assert (rt["mean"], rt["values"]) == (30.0, [20.0, 40.0])
+    assert rt["std"] == pytest.approx(14.142, abs=1e-3)          # sample std of 20 and 40
+    assert row["passes"]["apply_ms"]["mean"] == 9.0
+    assert row["passes"]["total_cpu_ms"]["mean"] == 9.5
+    assert row["round_trip"]["object_store"]["server_ms"]["mean"] == 12.0
+    assert row["server_memory"]["private_end_mb"]["mean"] == pytest.approx(410)
+    assert row["server_memory"]["state_mb"] == pytest.approx(12.0)
+    # 8 workers were skipped in every repeat: no row; 1 worker: mean of 9 and 7 of ideal 10
+    assert [(r["workers"], r["efficiency"]) for r in row["scaling"]] == [(1, pytest.approx(0.8))]
+    assert row["workers_fed"]["object_store"] == pytest.approx({"measured": 15.0 * 0.1,
+                                                                "cpu": 1000 / 75.0 * 0.1})
+    # one actor: the CPU time per update measured with pushes as objects (100, 50 ms)
+    assert row["round_trip"]["object_store"]["server_cpu_ms"]["mean"] == pytest.approx(75.0)
+    assert row["split"][0]["ms_per_update"] == pytest.approx(75.0)
+
+
+def test_resnet_trunk_sizes_are_the_real_trunks():
+    from ps_trainer.config import ModelConfig
+    from ps_trainer.model.backbones import make_trunk
+    from ps_trainer.real_sizes import RESNET50_TRUNK_PARAMS, RESNET101_TRUNK_PARAMS
+
+    for backbone, params in (("resnet50", RESNET50_TRUNK_PARAMS),
+                             ("resnet101", RESNET101_TRUNK_PARAMS)):
+        trunk = make_trunk(ModelConfig(backbone=backbone))
+        assert sum(p.numel() for p in trunk.parameters()) == params, backbone
