@@ -42,5 +42,5 @@ ps-trainer train --config configs/quickstart.yaml --set run.out_dir="$out/r50" -
     --set eval.num_gpus=0.2 --set optimizer.lr=0.0005 2>&1 | tee "$out/r50.txt" | grep -E "updates [0-9]+ \||final|done" | tail -6
 
 echo "== 4. server bench at ResNet sizes"
-ps-trainer bench --help | grep -q real_sizes && ps-trainer bench --sections real_sizes --out "$out/bench.json" 2>&1 | tee "$out/bench.txt" | tail -20
+ps-trainer bench --sections real_sizes --out "$out/bench.json" 2>&1 | tee "$out/bench.txt" | tail -20
 echo "figures in $out/"
