@@ -16,8 +16,10 @@
 4. Memory: resident memory of the server and a worker over a long run of updates.
 5. Hardware efficiency (emulated accelerator-bound workers) and statistical efficiency
    (mIoU against updates, synchronous loop vs. asynchronous runtime): see ``efficiency.py``.
+6. Data: images/s from 2048 x 1024 PNGs to 512 x 1024 crops with 0, 1, 2 loader processes,
+   the time a step waits for its batch, memory per process: see ``data_bench.py``.
 
-``--sections trunks,scaling,memory,end_to_end,hardware,statistical`` runs a subset.
+``--sections trunks,scaling,memory,end_to_end,hardware,statistical,data`` runs a subset.
 
 Ratios hold across machines; absolute figures only on the same machine.
 """
@@ -38,7 +40,7 @@ import ray
 import torch
 from torch import nn
 
-from ps_trainer import efficiency
+from ps_trainer import data_bench, efficiency
 from ps_trainer.client import ParameterClient
 from ps_trainer.config import Config, config_from_dict
 from ps_trainer.params import FlatModel, ShardLayout, plan_pieces
@@ -57,7 +59,7 @@ _TENSORS_PER_TRUNK = 64     # a trunk is many tensors (conv weights); the naive 
 OBJECT_STORE_BYTES = 1 << 30
 
 
-SECTIONS = ("trunks", "scaling", "memory", "end_to_end", "hardware", "statistical")
+SECTIONS = ("trunks", "scaling", "memory", "end_to_end", "hardware", "statistical", "data")
 # --quick's statistical section: the quickstart shrunk to seconds (a smoke test of the section).
 _TINY_RUN = ("data.image_size=32", "data.unlabelled=64", "data.val=16", "model.widths=[8,16]",
              "model.blocks=[1,1]", "tasks.self_training.options.rampup_steps=10")
@@ -94,6 +96,7 @@ class BenchPlan:
     statistical_evals: int = 6
     statistical_target: float = 0.33                 # reached by the quickstart within the budget
     statistical_extra: tuple[str, ...] = ()
+    data: data_bench.DataBenchPlan = data_bench.DataBenchPlan()
     sections: tuple[str, ...] = SECTIONS
 
     @classmethod
@@ -103,7 +106,7 @@ class BenchPlan:
                    end_to_end=False, hardware_params=(1_000_000,), hardware_workers=(1, 2),
                    hardware_actors=(1, 2), hardware_step_s=0.05, hardware_updates=10,
                    statistical_workers=(1,), statistical_updates=120, statistical_evals=3,
-                   statistical_extra=_TINY_RUN)
+                   statistical_extra=_TINY_RUN, data=data_bench.DataBenchPlan.quick())
 
 
 # --------------------------------------------------------------------------- the stub model
@@ -482,11 +485,13 @@ def run_bench(plan: BenchPlan, out: Optional[str] = None, scratch_dir: Optional[
     if scratch_dir is None:
         scratch_dir = str(Path(out).with_name(Path(out).stem + "-runs")) if out else "runs/bench"
     bandwidth = memcpy_bandwidth()
-    started = not ray.is_initialized()
+    # The data section needs no Ray: alone, it runs without one competing for the cores.
+    started = not ray.is_initialized() and set(plan.sections) != {"data"}
     if started:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING,
                  object_store_memory=OBJECT_STORE_BYTES)
-    store = int(ray.available_resources().get("object_store_memory", OBJECT_STORE_BYTES))
+    store = (int(ray.available_resources().get("object_store_memory", OBJECT_STORE_BYTES))
+             if ray.is_initialized() else OBJECT_STORE_BYTES)
     plots = Path(out).parent if out else Path(scratch_dir)
     stem = Path(out).stem if out else "bench"
     parts = {
@@ -503,6 +508,7 @@ def run_bench(plan: BenchPlan, out: Optional[str] = None, scratch_dir: Optional[
             plan.statistical_config, plan.statistical_workers, plan.statistical_updates,
             plan.statistical_evals, f"{scratch_dir}/statistical", plan.statistical_target,
             plan.statistical_extra),
+        "data": lambda: data_bench.data_path(plan.data),
     }
     try:
         report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
@@ -570,6 +576,8 @@ def format_report(report: dict) -> str:
         lines += [f"| {r['params'] / 1e6:.0f}M | {r['server_actors']} | {r['workers']} | "
                   f"{r['updates_per_s']:.1f} | {r['ideal_updates_per_s']:.1f} | "
                   f"{r['efficiency']:.0%} |" for r in report["hardware"]]
+    if report.get("data"):
+        lines += data_bench.format_data(report["data"])
     st = report.get("statistical")
     if st:
         lines += ["", f"statistical efficiency ({st['updates']} updates, target mIoU "

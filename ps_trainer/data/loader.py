@@ -26,6 +26,7 @@ import math
 import multiprocessing
 from typing import Iterator, Optional, Union
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -77,8 +78,6 @@ class _BatchStream(IterableDataset):
         self.round = 0             # one more each time the loader processes are started again
 
     def __iter__(self) -> Iterator[tuple]:
-        import cv2
-        cv2.setNumThreads(1)       # one core per loader process (torch: set by the DataLoader)
         info = get_worker_info()
         loader = info.id if info is not None else 0
         rng = np.random.default_rng(np.random.SeedSequence(self.entropy,
@@ -135,7 +134,7 @@ class LoaderSampler:
         if self._batches is None:
             self._stream.round = self._rounds      # a new round never replays an old one
             self._rounds += 1
-            self._batches = iter(self._loader)
+            self._batches = _start(self._loader)
         images, masks, unusable, error = next(self._batches)
         self._count(unusable)
         if error is not None:
@@ -164,6 +163,19 @@ class LoaderSampler:
                 self.skipped = len(self._bad)
                 log.warning("skipping unusable image (%d skipped so far): %s", self.skipped,
                             reason)
+
+
+def _start(loader: DataLoader):
+    """The loader's iterator, its processes forked while OpenCV runs on one thread: they
+    inherit that (one core each), and no thread of OpenCV's pool (which a fork does not copy)
+    is left for them to wait on: a forked child that resized its pool hung on the threads of
+    its parent's. This process keeps its own setting."""
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        return iter(loader)
+    finally:
+        cv2.setNumThreads(threads)
 
 
 Sampler = Union[ImageSampler, LoaderSampler]      # what a TaskLoop draws its batches from
