@@ -44,4 +44,9 @@ def test_streamed_vectors_may_use_huge_pages_where_plain_tensors_may_not():
     big.fill_(1.0)
     assert thp_eligible(big)
     if "[madvise]" in THP.read_text():   # only what asks for huge pages gets them
-        assert not thp_eligible(torch.ones(3_000_000))
+        # The same kind of mapping without the advice (not torch.ones: in a long process the
+        # allocator may hand out memory a library has already advised).
+        plain = torch.frombuffer(mmap.mmap(-1, 12_000_000, flags=mmap.MAP_PRIVATE),
+                                 dtype=torch.float32)
+        plain.fill_(1.0)
+        assert not thp_eligible(plain)
