@@ -19,10 +19,12 @@
 6. Real sizes (``--sections real_sizes``, not part of the default run): ResNet-50 and
    ResNet-101 trunks with AdamW, and how many GPU workers one server actor feeds: see
    ``real_sizes.py``.
+7. Data: images/s from 2048 x 1024 PNGs to 512 x 1024 crops with 0, 1, 2 loader processes,
+   the time a step waits for its batch, memory per process: see ``data_bench.py``.
 
-``--sections trunks,scaling,memory,end_to_end,hardware,statistical,real_sizes`` runs a subset
-(the default: every section but real_sizes). Every row names the optimizer the server ran
-(SGD with momentum 0.9 unless it says otherwise).
+``--sections trunks,scaling,memory,end_to_end,hardware,statistical,real_sizes,data`` runs a
+subset (the default: every section but real_sizes). Every row names the optimizer the server
+ran (SGD with momentum 0.9 unless it says otherwise).
 
 Ratios hold across machines; absolute figures only on the same machine.
 """
@@ -43,7 +45,7 @@ import ray
 import torch
 from torch import nn
 
-from ps_trainer import efficiency, real_sizes
+from ps_trainer import data_bench, efficiency, real_sizes
 from ps_trainer.client import ParameterClient
 from ps_trainer.config import Config, config_from_dict
 from ps_trainer.params import FlatModel, ShardLayout, plan_pieces
@@ -67,7 +69,8 @@ _OPTIMIZERS = {"sgd": {"name": "sgd", "lr": 1e-6, "momentum": 0.9, "weight_decay
                "adamw": {"name": "adamw", "lr": 1e-6, "schedule": "constant"}}
 
 
-SECTIONS = ("trunks", "scaling", "memory", "end_to_end", "hardware", "statistical", "real_sizes")
+SECTIONS = ("trunks", "scaling", "memory", "end_to_end", "hardware", "statistical", "real_sizes",
+            "data")
 # What a plain `ps-trainer bench` runs: real_sizes adds minutes and a larger object store.
 DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s != "real_sizes")
 # --quick's statistical section: the quickstart shrunk to seconds (a smoke test of the section).
@@ -107,6 +110,7 @@ class BenchPlan:
     statistical_target: float = 0.33                 # reached by the quickstart within the budget
     statistical_extra: tuple[str, ...] = ()
     real_sizes: real_sizes.RealSizesPlan = real_sizes.RealSizesPlan()
+    data: data_bench.DataBenchPlan = data_bench.DataBenchPlan()
     sections: tuple[str, ...] = DEFAULT_SECTIONS
 
     @classmethod
@@ -116,7 +120,8 @@ class BenchPlan:
                    end_to_end=False, hardware_params=(1_000_000,), hardware_workers=(1, 2),
                    hardware_actors=(1, 2), hardware_step_s=0.05, hardware_updates=10,
                    statistical_workers=(1,), statistical_updates=120, statistical_evals=3,
-                   statistical_extra=_TINY_RUN, real_sizes=real_sizes.RealSizesPlan.quick())
+                   statistical_extra=_TINY_RUN, real_sizes=real_sizes.RealSizesPlan.quick(),
+                   data=data_bench.DataBenchPlan.quick())
 
 
 # --------------------------------------------------------------------------- the stub model
@@ -557,11 +562,13 @@ def run_bench(plan: BenchPlan, out: Optional[str] = None, scratch_dir: Optional[
     if scratch_dir is None:
         scratch_dir = str(Path(out).with_name(Path(out).stem + "-runs")) if out else "runs/bench"
     bandwidth = memcpy_bandwidth()
-    started = not ray.is_initialized()
+    # The data section needs no Ray: alone, it runs without one competing for the cores.
+    started = not ray.is_initialized() and set(plan.sections) != {"data"}
     if started:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING,
                  object_store_memory=object_store_bytes(plan))
-    store = int(ray.available_resources().get("object_store_memory", OBJECT_STORE_BYTES))
+    store = (int(ray.available_resources().get("object_store_memory", OBJECT_STORE_BYTES))
+             if ray.is_initialized() else OBJECT_STORE_BYTES)
     plots = Path(out).parent if out else Path(scratch_dir)
     stem = Path(out).stem if out else "bench"
     parts = {
@@ -579,6 +586,7 @@ def run_bench(plan: BenchPlan, out: Optional[str] = None, scratch_dir: Optional[
             plan.statistical_evals, f"{scratch_dir}/statistical", plan.statistical_target,
             plan.statistical_extra),
         "real_sizes": lambda: real_sizes.measure(plan.real_sizes, store),
+        "data": lambda: data_bench.data_path(plan.data),
     }
     try:
         report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
@@ -656,6 +664,8 @@ def format_report(report: dict) -> str:
         lines += [f"| {r['params'] / 1e6:.0f}M | {r['server_actors']} | {r['workers']} | "
                   f"{r['updates_per_s']:.1f} | {r['ideal_updates_per_s']:.1f} | "
                   f"{r['efficiency']:.0%} |" for r in report["hardware"]]
+    if report.get("data"):
+        lines += data_bench.format_data(report["data"])
     st = report.get("statistical")
     if st:
         lines += ["", f"statistical efficiency ({st['updates']} updates, target mIoU "

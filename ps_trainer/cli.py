@@ -100,7 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", help="write the results as JSON to this file (plots beside it)")
     bench.add_argument("--sections", help="comma-separated subset of: trunks, scaling, memory, "
                                           "end_to_end, hardware, statistical (the default: "
-                                          "these), real_sizes (ResNet-50/101 with AdamW)")
+                                          "these), real_sizes (ResNet-50/101 with AdamW), data")
 
     ch = sub.add_parser("chaos", help="train twice on a local Ray, undisturbed and with an actor "
                                       "process SIGKILLed every few seconds; compare")

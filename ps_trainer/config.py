@@ -170,6 +170,20 @@ class DataConfig:
     # Leave the labelled images out of the unlabelled pool (acts only where both splits come
     # from one data set; the split lists semi-supervised papers publish are disjoint too).
     unlabelled_excludes_labelled: bool = True
+    # Processes per worker that decode and crop its batches while it steps
+    # (ps_trainer/data/loader.py). 0: in the step's own thread, as the quickstart's CPU
+    # workers want (they share their cores already). auto: 0 on a CPU worker, and on a GPU
+    # worker its CPUs minus one (tasks.<name>.num_cpus - 1, at least 1): the step's host
+    # thread needs one. A GPU worker at Cityscapes resolution needs several (README
+    # "Performance", data): give it num_cpus to match, Ray does not count these processes.
+    loader_workers: Any = "auto"
+    prefetch_batches: int = 2            # batches each loader process prepares ahead
+    # Prepared images (decoded, resized: what `crops.prepare` returns) kept in memory, in MiB,
+    # per process that decodes: the worker itself, or each of its loader processes; filled until
+    # full, never evicted (draws are uniform, so every policy hits as often; eviction only adds
+    # churn). 8 workers x 256 MiB = 2 GiB on a node without loaders, 8 x 7 loaders x 256 MiB
+    # = 14 GiB with 8-CPU GPU workers. The quickstart's 4,096 + 16 images at 64 px take 64 MiB.
+    cache_mb: int = 256
 
     def __post_init__(self):
         check_choice("source", self.source, DATA_SOURCES)
@@ -187,6 +201,12 @@ class DataConfig:
         check(0.0 <= self.shifted_fraction <= 1.0, "shifted_fraction", self.shifted_fraction,
               "must be in [0, 1]")
         check_choice("val_domain", self.val_domain, DOMAIN_NAMES)
+        workers = self.loader_workers
+        check(workers == "auto" or (isinstance(workers, int) and not isinstance(workers, bool)
+                                    and workers >= 0),
+              "loader_workers", workers, "'auto' or a whole number >= 0 (0: in the step's thread)")
+        check(self.prefetch_batches >= 1, "prefetch_batches", self.prefetch_batches, "must be >= 1")
+        check(self.cache_mb >= 0, "cache_mb", self.cache_mb, "must be >= 0 (0: no cache)")
         self._check_split_sources()
 
     @property

@@ -3,7 +3,8 @@
 It starts the parameter-server shard(s), the evaluator and N workers per task; ``scale(task, n)``
 adds or stops workers while training runs; :meth:`run` supervises until a stop condition:
 
-- a dead worker is replaced (same task and replica id); its task loses its in-flight pushes;
+- a dead worker is replaced (same task and replica id, a new `restart` number, so that it
+  draws new batches: ``data/streams.py``); its task loses its in-flight pushes;
 - every ``server.snapshot_every_s`` it asks server actor 0 for a consistent snapshot of every
   server actor's state; the reply lives in the object store, owned by the coordinator, so it
   outlives the servers;
@@ -24,6 +25,7 @@ Actor classes and the model factory are injected by ``launch`` (this package nev
 """
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -34,6 +36,7 @@ import ray
 
 from ps_trainer.checkpoint import CheckpointManager
 from ps_trainer.config import Config
+from ps_trainer.data.streams import restart_number
 from ps_trainer.metrics import CoordinatorMetrics, Reporter
 from ps_trainer.params import Piece
 from ps_trainer.protocol import CoordinatorStatus, ServerStatus, SetupError
@@ -160,6 +163,11 @@ class Coordinator:
         self._server_pings: list = []
         self._snapshots = _Snapshots(cfg.server.snapshot_every_s)
         self._workers: dict[str, list[_WorkerSlot]] = {t: [] for t in cfg.task_names}
+        # Actors started per (task, replica) so far, and the version a resumed run started
+        # from: together they number each actor's random stream (bounded by the replicas).
+        self._incarnations: collections.Counter = collections.Counter()
+        self._resumed_from = (int(spec.resume_states[0]["version"]) if spec.resume_states
+                              else None)
         self._evaluator = None
         self._evaluator_ref = None
         self._stats = _Stats()
@@ -225,10 +233,12 @@ class Coordinator:
 
     def _new_worker(self, task: str, replica: int) -> _WorkerSlot:
         t = self._cfg.tasks[task]
+        restart = restart_number(self._incarnations[(task, replica)], self._resumed_from)
+        self._incarnations[(task, replica)] += 1
         handle = self._spec.worker_cls.options(
             num_cpus=t.num_cpus, num_gpus=t.num_gpus, resources=dict(t.resources),
             max_concurrency=2, max_restarts=0).remote(self._cfg, task, replica, self._servers,
-                                                      self._spec.plan, self._hub)
+                                                      self._spec.plan, self._hub, restart)
         return _WorkerSlot(handle, handle.run.remote(), replica, handle.ping.remote(),
                            setup=_SetupProbe(handle))
 

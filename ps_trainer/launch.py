@@ -22,6 +22,7 @@ from ps_trainer.checkpoint import CheckpointManager, load_checkpoint
 from ps_trainer.config import Config, ConfigError
 from ps_trainer.coordinator import Coordinator, RuntimeSpec
 from ps_trainer.data.splits import check_splits_here
+from ps_trainer.data.streams import restart_number
 from ps_trainer.evaluator import SEGMENTATION, EvalResult, Evaluator, make_evaluation_loop
 from ps_trainer.local import LocalTrainer
 from ps_trainer.metrics import MetricsHub
@@ -32,7 +33,8 @@ from ps_trainer.progress import Progress
 from ps_trainer.protocol import CoordinatorStatus
 from ps_trainer.run_config import load_run_config, saved_run_config
 from ps_trainer.run_folder import RunFolder
-from ps_trainer.runtime import on_this_node, pick_device, prepare_compute, set_threads
+from ps_trainer.runtime import (on_this_node, pick_device, prepare_compute, set_threads,
+                                usable_cores)
 from ps_trainer.schedule import RunSummary
 from ps_trainer.server import ParameterServer
 from ps_trainer_workers.assembly import build_model, build_task, build_tasks, task_shards
@@ -70,22 +72,32 @@ def run_local(cfg: Config, resume: Optional[dict] = None,
     flat = FlatModel(model, ShardLayout.of(model, shard_of))
     for shard, array in (initial or {}).items():
         flat.load(shard, np.ascontiguousarray(array, dtype=np.float32))
-    loops = {name: _shared_loop(cfg, name, flat, device) for name in cfg.task_names
-             if cfg.tasks[name].workers > 0}
-    eval_loop = make_evaluation_loop(cfg, functools.partial(build_eval_model, cfg), device)
-    trainer = LocalTrainer(cfg, flat, loops, eval_loop, run, frozen)
-    if resume is not None:
-        if len(resume["servers"]) != 1:
-            raise ValueError("this checkpoint comes from a sharded server; resume it distributed")
-        trainer.store.load_state(resume["servers"][0])
-    summary = trainer.train()
+    if resume is not None and len(resume["servers"]) != 1:
+        raise ValueError("this checkpoint comes from a sharded server; resume it distributed")
+    # A resumed run draws new batches, not those its first steps drew (data/streams.py).
+    restart = restart_number(0, int(resume["servers"][0]["version"]) if resume else None)
+    names = [name for name in cfg.task_names if cfg.tasks[name].workers > 0]
+    # The tasks step in turn and share this machine's cores (their loaders, data.loader_workers
+    # auto, included).
+    cores = usable_cores() / max(len(names), 1)
+    loops = {name: _shared_loop(cfg, name, flat, device, restart, cores) for name in names}
+    try:
+        eval_loop = make_evaluation_loop(cfg, functools.partial(build_eval_model, cfg), device)
+        trainer = LocalTrainer(cfg, flat, loops, eval_loop, run, frozen)
+        if resume is not None:
+            trainer.store.load_state(resume["servers"][0])
+        summary = trainer.train()
+    finally:
+        for loop in loops.values():
+            loop.sampler.close()                   # loader processes, if any
     _log_done(summary)
     return summary
 
 
-def _shared_loop(cfg: Config, name: str, flat: FlatModel, device) -> TaskLoop:
+def _shared_loop(cfg: Config, name: str, flat: FlatModel, device, restart: int = 0,
+                 num_cpus: Optional[float] = None) -> TaskLoop:
     """A task loop that trains the shared model (instead of a private copy)."""
-    task, sampler, rng = task_inputs(cfg, name, replica=0)
+    task, sampler, rng = task_inputs(cfg, name, 0, restart, device, num_cpus)
     return TaskLoop(task, flat, sampler, rng, device, StepPrecision.of(cfg.run, device))
 
 

@@ -103,6 +103,7 @@ class WorkerStatus:
     node: str                         # Ray node id
     results: dict                     # push result reason -> count
     skipped_images: int               # unreadable images its sampler skipped
+    restart: int = 0                  # which of its replica's actors (data/streams.py)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -18,6 +18,16 @@ def wait_for(predicate, timeout_s: float = 180.0, what: str = "condition", every
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs (an exited process not yet reaped, a zombie, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
 def free_ports(n: int) -> list[int]:
     """`n` distinct free TCP ports on 127.0.0.1 (all held at once, so none repeats)."""
     socks = [socket.socket() for _ in range(n)]

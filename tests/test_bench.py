@@ -62,6 +62,27 @@ def test_bench_sections_pick_a_subset_and_name_a_wrong_one(ray_session, tmp_path
     assert "unknown speed" in capsys.readouterr().err
 
 
+def test_data_section_measures_the_loader_rows_and_memory_per_cache(tmp_path, capsys):
+    out = tmp_path / "data.json"
+    assert main(["bench", "--quick", "--sections", "data", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["trunks"] is None and report["statistical"] is None
+    d = report["data"]
+    assert [r["loader_workers"] for r in d["rows"]] == [0, 1, 2]
+    for r in d["rows"]:
+        assert r["images_per_s"]["mean"] > 0 and r["wait_s"]["mean"] >= 0
+        assert len(r["memory"]["loaders"]) == r["loader_workers"]     # one entry per process
+        assert all(m["rss_mb"] >= m["pss_mb"] > 0 for m in [r["memory"]["main"],
+                                                              *r["memory"]["loaders"]])
+    assert [m["cache_mb"] for m in d["cache_memory"]] == [0, 16]
+    parts, cores = d["per_image_ms"], d["loader_cores"]
+    assert parts["decode"] > 0 and parts["crop"] > 0
+    assert cores["cores"] == pytest.approx(
+        16 * (parts["decode"] + parts["crop"]) / 1000 / 0.15)
+    printed = capsys.readouterr().out
+    assert "| loader workers | images/s |" in printed and "loader cores a GPU worker" in printed
+
+
 def test_time_to_target_ratios_per_seed_and_over_seeds():
     from ps_trainer.bench import format_time_to_target
     from ps_trainer.efficiency import summarise_time_to_target

@@ -61,11 +61,22 @@ def test_bool_is_not_an_int():
     ("run.compute_slots_per_node=-1", "run.compute_slots_per_node"),
     ("run.compute_slots_per_node=many", "run.compute_slots_per_node"),
     ("run.compute_slots_per_node=true", "run.compute_slots_per_node"),
+    ("data.loader_workers=-1", "data.loader_workers"),
+    ("data.loader_workers=many", "data.loader_workers"),
+    ("data.loader_workers=true", "data.loader_workers"),
+    ("data.prefetch_batches=0", "data.prefetch_batches"),
+    ("data.cache_mb=-1", "data.cache_mb"),
 ])
 def test_out_of_range(override, key):
     err = error_of([override])
     assert err.key == key
     assert "not allowed" in str(err)
+
+
+def test_loader_workers_are_auto_or_a_count():
+    assert load_config(None, BASE).data.loader_workers == "auto"
+    assert load_config(None, BASE + ["data.loader_workers=2"]).data.loader_workers == 2
+    assert load_config(None, BASE + ["data.loader_workers=0"]).data.loader_workers == 0
 
 
 def test_unknown_push_transport_lists_choices():

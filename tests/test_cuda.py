@@ -98,3 +98,30 @@ def test_distributed_run_with_a_gpu_worker(ray_session, tiny_config):
                              "run.precision=bf16", "run.max_updates=60", "run.name=gpu"])
     summary = run_distributed(cfg)
     assert summary.updates >= 60 and summary.applied["segmentation"] > 0
+
+
+def test_loader_batches_for_a_cuda_step_come_pinned_and_are_copied_to_the_device(tiny_config):
+    from ps_trainer.config import DataConfig
+    from ps_trainer.data import build_splits
+    from ps_trainer.data.loader import LoaderSampler
+    from ps_trainer_workers.worker import make_task_loop
+
+    data = build_splits(DataConfig(image_size=32, labelled=8, unlabelled=16, val=4), 0).labelled
+    on_gpu = LoaderSampler(data, 4, 32, [0, 3, 0, 0], 1, device=CUDA)
+    on_cpu = LoaderSampler(data, 4, 32, [0, 3, 0, 0], 1)
+    try:
+        images, masks = on_gpu.sample()
+        raw_images, raw_masks, _, _ = next(on_gpu._batches)      # the next batch, as it came
+        want_images, want_masks = on_cpu.sample()
+    finally:
+        on_gpu.close()
+        on_cpu.close()
+    assert raw_images.is_pinned() and raw_masks.is_pinned() and raw_images.dtype == torch.uint8
+    assert images.device.type == "cuda" and images.dtype == torch.float32
+    assert torch.equal(images.cpu(), want_images) and torch.equal(masks.cpu(), want_masks)
+
+    loop = make_task_loop(tiny_config(extra=["data.loader_workers=1"]), "segmentation", 0, CUDA)
+    try:
+        assert np.isfinite(loop.step().loss)
+    finally:
+        loop.sampler.close()

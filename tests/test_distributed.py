@@ -16,6 +16,7 @@ import pytest
 import ray
 
 from ps_trainer.checkpoint import CheckpointManager
+from ps_trainer.data.streams import restart_number
 from ps_trainer.launch import load_run_config, resume_from, start_coordinator, start_metrics
 from ps_trainer.run_folder import RunFolder
 from support import stop_run, wait_for
@@ -217,6 +218,9 @@ def test_stop_writes_a_final_evaluation_then_resume_continues(run, tmp_path):
     coordinator = start_coordinator(cfg, checkpoint)
     try:
         assert ray.get(coordinator.status.remote()).version >= final_version
+        # The resumed workers draw new batches, not those of the run's first steps.
+        workers = ray.get(coordinator.handles.remote())["workers"]["segmentation"]
+        assert ray.get(workers[0].status.remote()).restart == restart_number(0, final_version)
         resumed = ray.get(coordinator.run.remote(), timeout=180)
         assert resumed.stopped_by == "max_updates" and resumed.final["step"] >= final_version + 60
     finally:

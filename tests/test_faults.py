@@ -57,6 +57,10 @@ def test_ray_killed_worker_and_evaluator_are_replaced(started):
     ray.kill(victim, no_restart=True)
     wait_for(lambda: status(coordinator).restarts["worker"] == 1, what="a replacement worker")
     assert handles(coordinator)["workers"]["colorization"][0] != victim
+    # The replacement draws new batches: its restart number follows the first actor's.
+    workers = handles(coordinator)["workers"]
+    assert ray.get(workers["colorization"][0].status.remote()).restart == 1
+    assert ray.get(workers["rotation"][0].status.remote()).restart == 0
     count = applied(coordinator, "colorization")
     wait_for(lambda: applied(coordinator, "colorization") > count + 5, 90,
              what="colorization updates from the new worker")

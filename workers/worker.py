@@ -23,8 +23,9 @@ import ray
 import torch
 
 from ps_trainer.config import Config
-from ps_trainer.data.sampler import ImageSampler
+from ps_trainer.data.loader import Sampler, loader_workers_for, make_sampler
 from ps_trainer.data.splits import build_splits
+from ps_trainer.data.streams import stream_entropy
 from ps_trainer.metrics import Reporter, WorkerMetrics
 from ps_trainer.model import MultiTaskModel, shard_of
 from ps_trainer.shards import shards_of_head
@@ -47,7 +48,7 @@ _SERVER_GONE = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)
 class TaskLoop:
     """One task's training step on a model bound to flat buffers (no Ray, no optimizer)."""
 
-    def __init__(self, task: Task, flat: FlatModel, sampler: ImageSampler,
+    def __init__(self, task: Task, flat: FlatModel, sampler: Sampler,
                  rng: np.random.Generator, device: torch.device = torch.device("cpu"),
                  precision: Optional[StepPrecision] = None):
         self.task = task
@@ -68,6 +69,10 @@ class TaskLoop:
         it: on a GPU, CPU work there (staging the next weights) overlaps the step."""
         start = time.perf_counter()
         images, masks = self.sampler.sample()
+        # No-ops on the CPU. On CUDA, batches from loader processes arrive on the device
+        # already (pinned, copied without blocking); in-thread batches are copied here.
+        images = images.to(self.device, non_blocking=True)
+        masks = None if masks is None else masks.to(self.device, non_blocking=True)
         self.flat.zero_grad()
         self.model.train()
         with self.precision.autocast():
@@ -90,10 +95,12 @@ class TaskLoop:
         return {s: self.flat.stats[s].cpu().numpy() for s in self.shards if s in self.flat.stats}
 
 
-def task_inputs(cfg: Config, task_name: str, replica: int
-                ) -> tuple[Task, ImageSampler, np.random.Generator]:
-    """A task, its batch sampler (labelled or unlabelled images) and its random generator,
-    deterministic per (seed, task, replica)."""
+def task_inputs(cfg: Config, task_name: str, replica: int, restart: int = 0,
+                device: torch.device = torch.device("cpu"), num_cpus: Optional[float] = None
+                ) -> tuple[Task, Sampler, np.random.Generator]:
+    """A task, its batch sampler (labelled or unlabelled images, in this thread or in
+    `data.loader_workers` processes) and its random generator, deterministic per (seed, task,
+    replica, restart). `num_cpus`: the worker's CPUs (default: its task's num_cpus)."""
     task = build_task(cfg, task_name)
     splits = build_splits(cfg.data, cfg.run.seed)
     dataset = splits.labelled if task.uses_labels else splits.unlabelled
@@ -101,17 +108,20 @@ def task_inputs(cfg: Config, task_name: str, replica: int
         raise ValueError(f"task {task_name!r} has no unlabelled images: the pool is empty once "
                          f"the {len(splits.labelled)} labelled ones are left out (set "
                          f"data.unlabelled_excludes_labelled: false, or label fewer)")
-    task_index = cfg.task_names.index(task_name)
-    rng = np.random.default_rng([cfg.run.seed, task_index, replica])
-    sampler = ImageSampler(dataset, cfg.tasks[task_name].batch_size, cfg.data.image_size, rng,
-                           crops=task.crops())
+    entropy = stream_entropy(cfg.run.seed, cfg.task_names.index(task_name), replica, restart)
+    rng = np.random.default_rng(entropy)
+    d = cfg.data
+    loaders = loader_workers_for(d.loader_workers, device,
+                                 cfg.tasks[task_name].num_cpus if num_cpus is None else num_cpus)
+    sampler = make_sampler(dataset, cfg.tasks[task_name].batch_size, d.image_size, rng, entropy,
+                           loaders, d.prefetch_batches, d.cache_mb << 20, task.crops(), device)
     return task, sampler, rng
 
 
 def make_task_loop(cfg: Config, task_name: str, replica: int,
-                   device: torch.device = torch.device("cpu")) -> TaskLoop:
+                   device: torch.device = torch.device("cpu"), restart: int = 0) -> TaskLoop:
     """A TaskLoop with its own model copy (trunk + this task's head)."""
-    task, sampler, rng = task_inputs(cfg, task_name, replica)
+    task, sampler, rng = task_inputs(cfg, task_name, replica, restart, device)
     model = build_model(cfg, {task_name: task}, seed=cfg.run.seed).to(device)
     prepare_compute(cfg.run, model, device)
     return TaskLoop(task, FlatModel(model, ShardLayout.of(model, shard_of)), sampler, rng, device,
@@ -123,14 +133,16 @@ class TaskWorker:
     calls — stop, set_servers, status — in the other). Its data, model, parameter client and
     compute slots are made when :meth:`run` starts, not in ``__init__``: a failure there, or in
     the first training step (the first batch, a teacher checkpoint loaded on first use), is a
-    :class:`SetupError` of that call (see ``protocol.py``)."""
+    :class:`SetupError` of that call (see ``protocol.py``). `restart` numbers this actor among
+    the replica's incarnations (``data/streams.py``): a replacement draws new batches."""
 
     def __init__(self, cfg: Config, task_name: str, replica: int, servers: list,
-                 plan: tuple[Piece, ...], hub=None):
+                 plan: tuple[Piece, ...], hub=None, restart: int = 0):
         set_threads(cfg.tasks[task_name].num_cpus)
         self._cfg = cfg
         self._task = task_name
         self._replica = replica
+        self._restart = restart
         self._plan = plan
         self._loop: Optional[TaskLoop] = None              # both made by _open()
         self._client: Optional[ParameterClient] = None
@@ -160,7 +172,8 @@ class TaskWorker:
         return WorkerStatus(task=self._task, replica=self._replica, steps=self._steps,
                             node=ray.get_runtime_context().get_node_id(),
                             results=dict(self._results),
-                            skipped_images=loop.sampler.skipped if loop else 0)
+                            skipped_images=loop.sampler.skipped if loop else 0,
+                            restart=self._restart)
 
     def ping(self) -> bool:
         return True
@@ -170,8 +183,12 @@ class TaskWorker:
         return self._set_up
 
     def process(self) -> dict:
-        """Where this actor's process runs: {"node", "pid"} (for ``ps-trainer chaos``)."""
-        return {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+        """Where this actor's process runs: {"node", "pid", "loader_pids"} (for ``ps-trainer
+        chaos``; loader_pids: its running loader processes)."""
+        loop = self._loop
+        pids = getattr(loop.sampler, "loader_pids", list)() if loop else []
+        return {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
+                "loader_pids": pids}
 
     # ------------------------------------------------------------------ loop thread
 
@@ -179,7 +196,7 @@ class TaskWorker:
         cfg, task = self._cfg, self._task
         try:
             device = torch.device("cuda" if ray.get_gpu_ids() else "cpu")
-            loop = make_task_loop(cfg, task, self._replica, device)
+            loop = make_task_loop(cfg, task, self._replica, device, self._restart)
             pieces = tuple(p for p in self._plan if p.shard in loop.shards)
             client = ParameterClient(self._servers, pieces, loop.flat,
                                      cfg.tasks[task].inflight, cfg.server.grad_dtype,
@@ -212,6 +229,15 @@ class TaskWorker:
         """Train until stopped (or `max_steps`); returns the worker's status."""
         if self._loop is None:
             self._open()
+        try:
+            self._train(max_steps)
+        finally:
+            self._loop.sampler.close()          # its loader processes end with the run
+        self._client.drain()
+        self._reporter.now()
+        return self.status()
+
+    def _train(self, max_steps: Optional[int]) -> None:
         servers = None
         while not self._stop.is_set() and (max_steps is None or self._steps < max_steps):
             try:
@@ -236,9 +262,6 @@ class TaskWorker:
                             self._task, self._replica, type(err).__name__)
                 while self._servers is servers and not self._stop.is_set():
                     time.sleep(0.05)
-        self._client.drain()
-        self._reporter.now()
-        return self.status()
 
     def _observe(self, stats: PushStats) -> None:
         """Per-step metrics: counters advance by the client's deltas (no growing state)."""

@@ -2,33 +2,41 @@
 
 Training: every image is made by a :mod:`~ps_trainer.data.crops` pipeline: by default the
 shorter side resized to ``image_size`` and a random square; segmentation may use rescaled
-``crop_size`` crops instead. Prepared images are cached in memory up to ``cache_images`` so
-that a worker decodes (or renders) each image once; an unusable one is read, logged and
-counted once, then never drawn again. Evaluation (:class:`EvalReader`) streams whole images at
+``crop_size`` crops instead. Prepared images are cached in memory up to ``cache_bytes`` so
+that a process decodes (or renders) each image once while there is room; an unusable one is
+read, logged and counted once, then never drawn again. Background loader processes run the
+same sampler (``ps_trainer/data/loader.py``). Evaluation (:class:`EvalReader`) streams whole images at
 their own resolution; ``ps_trainer/inference.py`` applies the test scale.
 """
 from __future__ import annotations
 
 import logging
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
 
+from ps_trainer.config import DataConfig
 from ps_trainer.data.base import IGNORE_INDEX, Sample, SegmentationDataset, UnreadableImage
 from ps_trainer.data.crops import Crops, SquareCrops, crop_square, resize_short_side
 
 log = logging.getLogger(__name__)
 _MAX_CONSECUTIVE_FAILURES = 100
+DEFAULT_CACHE_BYTES = DataConfig.cache_mb << 20
 
 
 class ImageSampler:
     """Random batches from a dataset: images (B, 3, H, W) float32 in [0, 1], masks (B, H, W)
-    int64, each image made by `crops` (default: a random `image_size` square)."""
+    int64, each image made by `crops` (default: a random `image_size` square).
+
+    Prepared images are kept while they fit in `cache_bytes` (image and mask bytes), never
+    evicted: draws are uniform, so any policy hits as often, and eviction would only churn
+    memory. An unusable image is logged, or handed to `on_unusable(index, error)` instead."""
 
     def __init__(self, dataset: SegmentationDataset, batch_size: int, image_size: int,
-                 rng: np.random.Generator, cache_images: int = 8192,
-                 crops: Optional[Crops] = None):
+                 rng: np.random.Generator, cache_bytes: int = DEFAULT_CACHE_BYTES,
+                 crops: Optional[Crops] = None,
+                 on_unusable: Optional[Callable[[int, UnreadableImage], None]] = None):
         if len(dataset) == 0:
             raise ValueError("cannot sample batches from an empty dataset")
         self.dataset = dataset
@@ -39,12 +47,22 @@ class ImageSampler:
         self.skipped = 0               # distinct unusable images met so far
         self._bad: set[int] = set()    # their indices: never read again (bounded by the dataset)
         self._cache: dict[int, Sample] = {}
-        self._cache_limit = cache_images
+        self._cache_limit_bytes = cache_bytes
+        self.cached_bytes = 0
+        self._on_unusable = on_unusable or self._log_unusable
         h, w = self.crops.size
         self._images = np.empty((batch_size, h, w, 3), np.uint8)
         self._masks = np.empty((batch_size, h, w), np.uint8) if dataset.has_masks else None
 
     def sample(self) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        return to_tensors(*self.sample_arrays())
+
+    def close(self) -> None:
+        """Nothing to end: the batches are made in the caller's thread."""
+
+    def sample_arrays(self) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """A batch as uint8 arrays, images (B, H, W, 3) and masks (B, H, W) (or None), in
+        buffers that the next call overwrites."""
         failures = 0
         i = 0
         while i < self.batch_size:
@@ -61,7 +79,7 @@ class ImageSampler:
             failures = 0
             self._put(i, sample)
             i += 1
-        return to_tensors(self._images, self._masks)
+        return self._images, self._masks
 
     def _load(self, index: int) -> Optional[Sample]:
         sample = self._cache.get(index)
@@ -72,13 +90,18 @@ class ImageSampler:
         except UnreadableImage as err:
             self._bad.add(index)
             self.skipped = len(self._bad)
-            log.warning("skipping unusable image (%d skipped so far): %s", self.skipped, err)
+            self._on_unusable(index, err)
             if self.skipped == len(self.dataset):
                 raise RuntimeError(f"all {self.skipped} images are unusable; check the data") from None
             return None
-        if len(self._cache) < self._cache_limit:
+        size = sample.image.nbytes + (sample.mask.nbytes if sample.mask is not None else 0)
+        if self.cached_bytes + size <= self._cache_limit_bytes:
             self._cache[index] = sample
+            self.cached_bytes += size
         return sample
+
+    def _log_unusable(self, index: int, err: UnreadableImage) -> None:
+        log.warning("skipping unusable image (%d skipped so far): %s", self.skipped, err)
 
     def _put(self, i: int, sample: Sample) -> None:
         cropped = self.crops.crop(sample, self.rng)
@@ -151,6 +174,13 @@ def iterate_eval(dataset: SegmentationDataset, batch_size: int
 
 def to_tensors(images: np.ndarray, masks: Optional[np.ndarray]):
     # (B, S, S, 3) uint8 -> (B, 3, S, S) float32 in [0, 1]; masks (B, S, S) uint8 -> int64
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
-    y = torch.from_numpy(masks).long() if masks is not None else None
+    return batch_tensors(torch.from_numpy(images),
+                         torch.from_numpy(masks) if masks is not None else None)
+
+
+def batch_tensors(images: torch.Tensor, masks: Optional[torch.Tensor]):
+    """uint8 images (B, H, W, 3) -> (B, 3, H, W) float32 in [0, 1], masks (B, H, W) uint8 ->
+    int64, on the tensors' own device."""
+    x = images.permute(0, 3, 1, 2).float().div_(255.0)
+    y = masks.long() if masks is not None else None
     return x, y

@@ -62,17 +62,29 @@ def test_an_unreadable_image_is_read_and_counted_once():
     assert data.bad_reads == 2 and sampler.skipped == 2
 
 
-def test_cache_bounds_memory_and_avoids_reloading():
+def test_cache_is_bounded_in_bytes_and_avoids_reloading():
     data = Stripes(n=6)
+    prepared = resize_short_side(data[0], 8)             # what the sampler keeps
+    per_image = prepared.image.nbytes + prepared.mask.nbytes
+    assert per_image == 8 * 13 * 4                        # (8, 13) RGB + mask, uint8
     sampler = ImageSampler(data, batch_size=30, image_size=8, rng=np.random.default_rng(0),
-                           cache_images=4)
+                           cache_bytes=4 * per_image + per_image // 2)
     sampler.sample()
-    assert len(sampler._cache) == 4
+    assert len(sampler._cache) == 4 and sampler.cached_bytes == 4 * per_image   # full, kept
     loads = data.loads
-    full = ImageSampler(data, 30, 8, np.random.default_rng(1), cache_images=100)
+    images, _ = sampler.sample()
+    drawn = (images[:, 0, 0, 0] * 255).round().long().tolist()     # image i is filled with i
+    assert data.loads - loads == sum(i not in sampler._cache for i in drawn)   # the rest reread
+
+    loads = data.loads
+    full = ImageSampler(data, 30, 8, np.random.default_rng(1), cache_bytes=6 * per_image)
     full.sample()
     full.sample()
     assert data.loads - loads == 6                       # each image decoded once
+    loads = data.loads
+    uncached = ImageSampler(data, 30, 8, np.random.default_rng(1), cache_bytes=0)
+    uncached.sample()
+    assert data.loads - loads == 30 and uncached.cached_bytes == 0
 
 
 def test_resize_then_centre_crop_keeps_aspect_and_labels():

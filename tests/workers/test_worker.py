@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import ray
+import torch
 
 from ps_trainer.params import encode_grad
 from ps_trainer.protocol import APPLIED
@@ -29,6 +30,32 @@ def test_task_loop_is_deterministic_per_seed_task_and_replica(tiny_config):
     losses = [[loop.step().loss for _ in range(2)] for loop in (a, b, other)]
     assert losses[0] == losses[1]
     assert losses[0] != losses[2]
+
+
+@pytest.mark.parametrize("loader_workers", [0, 1])
+def test_batches_are_deterministic_per_seed_task_replica_and_restart(tiny_config, loader_workers):
+    cfg = tiny_config(tasks=("rotation", "segmentation"),
+                      extra=[f"data.loader_workers={loader_workers}"])
+    loops = [make_task_loop(cfg, "segmentation", 0, restart=r) for r in (0, 0, 1)]
+    try:
+        batches = [[loop.sampler.sample() for _ in range(3)] for loop in loops]
+    finally:
+        for loop in loops:
+            loop.sampler.close()
+    for (a, a_masks), (b, b_masks), (c, _) in zip(*batches):
+        assert torch.equal(a, b) and torch.equal(a_masks, b_masks)   # the same restart
+        assert not torch.equal(a, c)             # a replacement or resumed run: new batches
+
+
+def test_loop_with_a_loader_process_steps_on_its_batches(tiny_config):
+    cfg = tiny_config(tasks=("rotation", "segmentation"), extra=["data.loader_workers=1"])
+    loop = make_task_loop(cfg, "segmentation", 0)
+    try:
+        stats = loop.step()
+        assert len(loop.sampler.loader_pids()) == 1
+    finally:
+        loop.sampler.close()
+    assert np.isfinite(stats.loss) and stats.samples == cfg.tasks["segmentation"].batch_size
 
 
 def test_segmentation_loop_draws_labelled_images(tiny_config):
@@ -68,6 +95,35 @@ def test_worker_actor_pushes_to_a_server_and_stops(ray_session, tiny_config, tra
     assert server_status.push_buffers == int(transport == "shared_memory" and SUPPORTED)
     for actor in (worker, server):
         ray.kill(actor)
+
+
+@pytest.mark.ray
+def test_worker_actor_with_a_loader_process_pushes_and_its_loader_dies_with_it(ray_session,
+                                                                              tiny_config):
+    from ps_trainer.launch import _runtime_spec
+    from support import process_alive, wait_for
+
+    cfg = tiny_config(tasks=("rotation", "segmentation"), extra=["data.loader_workers=1"])
+    spec = _runtime_spec(cfg, None)
+    server = spec.server_cls.options(num_cpus=0.25).remote(cfg, 0, spec.initial_weights[0],
+                                                          spec.task_keys)
+    worker = spec.worker_cls.options(num_cpus=0.25, max_concurrency=2).remote(
+        cfg, "rotation", 0, [server], spec.plan, None, 3)
+    pids = []
+    try:
+        status = ray.get(worker.run.remote(max_steps=6), timeout=120)
+        assert status.steps == 6 and status.results.get(APPLIED, 0) == 6 and status.restart == 3
+        assert ray.get(worker.process.remote())["loader_pids"] == []    # ended with the run
+        worker.run.remote()                                # again, until the actor is killed
+        pids = wait_for(lambda: ray.get(worker.process.remote())["loader_pids"],
+                        what="the worker's loader process")
+        assert len(pids) == 1 and process_alive(pids[0])
+        wait_for(lambda: ray.get(server.status.remote()).version > 6, what="more pushes")
+    finally:
+        ray.kill(worker)
+        ray.kill(server)
+    wait_for(lambda: not any(process_alive(p) for p in pids), 60,
+             what="the loader to end with its worker")
 
 
 @pytest.fixture
