@@ -218,9 +218,12 @@ def test_stop_writes_a_final_evaluation_then_resume_continues(run, tmp_path):
     coordinator = start_coordinator(cfg, checkpoint)
     try:
         assert ray.get(coordinator.status.remote()).version >= final_version
-        # The resumed workers draw new batches, not those of the run's first steps.
-        workers = ray.get(coordinator.handles.remote())["workers"]["segmentation"]
-        assert ray.get(workers[0].status.remote()).restart == restart_number(0, final_version)
+        # The resumed workers draw new batches, not those of the run's first steps. (Ask the
+        # first to answer: with the first run's actors still alive, some wait for CPUs.)
+        workers = [w for ws in ray.get(coordinator.handles.remote())["workers"].values()
+                   for w in ws]
+        answered, _ = ray.wait([w.status.remote() for w in workers], timeout=120)
+        assert answered and ray.get(answered[0]).restart == restart_number(0, final_version)
         resumed = ray.get(coordinator.run.remote(), timeout=180)
         assert resumed.stopped_by == "max_updates" and resumed.final["step"] >= final_version + 60
     finally:
