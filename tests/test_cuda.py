@@ -125,3 +125,19 @@ def test_loader_batches_for_a_cuda_step_come_pinned_and_are_copied_to_the_device
         assert np.isfinite(loop.step().loss)
     finally:
         loop.sampler.close()
+
+
+@pytest.mark.parametrize("teacher", ["pulled", "ema"])
+def test_self_training_step_on_cuda_with_a_loader(tiny_config, teacher):
+    """The views and CutMix maps are drawn on the CPU for a batch that is already on the GPU."""
+    from ps_trainer_workers.worker import make_task_loop
+
+    cfg = tiny_config(tasks=("segmentation", "self_training"),
+                      extra=["data.loader_workers=1",
+                             f"tasks.self_training.options.teacher={teacher}",
+                             "tasks.self_training.options.cutmix_probability=1.0"])
+    loop = make_task_loop(cfg, "self_training", 0, CUDA)
+    try:
+        assert all(np.isfinite(loop.step().loss) for _ in range(3))
+    finally:
+        loop.sampler.close()

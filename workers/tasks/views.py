@@ -116,6 +116,7 @@ def cutmix_sources(batch: int, size: tuple[int, int], rng: np.random.Generator,
 
 def gather_pixels(values: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
     """values[source[b, y, x], ..., y, x] for (B, ..., H, W) values and a (B, H, W) index map."""
+    source = source.to(values.device)      # a CPU-drawn map for a batch already on the GPU
     b, h, w = source.shape
     rows = torch.arange(h, device=values.device).view(1, h, 1)
     cols = torch.arange(w, device=values.device).view(1, 1, w)
