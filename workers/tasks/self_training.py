@@ -18,50 +18,40 @@ the classes the model is already sure of — here the background — and self-tr
 grows them at the others' expense; per-class quantiles keep every class represented.
 ``rampup_steps`` ramps the loss in over the task's first steps, while the teacher is poor.
 
-Teacher (``teacher``): ``pulled`` uses the weights the worker computes with — the current
-model, as in FixMatch and UniMatch; in the asynchronous runtime that is the last pulled
-version, already a step or more behind the server. ``ema`` keeps an exponential moving
-average of the weights the task has seen (Mean Teacher, Tarvainen & Valpola, NeurIPS 2017),
-in the worker, updated once per step. ``checkpoint`` is a fixed teacher: the trunk and
-segmentation head of ``teacher_checkpoint`` (a run's checkpoint, e.g. the result of an
-earlier semi-supervised fine-tuning), never updated, in eval mode — self-training in rounds,
-each round's student starting again from the pretrained trunk and learning from the previous
-round's model (ST++, Yang et al., CVPR 2022; Noisy Student, Xie et al., CVPR 2020). The file
-must be readable where the task's workers run. With ``teacher_flip`` such a teacher also
-predicts the mirrored view and the two are averaged: cheaper pseudo-labels than more rounds.
-``teacher_scales`` makes it predict the view resized by each factor (e.g. ``[1.0, 1.5]``: a
-1.5x zoom resolves thin and small objects the coarse output grid misses); all predictions,
-brought back to the view's size, are averaged (multi-scale test-time augmentation, common in
-segmentation evaluation, used here for the pseudo-labels only).
+Teacher (``teacher``, :mod:`~ps_trainer_workers.tasks.teachers`): ``pulled`` uses the weights
+the worker computes with — the current model, as in FixMatch and UniMatch; in the
+asynchronous runtime that is the last pulled version, already a step or more behind the
+server. ``ema`` keeps an exponential moving average of the weights the task has seen, in the
+worker. ``checkpoint`` is a fixed teacher: the trunk and segmentation head of
+``teacher_checkpoint`` (a run's checkpoint, e.g. the result of an earlier semi-supervised
+fine-tuning), never updated, in eval mode — self-training in rounds, each round's student
+starting again from the pretrained trunk and learning from the previous round's model (ST++,
+Yang et al., CVPR 2022; Noisy Student, Xie et al., CVPR 2020). The file must be readable where
+the task's workers run. With ``teacher_flip`` such a teacher also predicts the mirrored view
+and the two are averaged: cheaper pseudo-labels than more rounds. ``teacher_scales`` makes it
+predict the view resized by each factor (e.g. ``[1.0, 1.5]``: a 1.5x zoom resolves thin and
+small objects the coarse output grid misses); all predictions, brought back to the view's
+size, are averaged (multi-scale test-time augmentation, used here for the pseudo-labels only).
 """
 from __future__ import annotations
 
-import copy
-import math
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from ps_trainer.checkpoint import load_checkpoint
-from ps_trainer.model import shard_of
-from ps_trainer.options import Options, check, check_choice
-from ps_trainer.params import FlatModel, Piece, ShardLayout, load_norm_stats, load_pieces
-from ps_trainer.shards import TRUNK_SHARD, head_shard
+from ps_trainer.options import check
 from ps_trainer_workers.tasks.base import Task, TaskModel
 from ps_trainer_workers.tasks.heads import resize_like
 from ps_trainer_workers.tasks.registry import TASKS
+from ps_trainer_workers.tasks.teachers import Teacher, TeacherOptions, pseudo_labels
 from ps_trainer_workers.tasks.views import (color_jitter, cutmix_sources, flip_and_zoom, gather_pixels,
                                  gaussian_blur, random_grayscale)
 
-TEACHERS = ("pulled", "ema", "checkpoint")
-
-
 @dataclass(frozen=True)
-class SelfTrainingOptions(Options):
+class SelfTrainingOptions(TeacherOptions):
     threshold: float = 0.95              # confidence a pseudo-label needs (UniMatch, VOC)
     feature_dropout: float = 0.5         # FP stream's Dropout2d rate; 0 = no feature perturbation
     fp_weight: float = 0.5               # share of the FP stream in the loss (UniMatch: 0.5)
@@ -74,15 +64,9 @@ class SelfTrainingOptions(Options):
     cutmix_probability: float = 0.5
     class_quantile: float = 0.0          # > 0: also keep each class's most confident share
     rampup_steps: int = 0                # loss ramps linearly from 0 over the task's first steps
-    teacher: str = "pulled"              # pulled | ema | checkpoint
-    ema_decay: float = 0.99
-    teacher_checkpoint: str = ""         # teacher: checkpoint: the fixed teacher's file
-    teacher_flip: bool = False           # ema | checkpoint: average with the mirrored view
-    teacher_scales: tuple[float, ...] = (1.0,)   # ema | checkpoint: average over input resizes
-
-    path_keys = ("teacher_checkpoint",)  # made absolute by the config gate
 
     def __post_init__(self):
+        super().__post_init__()
         check(0.0 <= self.threshold < 1.0, "threshold", self.threshold, "must be in [0, 1)")
         check(0.0 <= self.feature_dropout < 1.0, "feature_dropout", self.feature_dropout,
               "must be in [0, 1)")
@@ -98,18 +82,6 @@ class SelfTrainingOptions(Options):
         check(0.0 <= self.class_quantile <= 1.0, "class_quantile", self.class_quantile,
               "must be in [0, 1]")
         check(self.rampup_steps >= 0, "rampup_steps", self.rampup_steps, "must be >= 0")
-        check_choice("teacher", self.teacher, TEACHERS)
-        check(0.0 < self.ema_decay < 1.0, "ema_decay", self.ema_decay, "must be in (0, 1)")
-        check(bool(self.teacher_checkpoint) == (self.teacher == "checkpoint"),
-              "teacher_checkpoint", self.teacher_checkpoint,
-              "a checkpoint file with teacher: checkpoint, and only then")
-        check(not self.teacher_flip or self.teacher != "pulled", "teacher_flip", self.teacher_flip,
-              "with teacher: ema or checkpoint (the pulled teacher is the student's own pass)")
-        check(len(self.teacher_scales) > 0 and all(0.25 <= f <= 4.0 for f in self.teacher_scales),
-              "teacher_scales", self.teacher_scales, "one or more factors in [0.25, 4]")
-        check(tuple(self.teacher_scales) == (1.0,) or self.teacher != "pulled", "teacher_scales",
-              self.teacher_scales,
-              "with teacher: ema or checkpoint (the pulled teacher is the student's own pass)")
 
 
 @TASKS.register("self_training")
@@ -129,8 +101,8 @@ class SelfTraining(Task):
 
     def __init__(self, context, options=None):
         super().__init__(context, options)
-        self._ema: Optional[nn.Module] = None
-        self._fixed: Optional[nn.Module] = None
+        self.teacher = (None if self.options.teacher == "pulled"
+                        else Teacher(self.options, self.head_name))
         self._steps = 0
 
     def make_batch(self, images: torch.Tensor, rng: np.random.Generator,
@@ -154,7 +126,7 @@ class SelfTraining(Task):
                     ) -> torch.Tensor:
         """Mean over pixels of CE(student, pseudo-label) where the teacher is confident;
         `source` (B, H, W) maps each student pixel to the image its label comes from."""
-        confidence, labels = self.pseudo_labels(teacher, source.shape[-2:])
+        confidence, labels = pseudo_labels(teacher, source.shape[-2:])
         keep = self.selected(confidence, labels, teacher.shape[1])
         keep, labels = gather_pixels(keep, source), gather_pixels(labels, source)
         ce = F.cross_entropy(resize_like(student, source.shape[-2:]), labels, reduction="none")
@@ -173,13 +145,6 @@ class SelfTraining(Task):
                     keep |= mine & (confidence >= cut)
         return keep
 
-    @staticmethod
-    def pseudo_labels(logits: torch.Tensor, size) -> tuple[torch.Tensor, torch.Tensor]:
-        """(confidence, label), each (B, H, W), from (B, K, h, w) logits upsampled to `size`."""
-        with torch.no_grad():
-            probs = resize_like(logits.float(), tuple(size)).softmax(dim=1)
-            return probs.max(dim=1)
-
     def training_loss(self, model: TaskModel, images: torch.Tensor, rng: np.random.Generator,
                       masks: Optional[torch.Tensor] = None) -> torch.Tensor:
         """One trunk pass over weak and strong views; the FP stream decodes the weak
@@ -196,7 +161,7 @@ class SelfTraining(Task):
                              for f in features)
         outputs = model.decode(features)
         weak, strong, perturbed = outputs[:b], outputs[b: 2 * b], outputs[2 * b:]
-        teacher = weak.detach() if o.teacher == "pulled" else self._teacher(model, inputs[:b])
+        teacher = weak.detach() if self.teacher is None else self.teacher.logits(model, inputs[:b])
         loss = self.consistency(teacher, strong, source)
         if len(perturbed):
             identity = torch.arange(b, device=device).view(b, 1, 1).expand_as(source)
@@ -206,62 +171,3 @@ class SelfTraining(Task):
         if self._steps <= o.rampup_steps:
             loss = loss * (self._steps / o.rampup_steps)
         return loss
-
-    def _teacher(self, model: TaskModel, weak: torch.Tensor) -> torch.Tensor:
-        """Weak-view logits of the ``ema`` or ``checkpoint`` teacher; with ``teacher_flip`` or
-        ``teacher_scales``, its class probabilities averaged over the mirrored and resized
-        views, at the view's size, as log-probabilities (the pseudo-labels' softmax gives back
-        the average)."""
-        o = self.options
-        if o.teacher == "checkpoint":
-            if self._fixed is None:
-                self._fixed = self._load_fixed_teacher(model)
-            teacher = self._fixed
-        else:
-            teacher = self._ema_teacher(model)
-        with torch.no_grad():
-            if not o.teacher_flip and tuple(o.teacher_scales) == (1.0,):
-                return teacher(model.head, weak)
-            size = tuple(weak.shape[-2:])
-            views = [(f, False) for f in o.teacher_scales]
-            views += [(f, True) for f in o.teacher_scales] if o.teacher_flip else []
-            total = None
-            for factor, mirror in views:
-                x = weak.flip(-1) if mirror else weak
-                if factor != 1.0:
-                    x = F.interpolate(x, scale_factor=factor, mode="bilinear",
-                                      align_corners=False)
-                log_p = resize_like(teacher(model.head, x), size).log_softmax(1)
-                log_p = log_p.flip(-1) if mirror else log_p
-                total = log_p if total is None else torch.logaddexp(total, log_p)
-            return total - math.log(len(views))
-
-    def _load_fixed_teacher(self, model: TaskModel) -> nn.Module:
-        """A copy of the model holding `teacher_checkpoint`'s trunk and segmentation head
-        (and that head's norm statistics), frozen, in eval mode."""
-        path = self.options.teacher_checkpoint
-        payload = load_checkpoint(path)
-        teacher = copy.deepcopy(model.model)
-        flat = FlatModel(teacher, ShardLayout.of(teacher, shard_of))  # before freezing: the
-        teacher.requires_grad_(False)                                 # layout takes trainables
-        wanted = {TRUNK_SHARD, head_shard(self.head_name)}
-        try:
-            loaded = load_pieces(flat, payload["servers"], [Piece(**p) for p in payload["plan"]],
-                                 wanted)
-        except ValueError as err:
-            raise ValueError(f"teacher checkpoint {path}: {err}") from None
-        if loaded != wanted:
-            raise ValueError(f"teacher checkpoint {path} holds no {sorted(wanted - loaded)} "
-                             f"weights: it must hold a trained {self.head_name} head")
-        load_norm_stats(flat, payload["servers"], self.head_name, wanted)
-        return teacher.eval()
-
-    def _ema_teacher(self, model: TaskModel) -> nn.Module:
-        """The moving average of the weights this task has trained with, updated by one step."""
-        with torch.no_grad():
-            if self._ema is None:
-                self._ema = copy.deepcopy(model.model).requires_grad_(False)
-            else:
-                for avg, now in zip(self._ema.parameters(), model.model.parameters()):
-                    avg.lerp_(now, 1.0 - self.options.ema_decay)
-        return self._ema.train(model.model.training)

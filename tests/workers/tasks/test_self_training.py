@@ -133,13 +133,13 @@ def test_ema_teacher_starts_at_the_weights_and_lags_behind(context, images):
     model = model_for(context)
     view = TaskModel(model, "segmentation")
     task.training_loss(view, images, np.random.default_rng(0))
-    first = next(task._ema.parameters()).clone()
+    first = next(task.teacher.ema.parameters()).clone()
     torch.testing.assert_close(first, next(model.parameters()).detach())
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)
     task.training_loss(view, images, np.random.default_rng(0))
-    torch.testing.assert_close(next(task._ema.parameters()), first + 0.1)   # (1 - 0.9) of the move
+    torch.testing.assert_close(next(task.teacher.ema.parameters()), first + 0.1)   # (1 - 0.9) of the move
 
 
 def test_self_training_alone_sharpens_predictions(context, images):
@@ -218,8 +218,8 @@ def test_checkpoint_teacher_is_the_saved_model_and_stays_fixed(context, images, 
         for p in student.parameters():
             p.add_(0.5)
     task.training_loss(view, images, np.random.default_rng(1))
-    torch.testing.assert_close(task._teacher(view, images), expected)   # ... the teacher does not
-    assert not any(p.requires_grad for p in task._fixed.parameters())
+    torch.testing.assert_close(task.teacher.logits(view, images), expected)   # ... the teacher does not
+    assert not any(p.requires_grad for p in task.teacher.fixed.parameters())
 
 
 def test_checkpoint_teacher_needs_a_matching_checkpoint_with_the_head(context, images,
@@ -271,9 +271,9 @@ def test_flip_teacher_averages_the_view_and_its_mirror(context, images, tmp_path
                                                 "teacher_flip": True})
     with torch.no_grad():
         probs = (_probs_at(teacher_model, images) + _probs_at(teacher_model, images, mirror=True)) / 2
-    torch.testing.assert_close(flip._teacher(view, images).softmax(1), probs)
+    torch.testing.assert_close(flip.teacher.logits(view, images).softmax(1), probs)
     plain = make_task("self_training", context, {"teacher": "checkpoint", "teacher_checkpoint": path})
-    plain_probs = resize_like(plain._teacher(view, images), tuple(images.shape[-2:])).softmax(1)
+    plain_probs = resize_like(plain.teacher.logits(view, images), tuple(images.shape[-2:])).softmax(1)
     assert not torch.allclose(plain_probs, probs)
     with pytest.raises(ConfigError, match="teacher_flip"):
         make_task("self_training", None, {"teacher_flip": True})
@@ -291,7 +291,7 @@ def test_multiscale_teacher_averages_resized_and_mirrored_views(context, images,
                     for f in (1.0, 1.5) for m in (False, True)) / 4
         flip_only = (_probs_at(teacher_model, images)
                      + _probs_at(teacher_model, images, mirror=True)) / 2
-    got = task._teacher(view, images).softmax(1)
+    got = task.teacher.logits(view, images).softmax(1)
     assert got.shape[-2:] == images.shape[-2:]
     torch.testing.assert_close(got, probs)
     assert not torch.allclose(got, flip_only, atol=1e-4)
