@@ -45,7 +45,8 @@ SCHEDULES = ("constant", "step", "cosine")
 STALENESS_POLICIES = ("scale", "unscaled")
 GRAD_DTYPES = ("float32", "float16", "bfloat16")
 PUSH_TRANSPORTS = ("shared_memory", "object_store")
-DOMAIN_NAMES = ("source", "shifted")
+DOMAIN_NAMES = ("source", "shifted")                 # the two domains a run draws from
+PALETTES = ("source", "shifted", "overcast")         # the generator's color distributions
 BACKBONES = ("small", "resnet18", "resnet34", "resnet50", "resnet101")
 PRECISIONS = ("fp32", "bf16", "fp16")
 EVAL_MODES = ("whole", "slide")
@@ -99,14 +100,14 @@ class RunConfig:
 @dataclass(frozen=True)
 class DomainConfig:
     """Knobs of the synthetic-scene generator that define a visual domain."""
-    palette: str = "source"        # which color distribution: source | shifted
+    palette: str = "source"        # which color distribution: source | shifted | overcast
     texture: float = 1.0           # texture contrast multiplier
     lighting: float = 1.0          # strength of lighting gradients and shadows
     noise: float = 1.0             # sensor-noise multiplier
     blur: float = 0.0              # Gaussian blur sigma in pixels
 
     def __post_init__(self):
-        check_choice("palette", self.palette, DOMAIN_NAMES)
+        check_choice("palette", self.palette, PALETTES)
         for name in ("texture", "lighting", "noise", "blur"):
             value = getattr(self, name)
             check(value >= 0, name, value, "must be >= 0")
@@ -159,6 +160,10 @@ class DataConfig:
     shifted_domain: DomainConfig = SHIFTED_DOMAIN
     shifted_fraction: float = 0.0        # share of unlabelled images from the shifted domain
     val_domain: str = "source"           # source | shifted
+    labelled_domain: str = "source"      # source | shifted (shifted: a target-label oracle)
+    # Synthetic scenes: score on the validation images (used to choose settings) or on the
+    # test images, a stream of their own that nothing is chosen on (experiment tables).
+    val_split: str = "val"               # val | test
     # Per-split data sets on disk (null: data.source and data.root), e.g. GTA5 labelled,
     # Cityscapes unlabelled and val; all must share one class space.
     labelled_from: Optional[SplitSource] = None
@@ -201,6 +206,10 @@ class DataConfig:
         check(0.0 <= self.shifted_fraction <= 1.0, "shifted_fraction", self.shifted_fraction,
               "must be in [0, 1]")
         check_choice("val_domain", self.val_domain, DOMAIN_NAMES)
+        check_choice("labelled_domain", self.labelled_domain, DOMAIN_NAMES)
+        check_choice("val_split", self.val_split, ("val", "test"))
+        check(self.val_split == "val" or not self.on_disk, "val_split", self.val_split,
+              "test only with the synthetic scenes (a data set on disk: data.val_from.split)")
         workers = self.loader_workers
         check(workers == "auto" or (isinstance(workers, int) and not isinstance(workers, bool)
                                     and workers >= 0),

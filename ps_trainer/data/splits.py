@@ -3,7 +3,9 @@
 Synthetic scenes: the validation images and the unlabelled pool depend only on the data
 (``data.seed``-free: fixed seeds below), so every run and every experiment seed is scored on
 the same images; the labelled images are the first N of a pool drawn with ``run.seed``, so
-N = 8 is a subset of N = 16 and seeds vary which images are labelled.
+N = 8 is a subset of N = 16 and seeds vary which images are labelled. ``data.val_split:
+test`` scores on test images instead, from a stream of their own: settings are chosen on the
+validation images and reported on the test images.
 Disk datasets: each split reads its own data set (``data.<split>_from``, by default
 ``data.source`` at ``data.root``: train, train, val), restricted to a split list if one is
 given. Labelled = the first N of a ``run.seed`` permutation of its pool (N larger than the
@@ -23,7 +25,7 @@ from ps_trainer.config import (SOURCE_CLASSES, SPLIT_ROLES, ConfigError, DataCon
 from ps_trainer.data.base import Concat, SegmentationDataset, Subset
 
 # Stream ids so that the splits never share an image.
-_VAL_STREAM, _UNLABELLED_STREAM, _SHIFTED_STREAM, _LABELLED_STREAM = 1, 2, 3, 4
+_VAL_STREAM, _UNLABELLED_STREAM, _SHIFTED_STREAM, _LABELLED_STREAM, _TEST_STREAM = 1, 2, 3, 4, 5
 _LABELLED_POOL = 100_000
 SYNTHETIC_VAL_IMAGES = 256   # data.val: null with synthetic scenes, which have no end
 
@@ -75,10 +77,13 @@ def _synthetic(cfg: DataConfig, seed: int) -> Splits:
         scenes(cfg.unlabelled - n_shifted, _UNLABELLED_STREAM, cfg.source_domain, masks=False),
         scenes(n_shifted, _SHIFTED_STREAM, cfg.shifted_domain, masks=False)) if len(p)]
     unlabelled = Concat(parts) if parts else scenes(0, _UNLABELLED_STREAM, cfg.source_domain, False)
-    labelled = Subset(scenes(_LABELLED_POOL, _LABELLED_STREAM, cfg.source_domain, run_seed=seed),
+    labelled_domain = (cfg.shifted_domain if cfg.labelled_domain == "shifted"
+                       else cfg.source_domain)
+    labelled = Subset(scenes(_LABELLED_POOL, _LABELLED_STREAM, labelled_domain, run_seed=seed),
                       np.arange(cfg.labelled))
     val_domain = cfg.shifted_domain if cfg.val_domain == "shifted" else cfg.source_domain
-    val = scenes(cfg.val or SYNTHETIC_VAL_IMAGES, _VAL_STREAM, val_domain)
+    val = scenes(cfg.val or SYNTHETIC_VAL_IMAGES,
+                 _TEST_STREAM if cfg.val_split == "test" else _VAL_STREAM, val_domain)
     return Splits(unlabelled, labelled, val, len(CLASS_NAMES), tuple(CLASS_NAMES))
 
 

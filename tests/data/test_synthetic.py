@@ -209,3 +209,37 @@ def test_preview_cli_writes_a_grid_and_reports_speed(tmp_path, capsys):
     grid = cv2.imread(str(written[0]))
     assert grid.shape == (2 * 34, 4 * 66, 3)  # 6 tiles in rows of 4, image | mask + gutter
     assert "images/s" in capsys.readouterr().out
+
+
+def test_the_overcast_palette_is_a_third_domain_grey_and_dark():
+    """Overcast skies are less saturated and roads darker than either other palette's."""
+    def sky_saturation_and_road_value(palette):
+        sky, road = [], []
+        for i in range(80):
+            image, mask = render_scene(np.random.default_rng([9, i]), 32,
+                                       DomainConfig(palette=palette))
+            hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV).astype(float)
+            sky.append(hsv[mask == S.SKY][:, 1])
+            road.append(hsv[mask == S.ROAD][:, 2])
+        return np.concatenate(sky).mean(), np.concatenate(road).mean()
+
+    overcast = sky_saturation_and_road_value("overcast")
+    for other in ("source", "shifted"):
+        theirs = sky_saturation_and_road_value(other)
+        assert overcast[0] < theirs[0] and overcast[1] < theirs[1], (other, overcast, theirs)
+
+
+def test_splits_label_either_domain_and_test_images_are_their_own():
+    from ps_trainer.config import ConfigError, DataConfig
+    from ps_trainer.data.splits import build_splits
+
+    plain = build_splits(DataConfig(labelled=4, val=8), 0)
+    oracle = build_splits(DataConfig(labelled=4, val=8, labelled_domain="shifted"), 0)
+    test = build_splits(DataConfig(labelled=4, val=8, val_split="test"), 0)
+    for i in range(4):          # same scenes (masks), the shifted domain's look
+        np.testing.assert_array_equal(oracle.labelled[i].mask, plain.labelled[i].mask)
+        assert np.abs(oracle.labelled[i].image.astype(int) - plain.labelled[i].image).mean() > 5
+    val_images = {plain.val[i].image.tobytes() for i in range(8)}
+    assert not val_images & {test.val[i].image.tobytes() for i in range(8)}
+    with pytest.raises(ConfigError, match="val_split"):
+        DataConfig(source="folder", root="/tmp", num_classes=3, val_split="test")

@@ -64,8 +64,30 @@ SHIFTED_PALETTE = {
     M_TYRE: [(1.0, _ANY, (0.0, 0.1), (0.03, 0.2))],
     M_SKIN: [(1.0, (8, 35), (0.2, 0.6), (0.25, 0.95))],
 }
+# A second shifted domain, for checking that settings chosen on "shifted" carry over: a wet,
+# overcast town — grey-blue skies, dark wet roads, muted greens, ochre and slate buildings.
+OVERCAST_PALETTE = {
+    M_SKY: [(0.6, _ANY, (0.0, 0.08), (0.45, 0.8)),            # grey cloud
+            (0.4, (185, 215), (0.05, 0.25), (0.35, 0.65))],   # blue-grey
+    M_GROUND: [(0.5, (80, 150), (0.15, 0.45), (0.12, 0.4)),   # wet grass
+               (0.5, (20, 40), (0.15, 0.4), (0.1, 0.35))],    # mud
+    M_HILL: [(1.0, (120, 200), (0.05, 0.25), (0.2, 0.5))],
+    M_ROAD: [(0.7, _ANY, (0.0, 0.08), (0.05, 0.3)),           # wet asphalt
+             (0.3, (190, 230), (0.05, 0.2), (0.2, 0.45))],    # puddles mirroring the sky
+    M_FACADE: [(0.5, (35, 55), (0.3, 0.6), (0.35, 0.75)),     # ochre
+               (0.5, (200, 240), (0.05, 0.2), (0.2, 0.55))],  # slate
+    M_ROOF: [(1.0, _ANY, (0.0, 0.12), (0.08, 0.35))],
+    M_FOLIAGE: [(1.0, (85, 135), (0.2, 0.5), (0.1, 0.4))],
+    M_TRUNK: [(1.0, (10, 40), (0.1, 0.4), (0.05, 0.3))],
+    M_PAINT: [(0.6, _ANY, (0.4, 0.9), (0.25, 0.7)),
+              (0.4, _ANY, (0.0, 0.1), (0.05, 0.8))],
+    M_GLASS: [(1.0, (180, 230), (0.05, 0.3), (0.1, 0.5))],
+    M_TYRE: [(1.0, _ANY, (0.0, 0.1), (0.02, 0.15))],
+    M_SKIN: [(1.0, (8, 35), (0.15, 0.5), (0.2, 0.8))],
+}
 # Global color cast of each palette (RGB gain at full strength).
-PALETTE_TINT = {"source": (1.0, 1.0, 1.0), "shifted": (1.1, 0.93, 0.78)}
+PALETTE_TINT = {"source": (1.0, 1.0, 1.0), "shifted": (1.1, 0.93, 0.78),
+                "overcast": (0.85, 0.95, 1.1)}
 # The second color of a segment (windows, mortar, clouds, lane paint, shade) relative to the
 # first: (hue shift degrees, saturation shift, value shift) ranges.
 SECOND_COLOR = {
@@ -102,7 +124,8 @@ def _compile_palette(palette: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 PALETTES = {"source": _compile_palette(SOURCE_PALETTE),
-            "shifted": _compile_palette(SHIFTED_PALETTE)}
+            "shifted": _compile_palette(SHIFTED_PALETTE),
+            "overcast": _compile_palette(OVERCAST_PALETTE)}
 SECOND_LOW = np.array([[r[0] for r in SECOND_COLOR[m]] for m in range(NUM_MATERIALS)])
 SECOND_HIGH = np.array([[r[1] for r in SECOND_COLOR[m]] for m in range(NUM_MATERIALS)])
 
