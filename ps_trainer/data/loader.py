@@ -33,7 +33,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ps_trainer.data.base import SegmentationDataset
 from ps_trainer.data.crops import Crops
-from ps_trainer.data.sampler import DEFAULT_CACHE_BYTES, ImageSampler, batch_tensors, to_tensors
+from ps_trainer.data.sampler import (DEFAULT_CACHE_BYTES, ImageSampler, batch_tensors, draw_cdf,
+                                     to_tensors)
 
 log = logging.getLogger(__name__)
 _START_METHOD = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
@@ -52,13 +53,16 @@ def loader_workers_for(setting, device: torch.device, num_cpus: float) -> int:
 def make_sampler(dataset: SegmentationDataset, batch_size: int, image_size: int,
                  rng: np.random.Generator, entropy: list[int], loader_workers: int = 0,
                  prefetch_batches: int = 2, cache_bytes: int = DEFAULT_CACHE_BYTES,
-                 crops: Optional[Crops] = None, device: torch.device = torch.device("cpu")):
+                 crops: Optional[Crops] = None, device: torch.device = torch.device("cpu"),
+                 weights: Optional[np.ndarray] = None):
     """An :class:`ImageSampler` drawing from `rng` (no loader workers), or a
-    :class:`LoaderSampler` whose processes seed themselves from `entropy`."""
+    :class:`LoaderSampler` whose processes seed themselves from `entropy`; `weights`: per-image
+    draw weights (None: uniform)."""
     if loader_workers == 0:
-        return ImageSampler(dataset, batch_size, image_size, rng, cache_bytes, crops)
+        return ImageSampler(dataset, batch_size, image_size, rng, cache_bytes, crops,
+                            weights=weights)
     return LoaderSampler(dataset, batch_size, image_size, entropy, loader_workers,
-                         prefetch_batches, cache_bytes, crops, device)
+                         prefetch_batches, cache_bytes, crops, device, weights)
 
 
 class _BatchStream(IterableDataset):
@@ -67,8 +71,10 @@ class _BatchStream(IterableDataset):
     `error` ends the stream (every image unusable, or too many in a row)."""
 
     def __init__(self, dataset: SegmentationDataset, batch_size: int, image_size: int,
-                 entropy: list[int], cache_bytes: int, crops: Optional[Crops], as_uint8: bool):
+                 entropy: list[int], cache_bytes: int, crops: Optional[Crops], as_uint8: bool,
+                 weights: Optional[np.ndarray] = None):
         self.dataset = dataset
+        self.weights = weights
         self.batch_size = batch_size
         self.image_size = image_size
         self.entropy = list(entropy)
@@ -85,7 +91,8 @@ class _BatchStream(IterableDataset):
         found: list[tuple[int, str]] = []
         sampler = ImageSampler(self.dataset, self.batch_size, self.image_size, rng,
                                self.cache_bytes, self.crops,
-                               on_unusable=lambda index, err: found.append((index, str(err))))
+                               on_unusable=lambda index, err: found.append((index, str(err))),
+                               weights=self.weights)
         while True:
             try:
                 images, masks = sampler.sample_arrays()
@@ -111,16 +118,19 @@ class LoaderSampler:
     def __init__(self, dataset: SegmentationDataset, batch_size: int, image_size: int,
                  entropy: list[int], loader_workers: int, prefetch_batches: int = 2,
                  cache_bytes: int = DEFAULT_CACHE_BYTES, crops: Optional[Crops] = None,
-                 device: torch.device = torch.device("cpu")):
+                 device: torch.device = torch.device("cpu"),
+                 weights: Optional[np.ndarray] = None):
         if len(dataset) == 0:
             raise ValueError("cannot sample batches from an empty dataset")
+        if weights is not None:
+            draw_cdf(weights, len(dataset))         # refused here, not in a loader process
         self.dataset = dataset
         self.device = device
         self.skipped = 0                  # distinct unusable images met by any loader
         self._bad: set[int] = set()       # bounded by the dataset
         cuda = device.type == "cuda"
         self._stream = _BatchStream(dataset, batch_size, image_size, entropy, cache_bytes,
-                                    crops, as_uint8=cuda)
+                                    crops, as_uint8=cuda, weights=weights)
         # A private generator: making the iterator draws a seed from it, not from torch's
         # global one (which the step's own random draws use).
         self._loader = DataLoader(self._stream, batch_size=None, num_workers=loader_workers,

@@ -31,14 +31,18 @@ class ImageSampler:
 
     Prepared images are kept while they fit in `cache_bytes` (image and mask bytes), never
     evicted: draws are uniform, so any policy hits as often, and eviction would only churn
-    memory. An unusable image is logged, or handed to `on_unusable(index, error)` instead."""
+    memory. An unusable image is logged, or handed to `on_unusable(index, error)` instead.
+    `weights` (one per image, any positive scale) draws images in proportion to them
+    instead of uniformly (rare-class sampling, ``data/class_stats.py``)."""
 
     def __init__(self, dataset: SegmentationDataset, batch_size: int, image_size: int,
                  rng: np.random.Generator, cache_bytes: int = DEFAULT_CACHE_BYTES,
                  crops: Optional[Crops] = None,
-                 on_unusable: Optional[Callable[[int, UnreadableImage], None]] = None):
+                 on_unusable: Optional[Callable[[int, UnreadableImage], None]] = None,
+                 weights: Optional[np.ndarray] = None):
         if len(dataset) == 0:
             raise ValueError("cannot sample batches from an empty dataset")
+        self._cdf = None if weights is None else draw_cdf(weights, len(dataset))
         self.dataset = dataset
         self.batch_size = batch_size
         self.image_size = image_size
@@ -66,7 +70,7 @@ class ImageSampler:
         failures = 0
         i = 0
         while i < self.batch_size:
-            index = int(self.rng.integers(len(self.dataset)))
+            index = self._draw()
             if index in self._bad:
                 continue
             sample = self._load(index)
@@ -80,6 +84,11 @@ class ImageSampler:
             self._put(i, sample)
             i += 1
         return self._images, self._masks
+
+    def _draw(self) -> int:
+        if self._cdf is None:
+            return int(self.rng.integers(len(self.dataset)))
+        return int(np.searchsorted(self._cdf, self.rng.random(), side="right"))
 
     def _load(self, index: int) -> Optional[Sample]:
         sample = self._cache.get(index)
@@ -108,6 +117,19 @@ class ImageSampler:
         self._images[i] = cropped.image
         if self._masks is not None:
             self._masks[i] = cropped.mask
+
+
+def draw_cdf(weights: np.ndarray, count: int) -> np.ndarray:
+    """The cumulative shares of `count` non-negative image weights (a positive sum), to draw
+    from with one uniform number."""
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.shape != (count,) or not np.all(np.isfinite(weights)) or weights.min() < 0 \
+            or weights.sum() <= 0:
+        raise ValueError(f"image weights must be {count} finite values >= 0 with a positive "
+                         f"sum, got shape {weights.shape}")
+    cdf = np.cumsum(weights / weights.sum())
+    cdf[-1] = 1.0 + 1e-12      # searchsorted never runs past the last image
+    return cdf
 
 
 class EvalReader:
