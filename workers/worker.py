@@ -24,6 +24,7 @@ import torch
 
 from ps_trainer.config import Config
 from ps_trainer.data.loader import Sampler, loader_workers_for, make_sampler
+from ps_trainer.data.paired import PairedSampler
 from ps_trainer.data.splits import build_splits
 from ps_trainer.data.streams import stream_entropy
 from ps_trainer.metrics import Reporter, WorkerMetrics
@@ -103,8 +104,8 @@ def task_inputs(cfg: Config, task_name: str, replica: int, restart: int = 0,
     replica, restart). `num_cpus`: the worker's CPUs (default: its task's num_cpus)."""
     task = build_task(cfg, task_name)
     splits = build_splits(cfg.data, cfg.run.seed)
-    dataset = splits.labelled if task.uses_labels else splits.unlabelled
-    if len(dataset) == 0 and not task.uses_labels:
+    needs_unlabelled = task.uses_both_splits or not task.uses_labels
+    if len(splits.unlabelled) == 0 and needs_unlabelled:
         raise ValueError(f"task {task_name!r} has no unlabelled images: the pool is empty once "
                          f"the {len(splits.labelled)} labelled ones are left out (set "
                          f"data.unlabelled_excludes_labelled: false, or label fewer)")
@@ -113,8 +114,21 @@ def task_inputs(cfg: Config, task_name: str, replica: int, restart: int = 0,
     d = cfg.data
     loaders = loader_workers_for(d.loader_workers, device,
                                  cfg.tasks[task_name].num_cpus if num_cpus is None else num_cpus)
-    sampler = make_sampler(dataset, cfg.tasks[task_name].batch_size, d.image_size, rng, entropy,
-                           loaders, d.prefetch_batches, d.cache_mb << 20, task.crops(), device)
+
+    def sampler_of(dataset, stream_entropy, weights=None):
+        return make_sampler(dataset, cfg.tasks[task_name].batch_size, d.image_size, rng,
+                            stream_entropy, loaders, d.prefetch_batches, d.cache_mb << 20,
+                            task.crops(), device, weights)
+
+    if task.uses_both_splits:
+        # Two streams: the labelled one keeps the task's entropy, the other extends it.
+        sampler = PairedSampler(
+            sampler_of(splits.labelled, entropy, task.labelled_weights(splits.labelled)),
+            sampler_of(splits.unlabelled, [*entropy, 1]))
+    elif task.uses_labels:
+        sampler = sampler_of(splits.labelled, entropy, task.labelled_weights(splits.labelled))
+    else:
+        sampler = sampler_of(splits.unlabelled, entropy)
     return task, sampler, rng
 
 

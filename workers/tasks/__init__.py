@@ -1,4 +1,5 @@
-"""Self-supervised pretext tasks, segmentation and self-training: each registers itself in ``TASKS``.
+"""Self-supervised pretext tasks, segmentation, self-training and domain-adaptive self-training:
+each registers itself in ``TASKS``.
 
     task = make_task("rotation", context, {"all_rotations": False})
     inputs, targets = task.make_batch(images, rng)
@@ -9,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Optional
 
-from ps_trainer_workers.tasks import (colorization, denoising, exemplar, inpainting, jigsaw,  # noqa: F401
-                           relative_position, rotation, segmentation, self_training)
+from ps_trainer_workers.tasks import (colorization, denoising, domain_adaptation,  # noqa: F401
+                                      exemplar, inpainting, jigsaw, relative_position, rotation,
+                                      segmentation, self_training)
 from ps_trainer_workers.tasks.base import Task, TaskContext
 from ps_trainer_workers.tasks.registry import TASKS
 

@@ -71,6 +71,9 @@ class TaskModel:
 class Task(abc.ABC):
     name: ClassVar[str]
     uses_labels: ClassVar[bool] = False          # batches come from the labelled split
+    # With uses_labels: each batch is B labelled images, then B unlabelled ones (masks 255)
+    # from the unlabelled split (data/paired.py): source and target domain side by side.
+    uses_both_splits: ClassVar[bool] = False
     head_of: ClassVar[Optional[str]] = None      # train this task's head instead of an own one
     Options: ClassVar[type] = NoOptions
 
@@ -98,6 +101,10 @@ class Task(abc.ABC):
     def crops(self) -> Optional[Crops]:
         """How the sampler makes this task's training images (None: a random
         data.image_size square, see ps_trainer.data.crops)."""
+        return None
+
+    def labelled_weights(self, dataset) -> Optional[np.ndarray]:
+        """Per-image draw weights for the labelled split (None: uniform draws)."""
         return None
 
     @abc.abstractmethod

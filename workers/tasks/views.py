@@ -1,5 +1,6 @@
 """Batched image views for consistency training: a weak view (flip, zoom) and strong
-photometric perturbations (color jitter, grayscale, Gaussian blur) plus CutMix boxes.
+photometric perturbations (color jitter, grayscale, Gaussian blur), CutMix boxes, class-mix
+masks (the pixels of some of an image's labelled classes) and masked-out blocks.
 
 Every random choice is drawn from the caller's numpy generator, so a view depends only on
 it (not on torch's global seed). Images are float32 (B, 3, H, W) RGB in [0, 1].
@@ -112,6 +113,34 @@ def cutmix_sources(batch: int, size: tuple[int, int], rng: np.random.Generator,
         top, left = rng.integers(0, h - bh + 1), rng.integers(0, w - bw + 1)
         source[i, top: top + bh, left: left + bw] = other
     return torch.from_numpy(source)
+
+
+def class_mix_masks(masks: torch.Tensor, rng: np.random.Generator, share: float = 0.5,
+                    ignore_index: int = 255) -> torch.Tensor:
+    """(B, H, W) bool: for each labelled mask, the pixels of a random `share` of the classes
+    it contains (at least one when it has any) — ClassMix (Olsson et al., WACV 2021), across
+    domains in DACS (Tranheden et al., WACV 2021)."""
+    chosen = torch.zeros_like(masks, dtype=torch.bool)
+    for i in range(masks.shape[0]):
+        classes = torch.unique(masks[i])
+        classes = classes[classes != ignore_index].cpu().numpy()
+        if len(classes) == 0:
+            continue
+        count = max(1, int(round(share * len(classes))))
+        picked = torch.from_numpy(rng.choice(classes, size=count, replace=False)).to(masks.device)
+        chosen[i] = torch.isin(masks[i], picked)
+    return chosen
+
+
+def block_mask(shape, rng: np.random.Generator, ratio: float, block: int,
+               device: torch.device) -> torch.Tensor:
+    """(B, 1, H, W) float: 0 on a random `ratio` share of `block`-pixel squares, 1 elsewhere
+    (masked image modelling's patch mask, as MIC masks target images: Hoyer et al., CVPR
+    2023)."""
+    b, _, h, w = shape
+    keep = rng.random((b, 1, -(-h // block), -(-w // block))) >= ratio
+    grid = torch.from_numpy(keep.astype(np.float32)).to(device)
+    return grid.repeat_interleave(block, -2).repeat_interleave(block, -1)[..., :h, :w]
 
 
 def gather_pixels(values: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
