@@ -12,7 +12,10 @@ and N, e.g. as the fixed teacher of self-training in rounds (``semi.yaml``); so 
 has no separate stages: its tasks train together with segmentation on the N labelled images
 from the start, and its final mIoU is the row's. Results are appended to ``results.csv`` as
 they come, so an interrupted grid resumes where it stopped; ``results.md`` (mean ± std over
-seeds) and ``results.png`` summarise them.
+seeds) and ``results.png`` summarise them. With ``test: true`` each row's final model is also
+scored on the synthetic test images (``data.val_split: test``, a stream nothing is chosen on),
+and ``results.md`` gives that table beside the validation one: choose settings on validation,
+report test.
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ from ps_trainer.run_config import check_run_config, load_run_config
 from ps_trainer.options import Options, build_dataclass, check, check_choice
 
 log = logging.getLogger(__name__)
-FIELDS = ("run", "tasks", "balancing", "seed", "labels", "miou", "pretrain_updates",
+FIELDS = ("run", "tasks", "balancing", "seed", "labels", "miou", "test_miou", "pretrain_updates",
           "pretrain_s", "finetune_s")
 
 
@@ -73,6 +76,7 @@ class ExperimentConfig(Options):
     baseline: str = ""                       # run whose mIoU the table reports gains against
     ceiling: str = ""                        # run (e.g. all labels) that bounds the gain: the table
                                              # reports the share of the baseline-ceiling gap closed
+    test: bool = False                       # also score each final model on the test images
     runs: tuple[RunSpec, ...] = field(default_factory=tuple)
 
     def __post_init__(self):
@@ -150,27 +154,29 @@ class Experiment:
                               f"{err}: only {{seed}}, {{labels}} and {{out}} are filled in") from None
 
     def pretrain_config(self, run: RunSpec, seed: int) -> Config:
-        base = self._base(run.set)
-        tasks = run.tasks or tuple(t for t in base.tasks if t != "segmentation")[:1]
-        kept = FrozenDict({t: base.tasks[t] for t in tasks if t in base.tasks})
-        balancing = dataclasses.replace(base.balancing, method=run.balancing,
-                                        options=run.balancing_options)
+        tasks = run.tasks or tuple(t for t in self._base(run.set).tasks if t != "segmentation")[:1]
         owner = run.pretrain_from or run.name
-        out = self.out / owner / f"seed-{seed}"
-        return base.replace(
-            tasks=kept, balancing=balancing,
-            run=dataclasses.replace(base.run, seed=seed, out_dir=str(out / "pretrain"),
-                                    name=f"{self.exp.name}-{owner}-{seed}"))
+        return self._config(run, seed, tasks, self.out / owner / f"seed-{seed}" / "pretrain",
+                            owner)
 
     def joint_config(self, run: RunSpec, seed: int, labels: int) -> Config:
-        """The run's tasks and segmentation, trained together on `labels` labelled images."""
-        cfg = self.pretrain_config(run, seed)
+        """The run's tasks (none: a supervised baseline under the joint rows' schedule) and
+        segmentation, trained together on `labels` labelled images."""
+        cfg = self._config(run, seed, (*run.tasks, "segmentation"),
+                           self.out / run.name / f"seed-{seed}" / f"joint-N{labels}", run.name)
+        return cfg.replace(data=dataclasses.replace(cfg.data, labelled=labels))
+
+    def _config(self, run: RunSpec, seed: int, tasks: tuple[str, ...], out: Path,
+                owner: str) -> Config:
         base = self._base(run.set)
-        tasks = FrozenDict({**cfg.tasks,
-                            "segmentation": base.tasks.get("segmentation", TaskConfig())})
-        out = self.out / run.name / f"seed-{seed}" / f"joint-N{labels}"
-        return cfg.replace(tasks=tasks, data=dataclasses.replace(cfg.data, labelled=labels),
-                           run=dataclasses.replace(cfg.run, out_dir=str(out)))
+        kept = FrozenDict({t: base.tasks.get(t, TaskConfig()) for t in tasks
+                           if t in base.tasks or t == "segmentation"})
+        balancing = dataclasses.replace(base.balancing, method=run.balancing,
+                                        options=run.balancing_options)
+        return base.replace(
+            tasks=kept, balancing=balancing,
+            run=dataclasses.replace(base.run, seed=seed, out_dir=str(out),
+                                    name=f"{self.exp.name}-{owner}-{seed}"))
 
     def run(self, only: Optional[tuple[str, ...]] = None,
             seeds: Optional[tuple[int, ...]] = None) -> Path:
@@ -241,7 +247,7 @@ class Experiment:
         start = time.monotonic()
         summary = finetune(base, checkpoint, labels, str(out), seed)
         self._record(run, seed, labels, summary.miou, pre_updates, pre_s,
-                     time.monotonic() - start)
+                     time.monotonic() - start, self._test_miou(out))
 
     def _joint(self, run: RunSpec, seed: int, labels: int) -> None:
         cfg = self.joint_config(run, seed, labels)
@@ -251,18 +257,35 @@ class Experiment:
         from ps_trainer.launch import run_local
 
         summary = run_local(cfg)
+        if summary.error:
+            raise RuntimeError(f"{run.name} seed {seed}: training failed: {summary.error}")
         self._record(run, seed, labels, summary.miou, summary.updates,
-                     time.monotonic() - start, 0.0)
+                     time.monotonic() - start, 0.0, self._test_miou(Path(cfg.run.out_dir)))
+
+    def _test_miou(self, out: Path) -> Optional[float]:
+        """The mIoU of the run's last checkpoint in `out` on the test images (with ``test``)."""
+        if not self.exp.test:
+            return None
+        from ps_trainer.launch import evaluate_checkpoint
+
+        steps = CheckpointManager(out / "checkpoints", 1).steps()
+        if not steps:
+            raise RuntimeError(f"no checkpoint in {out / 'checkpoints'} to score on the test "
+                               f"images")
+        return evaluate_checkpoint(str(steps[-1]), overrides=("data.val_split=test",)).miou
 
     def _record(self, run: RunSpec, seed: int, labels: int, miou: float, pre_updates: int,
-                pre_s: float, finetune_s: float) -> None:
+                pre_s: float, finetune_s: float, test_miou: Optional[float] = None) -> None:
         tasks = "+".join(run.tasks) or "-"
         row = {"run": run.name, "tasks": f"{tasks} (joint)" if run.joint else tasks,
                "balancing": run.balancing, "seed": seed, "labels": labels,
-               "miou": f"{miou:.4f}", "pretrain_updates": pre_updates,
+               "miou": f"{miou:.4f}",
+               "test_miou": "" if test_miou is None else f"{test_miou:.4f}",
+               "pretrain_updates": pre_updates,
                "pretrain_s": f"{pre_s:.0f}", "finetune_s": f"{finetune_s:.0f}"}
         self._append(row)
-        log.info("%s seed %d, %d labels: mIoU %.4f", run.name, seed, labels, miou)
+        log.info("%s seed %d, %d labels: mIoU %.4f%s", run.name, seed, labels, miou,
+                 "" if test_miou is None else f", test mIoU {test_miou:.4f}")
 
     def _append(self, row: dict) -> None:
         new = not self.results.exists()
@@ -277,10 +300,15 @@ class Experiment:
 
     def summarise(self) -> Path:
         rows = read_results(self.results)
-        table = summary_table(rows, [r.name for r in self.exp.runs], self.exp.baseline,
-                              self.exp.ceiling)
+        order = [r.name for r in self.exp.runs]
+        table = summary_table(rows, order, self.exp.baseline, self.exp.ceiling)
         header = (f"# {self.exp.name}\n\nmIoU on the validation split, mean ± std over seeds "
                   f"{list(self.exp.seeds)}; base config `{self.exp.base}`.\n\n")
+        tested = [r for r in rows if r.get("test_miou")]
+        if tested:
+            table += ("\n\nThe same models on the test images (nothing was chosen on them):"
+                      "\n\n" + summary_table(tested, order, self.exp.baseline, self.exp.ceiling,
+                                             key="test_miou"))
         (self.out / "results.md").write_text(header + table + "\n")
         plot_results(self.out / "results.png", rows, [r.name for r in self.exp.runs],
                      self.exp.name)
@@ -294,11 +322,14 @@ def read_results(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def aggregate(rows: list[dict]) -> dict[tuple[str, int], tuple[float, float, int]]:
-    """(run, labels) -> (mean, sample std, count) of mIoU."""
+def aggregate(rows: list[dict], key: str = "miou"
+              ) -> dict[tuple[str, int], tuple[float, float, int]]:
+    """(run, labels) -> (mean, sample std, count) of mIoU (the `key` column; rows without a
+    value are left out)."""
     groups: dict[tuple[str, int], list[float]] = {}
     for r in rows:
-        groups.setdefault((r["run"], int(r["labels"])), []).append(float(r["miou"]))
+        if r.get(key):
+            groups.setdefault((r["run"], int(r["labels"])), []).append(float(r[key]))
     out = {}
     for key, values in groups.items():
         mean = sum(values) / len(values)
@@ -314,10 +345,12 @@ def ceiling_miou(stats: dict, ceiling: str) -> float | None:
     return stats[(ceiling, max(counts))][0] if counts else None
 
 
-def summary_table(rows: list[dict], order: list[str], baseline: str = "", ceiling: str = "") -> str:
-    """A Markdown table: one row per run, one column per label count (mean ± std over seeds, or
-    "(1 run)"), plus gains over the baseline and, with a ceiling run, the share of the baseline-to-ceiling gap each gain closes."""
-    stats = aggregate(rows)
+def summary_table(rows: list[dict], order: list[str], baseline: str = "", ceiling: str = "",
+                  key: str = "miou") -> str:
+    """A Markdown table of the `key` column: one row per run, one column per label count (mean ±
+    std over seeds, or "(1 run)"), plus gains over the baseline and, with a ceiling run, the
+    share of the baseline-to-ceiling gap each gain closes."""
+    stats = aggregate(rows, key)
     labels = sorted({n for _, n in stats})
     gains = [n for n in labels if (baseline, n) in stats] if baseline else []
     top = ceiling_miou(stats, ceiling) if ceiling else None

@@ -225,3 +225,24 @@ def test_shipped_grids_check_every_row(path, tmp_path):
     experiment = Experiment(dataclasses.replace(exp, out_dir=str(tmp_path)), base_dir)
     for run in exp.runs:
         experiment.finetune_overrides(run, exp.seeds[0], (run.labels or exp.labels)[0])
+
+
+def test_a_joint_row_with_no_task_trains_segmentation_alone_and_test_images_score_apart(grid):
+    """test: true scores each row's last checkpoint on the test images too; the table shows
+    both, and the test mIoU is the checkpoint's own score on data.val_split: test."""
+    from ps_trainer.launch import evaluate_checkpoint
+
+    exp, base_dir = load_experiment(grid([{"name": "supervised", "joint": True,
+                                           "set": ["run.max_updates=6"]}], baseline="",
+                                         seeds=[0], labels=[2], test=True))
+    out = Experiment(exp, base_dir).run()
+    [row] = read_results(out / "results.csv")
+    cell = out / "supervised" / "seed-0" / "joint-N2"
+    assert yaml.safe_load((cell / "config.yaml").read_text())["tasks"].keys() == {"segmentation"}
+    [last] = CheckpointManager(cell / "checkpoints", 1).steps()[-1:]
+    on_test = evaluate_checkpoint(str(last), overrides=("data.val_split=test",)).miou
+    on_val = evaluate_checkpoint(str(last)).miou
+    assert float(row["test_miou"]) == pytest.approx(on_test, abs=1e-4)
+    assert float(row["miou"]) == pytest.approx(on_val, abs=1e-4)
+    assert on_test != on_val                       # other images: another score
+    assert "on the test images" in (out / "results.md").read_text()
