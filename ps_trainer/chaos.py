@@ -80,7 +80,7 @@ def run_with_kills(cfg: Config, due: Optional[Callable[[CoordinatorStatus], bool
     the next role in `roles`. Returns the run's summary and the kills."""
     from ps_trainer.launch import start_coordinator
 
-    coordinator = start_coordinator(cfg)
+    coordinator = start_coordinator(cfg, overwrite=True)   # the bench's own scratch folders
     done = coordinator.run.remote()
     kills: list[Kill] = []
     order = itertools.cycle(roles)

@@ -148,6 +148,12 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
+def run_id_of(payload: dict) -> Optional[str]:
+    """The id of the run that wrote a checkpoint (None: written before runs had ids)."""
+    run = payload.get("config", {}).get("run", {})
+    return run.get("id") if isinstance(run, dict) else None
+
+
 class CheckpointManager:
     """`step-<version>.pt` files in one folder: keeps the last `keep_last` and `best.pt`."""
 
@@ -177,13 +183,21 @@ class CheckpointManager:
                  if (m := _NAME.match(p.name))]
         return [p for _, p in sorted(found)]
 
-    def latest(self) -> Optional[tuple[Path, dict]]:
-        """The newest checkpoint that verifies; corrupt ones are logged and skipped."""
+    def latest(self, run_id: Optional[str] = None) -> Optional[tuple[Path, dict]]:
+        """The newest checkpoint that verifies (and, given `run_id`, that run `run_id`
+        wrote); corrupt ones and other runs' are logged and skipped."""
         for path in reversed(self.steps()):
             try:
-                return path, load_checkpoint(path)
+                payload = load_checkpoint(path)
             except CorruptCheckpoint as err:
                 log.error("skipping corrupt checkpoint: %s", err)
+                continue
+            writer = run_id_of(payload)
+            if run_id is not None and writer is not None and writer != run_id:
+                log.error("skipping %s: written by run %s, not this run (%s)", path, writer,
+                          run_id)
+                continue
+            return path, payload
         return None
 
     def _prune(self) -> None:

@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
                        metavar="KEY.PATH=VALUE", help="override a config value (repeatable)")
     train.add_argument("--address", help="join a Ray cluster: 'auto' or ray://host:port")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue from a run folder's checkpoint")
+    train.add_argument("--overwrite", action="store_true",
+                       help="delete the checkpoints and metrics of another run in run.out_dir "
+                            "(without it, train refuses such a folder)")
 
     for name, text in (("scale", "change the number of workers of a task while it trains"),
                        ("status", "show a running training's state")):
@@ -71,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     ft.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
     ft.add_argument("--out", help="run folder (default: <run>/finetune-N<labels>)")
     ft.add_argument("--seed", type=int, help="seed (default: run.seed of the config)")
+    ft.add_argument("--overwrite", action="store_true",
+                    help="delete another run's checkpoints in the run folder")
     ft.add_argument("--unlabelled-task", dest="unlabelled_tasks", action="append", default=[],
                     metavar="TASK", help="also train TASK on the unlabelled pool (e.g. "
                                          "self_training: semi-supervised fine-tuning); repeatable")
@@ -169,11 +174,12 @@ def _train(args) -> int:
     else:
         raise ConfigError("", "train needs --config FILE or --resume RUN_DIR")
     if args.mode == "local":
-        summary = launch.run_local(cfg, resume=checkpoint)
+        summary = launch.run_local(cfg, resume=checkpoint, overwrite=args.overwrite)
     else:
         if args.address:
             _reachable(args.address)
-        summary = launch.run_distributed(cfg, args.address, resume=checkpoint)
+        summary = launch.run_distributed(cfg, args.address, resume=checkpoint,
+                                         overwrite=args.overwrite)
     miou = summary.miou
     if miou is not None:
         print(f"final mIoU: {miou:.4f}")
@@ -299,7 +305,7 @@ def _finetune(args) -> int:
         out = str(Path(args.checkpoint).resolve().parent.parent / f"finetune-N{args.labels}")
     else:
         out = str(Path(cfg.run.out_dir) / f"scratch-N{args.labels}")
-    summary = finetune(cfg, checkpoint, args.labels, out, args.seed)
+    summary = finetune(cfg, checkpoint, args.labels, out, args.seed, overwrite=args.overwrite)
     print(f"mIoU: {summary.miou:.4f} ({args.labels} labels, "
           f"{'pretrained' if checkpoint is not None else 'random'} trunk)")
     print(f"run folder: {out}")

@@ -63,6 +63,9 @@ class RunConfig:
     """Naming, seeding and the stop conditions (whichever comes first)."""
     name: str = "run"
     out_dir: str = "runs/run"
+    # This run's identity, given at its start (null: a new one) and kept by a resume; each
+    # checkpoint carries it in its config, so that a run never restores another's.
+    id: Optional[str] = None
     seed: int = 0
     max_updates: int = 1000
     max_minutes: float = 10.0

@@ -447,7 +447,8 @@ class Coordinator:
     def _restore_point(self) -> tuple[Optional[list], str, str]:
         """The newest consistent state: the snapshot, or the newest valid checkpoint if it is
         newer (or the snapshot is lost with its node), else the initial weights."""
-        latest = CheckpointManager(self._run.checkpoints, self._cfg.eval.keep_last).latest()
+        latest = CheckpointManager(self._run.checkpoints,
+                                   self._cfg.eval.keep_last).latest(self._cfg.run.id)
         saved = (int(latest[1]["servers"][0]["version"]), latest[1]["servers"]) if latest else None
         if self._snapshots.ready is not None:
             version, ref = self._snapshots.ready

@@ -110,7 +110,7 @@ def statistical_efficiency(config: str, workers: Sequence[int], updates: int, ev
             "eval.every_s=1e9", "metrics.enabled=false", "run.progress_every_s=30", *extra]
     runs = []
     cfg = load_run_config(config, base + [f"run.out_dir={out_dir}/local"])
-    run_local(cfg)
+    run_local(cfg, overwrite=True)
     runs.append(_curve("local", 0, cfg.run.out_dir))
     probe = load_run_config(config, base)        # the tasks and their CPUs, once
     for n in workers:
@@ -118,7 +118,7 @@ def statistical_efficiency(config: str, workers: Sequence[int], updates: int, ev
             [f"tasks.{t}.num_cpus={probe.tasks[t].num_cpus / n:.4g}" for t in probe.task_names]
         cfg = load_run_config(config, base + per_task + [f"run.out_dir={out_dir}/async-{n}",
                                                          f"run.name=bench-async-{n}"])
-        run_distributed(cfg)
+        run_distributed(cfg, overwrite=True)
         runs.append(_curve("async", n, cfg.run.out_dir))
     return {"config": config, "updates": updates, "target_miou": target,
             "runs": [_to_target(r, target, runs[0]) for r in runs]}

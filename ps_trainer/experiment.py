@@ -225,7 +225,9 @@ class Experiment:
                  run.balancing)
         from ps_trainer.launch import run_distributed, run_local   # the launcher only to train
 
-        summary = (run_local if self.exp.mode == "local" else run_distributed)(cfg)
+        # An unfinished pretraining of this cell is started again.
+        summary = (run_local if self.exp.mode == "local" else run_distributed)(cfg,
+                                                                               overwrite=True)
         if summary.error:             # an actor could not set itself up: its cause, not ours
             raise RuntimeError(f"{run.name} seed {seed}: pretraining failed: {summary.error}")
         latest = manager.latest()
@@ -245,7 +247,7 @@ class Experiment:
         base = self._base(self.finetune_overrides(run, seed, labels))
         out = self.out / run.name / f"seed-{seed}" / f"finetune-N{labels}"
         start = time.monotonic()
-        summary = finetune(base, checkpoint, labels, str(out), seed)
+        summary = finetune(base, checkpoint, labels, str(out), seed, overwrite=True)
         self._record(run, seed, labels, summary.miou, pre_updates, pre_s,
                      time.monotonic() - start, self._test_miou(out))
 
@@ -256,7 +258,7 @@ class Experiment:
         start = time.monotonic()
         from ps_trainer.launch import run_local
 
-        summary = run_local(cfg)
+        summary = run_local(cfg, overwrite=True)      # an unfinished cell starts again
         if summary.error:
             raise RuntimeError(f"{run.name} seed {seed}: training failed: {summary.error}")
         self._record(run, seed, labels, summary.miou, summary.updates,

@@ -40,7 +40,9 @@ def finetune_config(base: Config, labels: int, out_dir: str, seed: Optional[int]
              for name in (SEGMENTATION, *ft.unlabelled_tasks)}
     optimizer = OptimizerConfig(name=ft.optimizer, lr=ft.lr, weight_decay=ft.weight_decay,
                                 schedule="cosine", warmup_updates=ft.warmup_updates)
-    run = dataclasses.replace(base.run, out_dir=out_dir, max_updates=ft.steps * len(tasks),
+    # A run of its own (a new id), not the pretraining run whose checkpoint it starts from.
+    run = dataclasses.replace(base.run, out_dir=out_dir, id=None,
+                              max_updates=ft.steps * len(tasks),
                               max_minutes=max(base.run.max_minutes, 60.0),
                               seed=base.run.seed if seed is None else seed)
     return base.replace(
@@ -70,9 +72,10 @@ def model_config_of(checkpoint: dict, base: Config) -> Config:
 
 
 def finetune(base: Config, checkpoint: Optional[dict], labels: int, out_dir: str,
-             seed: Optional[int] = None) -> RunSummary:
+             seed: Optional[int] = None, overwrite: bool = False) -> RunSummary:
     """Fine-tune on `labels` images from the checkpoint's trunk (or a random trunk when
-    `checkpoint` is None); returns the local trainer's summary (with the final mIoU)."""
+    `checkpoint` is None); returns the local trainer's summary (with the final mIoU).
+    `overwrite`: replace another run's checkpoints in `out_dir` (else refused)."""
     if checkpoint is not None:
         base = model_config_of(checkpoint, base)
     cfg = finetune_config(base, labels, out_dir, seed)
@@ -81,7 +84,7 @@ def finetune(base: Config, checkpoint: Optional[dict], labels: int, out_dir: str
     frozen = (TRUNK_SHARD,) if (checkpoint is not None and not cfg.finetune.train_trunk) else ()
     from ps_trainer.launch import run_local   # the launcher only to train
 
-    summary = run_local(cfg, initial=initial, frozen=frozen)
+    summary = run_local(cfg, initial=initial, frozen=frozen, overwrite=overwrite)
     source = "pretrained" if checkpoint is not None else "random"
     extra = f" with {', '.join(cfg.finetune.unlabelled_tasks)}" if cfg.finetune.unlabelled_tasks else ""
     log.info("fine-tuned a %s trunk on %d labels%s: mIoU %.4f", source, labels, extra,

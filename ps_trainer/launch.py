@@ -32,7 +32,7 @@ from ps_trainer.params import (FlatModel, Piece, ShardLayout, load_norm_stats, l
 from ps_trainer.progress import Progress
 from ps_trainer.protocol import CoordinatorStatus
 from ps_trainer.run_config import load_run_config, saved_run_config
-from ps_trainer.run_folder import RunFolder
+from ps_trainer.run_folder import RunFolder, with_run_id
 from ps_trainer.runtime import (on_this_node, pick_device, prepare_compute, set_threads,
                                 usable_cores)
 from ps_trainer.schedule import RunSummary
@@ -58,14 +58,17 @@ def initial_model(cfg: Config) -> tuple[MultiTaskModel, FlatModel]:
 # --------------------------------------------------------------------------- local
 
 def run_local(cfg: Config, resume: Optional[dict] = None,
-              initial: Optional[dict[str, np.ndarray]] = None, frozen: tuple[str, ...] = ()) -> RunSummary:
+              initial: Optional[dict[str, np.ndarray]] = None, frozen: tuple[str, ...] = (),
+              overwrite: bool = False) -> RunSummary:
     """Train every task in this process (round-robin, one optimizer); returns a summary.
 
     `initial` replaces the starting weights of some shards (e.g. a pretrained trunk);
-    `frozen` shards are never updated."""
+    `frozen` shards are never updated. A new run refuses a folder holding another run's
+    checkpoints unless `overwrite` (see ``run_folder.py``)."""
+    cfg = with_run_id(cfg)
+    run = RunFolder(cfg.run.out_dir).create(cfg, overwrite, resuming=resume is not None)
     set_threads(cfg.ray.num_cpus or torch.get_num_threads())
     device = pick_device(cfg.run.device)
-    run = RunFolder(cfg.run.out_dir).create(cfg)
     model, _ = initial_model(cfg)
     model.to(device)
     prepare_compute(cfg.run, model, device)
@@ -187,9 +190,12 @@ def start_metrics(cfg: Config):
     return hub, port
 
 
-def start_coordinator(cfg: Config, resume: Optional[dict] = None, hub=None):
-    """Create and start the named coordinator; returns its handle."""
-    run = RunFolder(cfg.run.out_dir).create(cfg)
+def start_coordinator(cfg: Config, resume: Optional[dict] = None, hub=None,
+                      overwrite: bool = False):
+    """Create and start the named coordinator; returns its handle. The run folder is claimed
+    as in :func:`run_local`."""
+    cfg = with_run_id(cfg)
+    run = RunFolder(cfg.run.out_dir).create(cfg, overwrite, resuming=resume is not None)
     spec = _runtime_spec(cfg, resume)
     coordinator = ray.remote(Coordinator).options(
         name=COORDINATOR_PREFIX + cfg.run.name, namespace=cfg.ray.namespace, num_cpus=0,
@@ -200,13 +206,16 @@ def start_coordinator(cfg: Config, resume: Optional[dict] = None, hub=None):
 
 
 def run_distributed(cfg: Config, address: Optional[str] = None,
-                    resume: Optional[dict] = None) -> RunSummary:
+                    resume: Optional[dict] = None, overwrite: bool = False) -> RunSummary:
     """Run the parameter server, workers and evaluator on Ray until a stop condition."""
+    cfg = with_run_id(cfg)
+    # Claimed before Ray starts: a folder of another run fails in a second, in one line.
+    RunFolder(cfg.run.out_dir).create(cfg, overwrite, resuming=resume is not None)
     check_splits_here(cfg.data, cfg.run.seed)
     connect(cfg, address)
     check_resources(cfg, autoscaling=bool(address or cfg.ray.address))
     hub, _ = start_metrics(cfg)
-    coordinator = start_coordinator(cfg, resume, hub)
+    coordinator = start_coordinator(cfg, resume, hub, overwrite)
     done = coordinator.run.remote()
     progress = Progress(cfg.task_names)
     try:

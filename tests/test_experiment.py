@@ -132,7 +132,7 @@ def test_gap_closed_is_the_gain_over_the_baseline_to_ceiling_gap():
 
 def _trains_nothing(error=None):
     """A launcher that returns at once, as a run that trained nothing (or failed) does."""
-    return lambda cfg: RunSummary(updates=0, elapsed_s=0.0, miou=None, reached_target_s=None,
+    return lambda cfg, **_: RunSummary(updates=0, elapsed_s=0.0, miou=None, reached_target_s=None,
                                   stopped_by=FAILED if error else MAX_UPDATES, applied={},
                                   final=None, error=error)
 
