@@ -15,6 +15,9 @@ MIC's masked-image consistency (Hoyer et al., CVPR 2023) as an option:
   ``ps_trainer/data/class_stats.py``): images holding rare classes are drawn more often;
 - cross-entropy on the source images themselves (``source_weight``), so the task also runs
   with no segmentation workers;
+- with ``fourier_beta`` > 0, each source image first takes the low-frequency amplitudes of its
+  target image (FDA: Yang & Soatto, CVPR 2020): the target's global color and lighting on
+  the source's content and labels, in the source term and in the pasted pixels;
 - with ``masked_weight`` > 0, the student also predicts the pseudo-labels from the target
   image with a ``mask_ratio`` share of ``mask_block``-pixel squares blanked out (MIC).
 
@@ -40,7 +43,7 @@ from ps_trainer_workers.tasks.registry import TASKS
 from ps_trainer_workers.tasks.segmentation import IGNORE_INDEX
 from ps_trainer_workers.tasks.teachers import Teacher, TeacherOptions, pseudo_labels
 from ps_trainer_workers.tasks.views import (block_mask, class_mix_masks, color_jitter,
-                                            gaussian_blur)
+                                            fourier_style, gaussian_blur)
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ class DomainAdaptationOptions(TeacherOptions):
     jitter_strength: float = 0.2
     blur_probability: float = 0.5
     rare_class_temperature: float = 0.01  # rare-class sampling of source images; 0 = uniform
+    fourier_beta: float = 0.0            # FDA's low-frequency window (half-width / side); 0 = off
     masked_weight: float = 0.0           # MIC's masked-image consistency; 0 = off
     mask_ratio: float = 0.7
     mask_block: int = 8                  # pixels (MIC: 64 on 1024x1024 crops)
@@ -77,6 +81,7 @@ class DomainAdaptationOptions(TeacherOptions):
               "must be in [0, 1)")
         check(self.rare_class_temperature >= 0, "rare_class_temperature",
               self.rare_class_temperature, "must be >= 0 (0: uniform draws)")
+        check(0 <= self.fourier_beta <= 0.5, "fourier_beta", self.fourier_beta, "in [0, 0.5]")
         check(self.masked_weight >= 0, "masked_weight", self.masked_weight, "must be >= 0")
         check(0.0 <= self.mask_ratio < 1.0, "mask_ratio", self.mask_ratio, "must be in [0, 1)")
         check(self.mask_block >= 1, "mask_block", self.mask_block, "must be >= 1")
@@ -150,6 +155,8 @@ class DomainAdaptation(Task):
         views, source_masks = self.make_batch(images.to(device), rng, masks.to(device))
         b = source_masks.shape[0]
         source, target = views[:b], views[b:]
+        if o.fourier_beta > 0:
+            source = fourier_style(source, target, o.fourier_beta)
         with torch.no_grad():
             logits = (model(target) if self.teacher is None
                       else self.teacher.logits(model, target))

@@ -143,6 +143,25 @@ def block_mask(shape, rng: np.random.Generator, ratio: float, block: int,
     return grid.repeat_interleave(block, -2).repeat_interleave(block, -1)[..., :h, :w]
 
 
+def fourier_style(images: torch.Tensor, styles: torch.Tensor, beta: float) -> torch.Tensor:
+    """Each image with the low-frequency amplitudes of the matching image of `styles` (its
+    phase, and so its content, kept): the window of half-width beta x min(H, W) around the
+    zero frequency — global color, brightness and lighting (FDA: Yang & Soatto, CVPR 2020)."""
+    h, w = images.shape[-2:]
+    r = int(beta * min(h, w))
+    if r == 0:
+        return images
+    spectrum = torch.fft.fft2(images.float())
+    amplitude = torch.fft.fft2(styles.float()).abs()
+    window = torch.zeros(h, w, dtype=torch.bool, device=images.device)
+    for rows in (slice(0, r + 1), slice(h - r, h)):         # the corners of an unshifted
+        for cols in (slice(0, r + 1), slice(w - r, w)):     # spectrum are its low frequencies
+            window[rows, cols] = True
+    mixed = torch.where(window, amplitude, spectrum.abs())
+    out = torch.fft.ifft2(torch.polar(mixed, spectrum.angle())).real
+    return out.clamp(0.0, 1.0).to(images.dtype)
+
+
 def gather_pixels(values: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
     """values[source[b, y, x], ..., y, x] for (B, ..., H, W) values and a (B, H, W) index map."""
     source = source.to(values.device)      # a CPU-drawn map for a batch already on the GPU

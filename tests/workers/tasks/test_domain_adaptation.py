@@ -119,3 +119,18 @@ def test_an_ema_teacher_is_the_default_and_follows_the_student(context, make_ima
 def test_bad_options_are_named(bad):
     with pytest.raises(ConfigError, match=next(iter(bad)) if "teacher" not in bad else "flip"):
         make_task("domain_adaptation", None, bad)
+
+
+def test_fourier_style_takes_the_styles_low_frequencies_and_keeps_the_content():
+    from ps_trainer_workers.tasks.views import fourier_style
+
+    torch.manual_seed(0)
+    content = 0.4 + 0.2 * torch.rand(2, 3, 32, 32)
+    style = 0.3 + 0.2 * torch.rand(2, 3, 32, 32) + torch.tensor([0.2, 0.0, -0.1]).view(1, 3, 1, 1)
+    out = fourier_style(content, style, 0.1)
+    torch.testing.assert_close(out.mean(dim=(2, 3)), style.mean(dim=(2, 3)), atol=2e-3, rtol=0)
+    change = torch.fft.fft2(out - content).abs()
+    change[..., :4, :4] = change[..., :4, -3:] = change[..., -3:, :4] = change[..., -3:, -3:] = 0
+    assert float(change.max()) < 1e-3                       # nothing above the window moved
+    torch.testing.assert_close(fourier_style(content, content, 0.1), content)
+    assert torch.equal(fourier_style(content, style, 0.0), content)
