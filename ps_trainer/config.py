@@ -484,9 +484,13 @@ class EvalConfig:
     previews: int = 4
     num_cpus: float = 1.0
     num_gpus: float = 0.0                # > 0: the evaluator actor asks Ray for a GPU, runs on CUDA
+    # The final evaluation may take this long, or 3x the last evaluation if that is longer;
+    # the final state is checkpointed before it is scored, so a late score loses no training.
+    final_timeout_s: float = 300.0
 
     def __post_init__(self):
         check(self.every_s > 0, "every_s", self.every_s, "must be > 0")
+        check(self.final_timeout_s > 0, "final_timeout_s", self.final_timeout_s, "must be > 0")
         check(self.every_updates >= 0, "every_updates", self.every_updates, "must be >= 0")
         check(self.keep_last >= 1, "keep_last", self.keep_last, "must be >= 1")
         check_choice("mode", self.mode, EVAL_MODES)

@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 _SUPERVISE_EVERY_S = 0.5
 _STOP_GRACE_S = 10.0
 _CALL_TIMEOUT_S = 10.0          # a control call to a live actor
-_FINAL_EVAL_TIMEOUT_S = 300.0   # the final evaluation: scores the whole split and checkpoints
+_FINAL_EVAL_SLACK = 3.0         # the final evaluation may take this many times the last one
 _SCALE_WAIT_S = 10.0            # how long scale() waits for new workers to answer
 _SERVER_START_S = 120.0         # how long (re)starting the server actors is waited for
 # When every worker of one task (or the evaluator) has failed to set itself up this many times
@@ -472,6 +472,8 @@ class Coordinator:
             return
         try:
             ray.get(self._evaluator_ref)
+            if self._finishing:       # the final evaluation ends its loop: it is not gone
+                return
             log.warning("evaluator stopped unexpectedly; starting a replacement")
         except ray.exceptions.RayActorError as err:
             log.warning("evaluator died (%s); starting a replacement", type(err).__name__)
@@ -514,14 +516,16 @@ class Coordinator:
             if refs:
                 ray.wait(refs, num_returns=len(refs), timeout=_STOP_GRACE_S)
             evaluator_failed = self._setup_failures.get(_EVALUATOR, 0) >= _SETUP_ATTEMPTS
-            final = None if evaluator_failed else self._final_evaluation(stopped_by)
-            # A server died just now: try once more (not for an evaluator failing its setup).
-            if final is None and not evaluator_failed and _EVALUATOR not in self._setup_failures:
+            final, retry = (None, False) if evaluator_failed else self._final_evaluation(stopped_by)
+            # A server (or the evaluator) died just now: recover and try once more. A final
+            # evaluation that is only slow is not retried: its actor is not replaced mid-way,
+            # and the final checkpoint it wrote before scoring is on disk.
+            if retry and _EVALUATOR not in self._setup_failures:
                 ray.wait(self._server_pings, num_returns=len(self._server_pings),
                          timeout=_CALL_TIMEOUT_S)
                 self._check_servers()
                 self._check_evaluator()
-                final = self._final_evaluation(stopped_by)
+                final, _ = self._final_evaluation(stopped_by)
             self._evaluator.stop.remote()
             self._done = True
             status = self.status()
@@ -534,20 +538,30 @@ class Coordinator:
                 applied=dict(servers[0].applied) if servers else {}, final=final,
                 runtime=status, error=self._failure)
 
-    def _final_evaluation(self, stopped_by: str) -> Optional[dict]:
-        """The evaluation that ends the run (or the one that reached the target); None when the
-        evaluator cannot give it in time."""
+    def _final_evaluation(self, stopped_by: str) -> tuple[Optional[dict], bool]:
+        """(the evaluation that ends the run, or the one that reached the target; whether a
+        failed one is worth retrying). The evaluator checkpoints the final state before it
+        scores it, so a final evaluation that does not finish in time loses no training. Its
+        time limit follows the last evaluation's time (a large validation set, a CPU
+        evaluator): the larger of eval.final_timeout_s and _FINAL_EVAL_SLACK times it."""
+        timeout = self._cfg.eval.final_timeout_s
         try:
             if stopped_by == TARGET_MIOU:
-                return ray.get(self._evaluator.latest_record.remote(), timeout=_CALL_TIMEOUT_S)
-            return ray.get(self._evaluator.evaluate_now.remote({"final": True}),
-                           timeout=_FINAL_EVAL_TIMEOUT_S)
+                return ray.get(self._evaluator.latest_record.remote(),
+                               timeout=_CALL_TIMEOUT_S), False
+            last_s = ray.get(self._evaluator.last_evaluation_s.remote(), timeout=_CALL_TIMEOUT_S)
+            timeout = max(timeout, _FINAL_EVAL_SLACK * (last_s or 0.0))
+            record = ray.get(self._evaluator.evaluate_now.remote({"final": True}),
+                             timeout=timeout)
+            return record, record is None            # None: a server was unreachable
         except ray.exceptions.GetTimeoutError:
-            log.error("final evaluation did not finish within %.0f s; ending without it",
-                      _FINAL_EVAL_TIMEOUT_S)
+            log.error("the final evaluation did not finish within %.0f s; ending without its "
+                      "score (the final state is checkpointed: ps-trainer eval scores it)",
+                      timeout)
+            return None, False
         except ray.exceptions.RayError as err:
             log.error("final evaluation failed: %s", _cause(err))
-        return None
+            return None, True
 
 
 def _cause(err: Exception) -> str:

@@ -173,6 +173,7 @@ class Evaluator:
         self._stop = threading.Event()
         self._lock = threading.Lock()   # one evaluation at a time (loop thread vs. final call)
         self._metrics = EvaluatorMetrics()
+        self._last_eval_s: Optional[float] = None
         send = (lambda source, fams: hub.report.remote(source, fams)) if hub else (lambda *a: None)
         self._reporter = Reporter("evaluator", self._metrics.registry, send,
                                   cfg.metrics.report_every_s)
@@ -186,6 +187,10 @@ class Evaluator:
 
     def latest_record(self) -> Optional[dict]:
         return self.latest
+
+    def last_evaluation_s(self) -> Optional[float]:
+        """Seconds the last evaluation's scoring took (None before the first)."""
+        return self._last_eval_s
 
     def ping(self) -> bool:
         return True
@@ -216,11 +221,12 @@ class Evaluator:
 
     def evaluate_now(self, extra: Optional[dict] = None) -> Optional[dict]:
         """Pull the full server state, score it, checkpoint it; None if a server is down.
-        A ``final`` evaluation also ends the periodic loop, so that its record is the last."""
+        A ``final`` evaluation also ends the periodic loop, so that its record is the last,
+        and checkpoints the state before scoring it (scoring a large split takes minutes)."""
         extra = extra or {}
         if extra.get("final"):
             self._stop.set()
-        return self._evaluate(extra)
+        return self._evaluate(extra, checkpoint_first=bool(extra.get("final")))
 
     def _open(self) -> RunRecorder:
         if self._recorder is None:
@@ -235,7 +241,8 @@ class Evaluator:
                 raise SetupError.of("the evaluator", err) from err
         return self._recorder
 
-    def _evaluate(self, extra: dict, periodic: bool = False) -> Optional[dict]:
+    def _evaluate(self, extra: dict, periodic: bool = False, checkpoint_first: bool = False
+                  ) -> Optional[dict]:
         with self._lock:
             if periodic and self._stop.is_set():   # the final evaluation came first, or is due
                 return None
@@ -246,22 +253,28 @@ class Evaluator:
             except ray.exceptions.RayActorError as err:
                 log.warning("evaluation skipped: a server is unreachable (%s)", type(err).__name__)
                 return None
+            if checkpoint_first:
+                recorder.checkpoint(int(states[0]["version"]), time.monotonic() - self._start,
+                                    self._payload(states))
             return self._score_and_record(recorder, states, statuses, extra)
+
+    def _payload(self, states) -> dict:
+        return {"servers": states, "plan": [asdict(p) for p in self._plan]}
 
     def _score_and_record(self, recorder: RunRecorder, states, statuses, extra: dict) -> dict:
         result = None
         if self._loop is not None:
             self._loop.load_pieces(states, self._plan)
             result = self._loop.evaluate()
+            self._last_eval_s = result.seconds
             self._metrics.miou.set(result.miou)
             self._metrics.eval_seconds.observe(result.seconds)
         step = int(states[0]["version"])
         s0 = statuses[0]
         info = {"losses": s0.losses, "weights": s0.weights, "applied": s0.applied, "lr": s0.lr,
                 "staleness": s0.staleness, **extra}
-        payload = {"servers": states, "plan": [asdict(p) for p in self._plan]}
-        record = recorder.record(step, time.monotonic() - self._start, payload, result,
-                                 self._loop, info)
+        record = recorder.record(step, time.monotonic() - self._start, self._payload(states),
+                                 result, self._loop, info)
         self._metrics.evaluations.inc()
         self._metrics.checkpoint_seconds.observe(record["checkpoint_seconds"])
         self._metrics.checkpoint_bytes.set(record["checkpoint_bytes"])

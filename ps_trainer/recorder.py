@@ -43,6 +43,12 @@ class RunRecorder:
         self.run = run
         self.checkpoints = CheckpointManager(run.checkpoints, cfg.eval.keep_last)
 
+    def checkpoint(self, step: int, time_s: float, server_payload: dict) -> None:
+        """A checkpoint of a state not scored yet (the final one, before its evaluation; the
+        evaluation's record rewrites it with its score)."""
+        payload = {**server_payload, "config": config_to_dict(self.cfg), "time_s": time_s}
+        self.checkpoints.save(payload, step)
+
     def record(self, step: int, time_s: float, server_payload: dict,
                result: Optional[Scored], loop: Optional[Previewer],
                extra: dict) -> dict:
