@@ -12,7 +12,7 @@ from ps_trainer_workers.tasks.base import TaskModel
 from ps_trainer_workers.tasks.views import block_mask, class_mix_masks
 
 PLAIN = {"jitter_probability": 0.0, "blur_probability": 0.0, "flip_probability": 0.0,
-         "rare_class_temperature": 0.0}
+         "rare_class_temperature": 0.0, "fourier_beta": 0.0}
 
 
 def test_it_trains_the_segmentation_head_from_paired_batches():
