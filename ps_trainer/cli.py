@@ -247,6 +247,8 @@ def _scale(args) -> int:
 
     from ps_trainer.launch import find_coordinator
 
+    if args.workers < 0:            # a mistake in the command: said before any cluster is asked
+        raise ValueError(f"--workers must be >= 0, got {args.workers}")
     _connect(args)
     coordinator = find_coordinator(args.namespace, args.run)
     counts = ray.get(coordinator.scale.remote(args.task, args.workers, max(args.wait_s, 0.0)))

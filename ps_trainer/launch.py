@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import signal
 import threading
 from dataclasses import replace
@@ -107,14 +108,17 @@ def _shared_loop(cfg: Config, name: str, flat: FlatModel, device, restart: int =
 # --------------------------------------------------------------------------- distributed
 
 def connect(cfg: Config, address: Optional[str] = None) -> None:
-    """Join `address` (or cfg.ray.address), or start a local Ray; reuse one already running."""
+    """Join `address` (or cfg.ray.address, or the RAY_ADDRESS a Ray job's driver is given), or
+    start a local Ray of this process's own; reuse one already initialised here. Without an
+    address a new local instance starts even where `ray start` left a cluster behind (whose
+    head may be long dead: joining it would hang on "Failed to get cluster ID from GCS")."""
     if ray.is_initialized():
         return
-    address = address or cfg.ray.address
+    address = address or cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, namespace=cfg.ray.namespace, logging_level=logging.WARNING)
     else:
-        ray.init(num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus,
+        ray.init(address="local", num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus,
                  include_dashboard=cfg.ray.include_dashboard, namespace=cfg.ray.namespace,
                  object_store_memory=cfg.ray.object_store_memory_bytes,
                  logging_level=logging.WARNING)

@@ -294,3 +294,52 @@ def test_a_distributed_run_asking_more_labels_than_the_list_holds_stops_before_r
     with pytest.raises(ConfigError, match=r"'data.labelled': 4 is more than the gta5 train split"
                                           r".*\(3 usable images\)"):
         launch.run_distributed(gta5_to_cityscapes(tmp_path, tiny, exported, "data.labelled=4"))
+
+
+def test_scale_with_a_negative_count_fails_before_asking_any_cluster():
+    start = time.monotonic()
+    result = cli("scale", "--task", "rotation", "--workers", "-1", "--address", "10.255.255.1:1",
+                 timeout=60)
+    assert time.monotonic() - start < 15           # no connection attempted to that address
+    assert result.returncode == 1 and result.stderr.strip() == (
+        "ps-trainer: --workers must be >= 0, got -1")
+
+
+@pytest.mark.ray
+def test_train_without_an_address_starts_its_own_ray_beside_a_dead_cluster(tmp_path, tiny):
+    """`ray start` left a cluster's address behind and the cluster died (every process of it
+    SIGKILLed, as an OOM kill or a reboot leaves it): train without --address starts a
+    local Ray of its own instead of retrying the dead one's GCS."""
+    import contextlib
+    import os
+    import signal as signals
+    import tempfile
+
+    ray_tmp = Path(tempfile.mkdtemp(prefix="psd"))   # short: Ray's socket paths fit 107 bytes
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    started = subprocess.run(["ray", "start", "--head", "--port=0", "--num-cpus=1",
+                              "--include-dashboard=false", "--disable-usage-stats"],
+                             capture_output=True, text=True, env=env, timeout=120)
+    assert started.returncode == 0, started.stderr
+    address_file = ray_tmp / "ray" / "ray_current_cluster"
+    assert address_file.exists()                   # the address a plain ray.init() would join
+    processes = subprocess.run(["pgrep", "-f", str(ray_tmp)],
+                               capture_output=True, text=True).stdout.split()
+    try:
+        assert processes
+        for pid in processes:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signals.SIGKILL)   # the cluster is gone; its file stays
+        overrides = [a for o in tiny(tmp_path, extra=["run.max_updates=20"])
+                     for a in ("--set", o)]
+        empty = tmp_path / "empty.yaml"
+        empty.write_text("{}\n")
+        result = subprocess.run([sys.executable, "-m", "ps_trainer.cli", "train", "--config",
+                                 str(empty), *overrides], capture_output=True, text=True,
+                                env=env, timeout=180)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "final mIoU:" in result.stdout
+    finally:
+        subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
