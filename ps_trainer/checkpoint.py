@@ -200,6 +200,19 @@ class CheckpointManager:
             return path, payload
         return None
 
+    def remove_partial_writes(self) -> list[Path]:
+        """Delete the temporary files of writes that never finished (their writer was killed
+        between writing and renaming: each may be a full checkpoint's size); returns them.
+        Only for the folder's one writer, when it starts: a live writer's file would go too."""
+        partial = [p for p in self.directory.iterdir()
+                   if p.name.startswith(".") and p.name.endswith(".tmp")]
+        for path in partial:
+            path.unlink(missing_ok=True)
+        if partial:
+            log.warning("removed %d unfinished checkpoint write(s) in %s", len(partial),
+                        self.directory)
+        return partial
+
     def _prune(self) -> None:
         for path in self.steps()[: -self.keep_last]:
             path.unlink(missing_ok=True)

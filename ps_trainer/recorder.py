@@ -42,6 +42,9 @@ class RunRecorder:
         self.cfg = cfg
         self.run = run
         self.checkpoints = CheckpointManager(run.checkpoints, cfg.eval.keep_last)
+        # The recorder is the folder's only writer (an evaluator's replacement starts after it
+        # is gone): a write its predecessor never finished is left as a temporary file.
+        self.checkpoints.remove_partial_writes()
 
     def checkpoint(self, step: int, time_s: float, server_payload: dict) -> None:
         """A checkpoint of a state not scored yet (the final one, before its evaluation; the

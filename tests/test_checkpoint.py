@@ -116,3 +116,57 @@ def test_latest_is_none_when_nothing_verifies(tmp_path):
     manager.save(payload(1), 1)
     manager.steps()[0].write_bytes(b"")
     assert manager.latest() is None
+
+
+WRITER = """
+import sys
+import numpy as np
+from ps_trainer.checkpoint import CheckpointManager
+manager = CheckpointManager(sys.argv[1], 2)
+weights = np.random.default_rng(0).random(16 << 20).astype(np.float32)   # 64 MiB
+step = 0
+while True:
+    step += 1
+    manager.save({"servers": [{"weights": {"w": weights}}]}, step)
+"""
+
+
+def _killed_mid_write(directory):
+    """Run a writer of 64 MiB checkpoints and SIGKILL it while a temporary file exists."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    for _ in range(5):
+        child = subprocess.Popen([sys.executable, "-c", WRITER, str(directory)])
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                if list(directory.glob(".*.tmp")):
+                    os.kill(child.pid, signal.SIGKILL)
+                    break
+                time.sleep(0.0005)
+        finally:
+            child.kill()
+            child.wait()
+        leftovers = list(directory.glob(".*.tmp"))
+        if leftovers:
+            return leftovers
+    raise AssertionError("never caught the writer between its write and its rename")
+
+
+def test_a_write_killed_before_its_rename_is_cleaned_up_by_the_next_writer(tmp_path,
+                                                                           tiny_config):
+    from ps_trainer.recorder import RunRecorder
+    from ps_trainer.run_folder import RunFolder
+
+    cfg = tiny_config()
+    run = RunFolder(tmp_path / "run")
+    run.checkpoints.mkdir(parents=True)
+    leftovers = _killed_mid_write(run.checkpoints)
+    assert any(p.stat().st_size > 0 for p in leftovers)
+    kept = CheckpointManager(run.checkpoints, 2).steps()
+    RunRecorder(cfg, run)                              # the evaluator's replacement starts
+    assert not list(run.checkpoints.glob(".*.tmp"))
+    assert CheckpointManager(run.checkpoints, 2).steps() == kept      # finished ones stay
