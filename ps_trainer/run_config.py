@@ -105,6 +105,26 @@ def _check_tasks(cfg: Config, tasks: Registry) -> None:
         if cls.head_of is not None and cls.head_of not in cfg.tasks:
             raise ConfigError(f"tasks.{name}", f"{name!r} trains the {cls.head_of!r} head: "
                                                f"add tasks.{cls.head_of} to the run")
+    _check_labels_reach_the_head(cfg, tasks)
+
+
+def _check_labels_reach_the_head(cfg: Config, tasks: Registry) -> None:
+    """A pseudo-labelling task trains a head from the head's own predictions: something must
+    bring labels to it — workers of the head's own task, a task that reads labels itself, or
+    a fixed teacher trained on labels before. Otherwise the run trains on no labels at all."""
+    for name, task_cfg in cfg.tasks.items():
+        cls = tasks.get(name)
+        head = cls.head_of
+        if head is None or cls.uses_labels or task_cfg.workers == 0:
+            continue
+        labelled = [t for t, c in cfg.tasks.items() if c.workers > 0 and tasks.get(t).uses_labels
+                    and (t == head or tasks.get(t).head_of == head)]
+        if labelled or task_cfg.options.get("teacher") == "checkpoint":
+            continue
+        raise ConfigError(f"tasks.{head}.workers",
+                          f"0, but {name!r} trains the {head!r} head from its own predictions: "
+                          f"give tasks.{head} workers (or a teacher: checkpoint), or the run "
+                          f"learns from no labels at all")
 
 
 def _in_section(section: str, check) -> None:

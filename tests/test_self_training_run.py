@@ -37,9 +37,16 @@ def test_local_run_trains_it_round_robin(tiny_config):
 
 
 def test_self_training_pushes_alone_move_the_segmentation_head(tiny_config, tmp_path):
-    """Segmentation frozen out (0 workers): only self_training's pushes reach its head."""
+    """Segmentation frozen out (0 workers; the labels come through a fixed teacher trained
+    on them): only self_training's pushes reach its head."""
+    teacher_run = tiny_config(extra=["run.max_updates=6", "eval.every_s=600",
+                                     f"run.out_dir={tmp_path / 'teacher'}"])
+    run_local(teacher_run)
+    teacher = CheckpointManager(RunFolder(teacher_run.run.out_dir).checkpoints, 3).steps()[-1]
     cfg = tiny_config(tasks=SEMI, extra=["run.max_updates=12", "eval.every_s=600",
-                                         "tasks.segmentation.workers=0", *CONFIDENT])
+                                         "tasks.segmentation.workers=0", *CONFIDENT,
+                                         "tasks.self_training.options.teacher=checkpoint",
+                                         f"tasks.self_training.options.teacher_checkpoint={teacher}"])
     _, flat = initial_model(cfg)
     before = flat.params["head/segmentation"].numpy().copy()
     summary = run_local(cfg)
@@ -48,6 +55,15 @@ def test_self_training_pushes_alone_move_the_segmentation_head(tiny_config, tmp_
     state = CheckpointManager(run.checkpoints, 3).latest()[1]["servers"][0]
     after = np.asarray(state["weights"]["head/segmentation"])
     assert np.abs(after - before).max() > 1e-4
+
+
+def test_with_no_labels_reaching_its_head_it_fails_at_start(tiny_config):
+    """No segmentation workers and a teacher that is the student itself: nothing would ever
+    learn from a label."""
+    with pytest.raises(ConfigError, match="tasks.segmentation.workers.*no labels at all"):
+        tiny_config(tasks=SEMI, extra=["tasks.segmentation.workers=0"])
+    tiny_config(tasks=("segmentation", "domain_adaptation"),   # reads source labels itself
+                extra=["tasks.segmentation.workers=0"])
 
 
 @pytest.mark.ray
