@@ -10,6 +10,7 @@ QUEUED = "queued"          # accepted into the task's sync group; applied when t
 STALE = "stale"            # staleness above server.max_staleness_updates: dropped
 NONFINITE = "nonfinite"    # NaN or Inf in the gradient or the reported loss: rejected
 OVERFLOW = "overflow"      # a worker's fp16 step overflowed its loss scale: never pushed
+RETRIED = "retried"        # a server did not answer in time: the step's calls were retried
 REJECT_REASONS = (STALE, NONFINITE)
 
 

@@ -32,8 +32,8 @@ from ps_trainer.model import MultiTaskModel, shard_of
 from ps_trainer.shards import shards_of_head
 from ps_trainer.client import ParameterClient
 from ps_trainer.params import FlatModel, Piece, ShardLayout
-from ps_trainer.protocol import (NONFINITE, OVERFLOW, STALE, PushResult, PushStats, SetupError,
-                                 WorkerStatus)
+from ps_trainer.protocol import (NONFINITE, OVERFLOW, RETRIED, STALE, PushResult, PushStats,
+                                 SetupError, WorkerStatus)
 from ps_trainer.runtime import prepare_compute, set_threads
 from ps_trainer.slots import ComputeSlots, slot_count
 from ps_trainer_workers.assembly import build_model, build_task
@@ -44,6 +44,13 @@ from ps_trainer_workers.tasks.base import TaskModel
 log = logging.getLogger(__name__)
 # A dead server shows as a failed call, or as lost weights it had published (it owned them).
 _SERVER_GONE = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)
+# ... but these say only that it did not answer in time: it may well be alive (a network
+# drop, a paused process). Retried against the same actors, with backoff.
+_TRANSIENT = (ray.exceptions.ActorUnavailableError, ray.exceptions.ObjectFetchTimedOutError,
+              ray.exceptions.GetTimeoutError)
+_RETRY_BACKOFF_S = (0.1, 5.0)         # first and longest wait between retries
+_REPLACEMENT_WAIT_S = 30.0            # after a death, how long to wait for set_servers before
+                                      # trying the same servers again (they may be fine)
 
 
 class TaskLoop:
@@ -253,6 +260,7 @@ class TaskWorker:
 
     def _train(self, max_steps: Optional[int]) -> None:
         servers = None
+        backoff = 0.0
         while not self._stop.is_set() and (max_steps is None or self._steps < max_steps):
             try:
                 if servers is not self._servers:          # first start, or servers replaced
@@ -267,15 +275,28 @@ class TaskWorker:
                         self._client.push(self._task, self._replica, stats,
                                           self._loop.norm_stats(), self._loop.shards)
                 self._steps += 1
+                backoff = 0.0
                 if stats is None:
                     self._results[OVERFLOW] += 1
                 else:
                     self._observe(stats)
+            except _TRANSIENT as err:
+                first, longest = _RETRY_BACKOFF_S
+                backoff = min(longest, backoff * 2 if backoff else first)
+                log.warning("%s/%d: a server did not answer (%s); retrying in %.1f s",
+                            self._task, self._replica, type(err).__name__, backoff)
+                self._results[RETRIED] += 1
+                servers = None                    # in-flight calls abandoned, weights re-pulled
+                self._stop.wait(backoff)
             except _SERVER_GONE as err:
-                log.warning("%s/%d: a server is unreachable (%s); waiting for a replacement",
+                log.warning("%s/%d: a server is gone (%s); waiting for a replacement",
                             self._task, self._replica, type(err).__name__)
-                while self._servers is servers and not self._stop.is_set():
+                deadline = time.monotonic() + _REPLACEMENT_WAIT_S
+                while (self._servers is servers and not self._stop.is_set()
+                       and time.monotonic() < deadline):
                     time.sleep(0.05)
+                if self._servers is servers:      # none came: the same ones, once more
+                    servers = None
 
     def _observe(self, stats: PushStats) -> None:
         """Per-step metrics: counters advance by the client's deltas (no growing state)."""

@@ -181,3 +181,38 @@ def test_worker_told_to_stop_while_waiting_for_a_slot_makes_no_step(slot_worker)
         slots.release()
     assert ray.get(done, timeout=120).steps == 0   # it got the turn after stop: no step
     assert ray.get(server.status.remote()).version == 0
+
+
+class _UnansweringPushes:
+    """Mixed into the real server: its 3rd and 4th pushes raise ActorUnavailableError, as a
+    server that did not answer in time (it may be alive) shows to its caller."""
+
+    def push(self, *args, **kwargs):
+        self._calls = getattr(self, "_calls", 0) + 1
+        if self._calls in (3, 4):
+            raise ray.exceptions.ActorUnavailableError("injected: no answer in time", None)
+        return super().push(*args, **kwargs)
+
+
+@pytest.mark.ray
+def test_a_server_that_does_not_answer_is_retried_not_waited_for(ray_session, tiny_config):
+    """ActorUnavailableError says "may or may not be dead": the worker retries the same
+    servers with backoff instead of waiting for replacements that nobody sends."""
+    from ps_trainer.launch import _runtime_spec
+    from ps_trainer.protocol import RETRIED
+    from ps_trainer.server import ParameterServer
+
+    cfg = tiny_config(tasks=("rotation", "segmentation"),
+                      extra=["server.same_node_pushes=object_store", "tasks.rotation.inflight=1"])
+    spec = _runtime_spec(cfg, None)
+    flaky = ray.remote(type("FlakyServer", (_UnansweringPushes, ParameterServer), {}))
+    server = flaky.options(num_cpus=0.25).remote(cfg, 0, spec.initial_weights[0],
+                                                 spec.task_keys)
+    worker = spec.worker_cls.options(num_cpus=0.25, max_concurrency=2).remote(
+        cfg, "rotation", 0, [server], spec.plan)
+    status = ray.get(worker.run.remote(max_steps=12), timeout=120)
+    assert status.steps == 12 and status.results.get(RETRIED, 0) >= 1
+    assert status.results.get(APPLIED, 0) >= 9              # the unanswered pushes are lost
+    assert ray.get(server.status.remote()).version == status.results[APPLIED]
+    for actor in (worker, server):
+        ray.kill(actor)
