@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 _SUPERVISE_EVERY_S = 0.5
 _STOP_GRACE_S = 10.0
 _CALL_TIMEOUT_S = 10.0          # a control call to a live actor
+_UNANSWERED_PINGS = 3           # pings in a row a server may leave unanswered (Ray could not
+                                # reach it) before it is taken for dead
 _FINAL_EVAL_SLACK = 3.0         # the final evaluation may take this many times the last one
 _SCALE_WAIT_S = 10.0            # how long scale() waits for new workers to answer
 _SERVER_START_S = 120.0         # how long (re)starting the server actors is waited for
@@ -161,6 +163,7 @@ class Coordinator:
         self._stop = threading.Event()
         self._servers: list = []
         self._server_pings: list = []
+        self._unanswered: dict = {}                # server index -> unanswered pings in a row
         self._snapshots = _Snapshots(cfg.server.snapshot_every_s)
         self._workers: dict[str, list[_WorkerSlot]] = {t: [] for t in cfg.task_names}
         # Actors started per (task, replica) so far, and the version a resumed run started
@@ -200,6 +203,7 @@ class Coordinator:
         others = [self._new_server(i, states[i]) for i in range(1, len(states))]
         self._servers = [self._new_server(0, states[0], others), *others]
         self._server_pings = [s.ping.remote() for s in self._servers]
+        self._unanswered = {}
         ready, _ = ray.wait(list(self._server_pings), num_returns=len(self._servers),
                             timeout=_SERVER_START_S)
         if len(ready) < len(self._servers):
@@ -393,10 +397,10 @@ class Coordinator:
                 try:
                     ray.get(slot.run_ref)
                     log.warning("worker %s/%d returned unexpectedly; restarting it", task, slot.replica)
-                except ray.exceptions.RayActorError:
-                    log.warning("worker %s/%d died; starting a replacement", task, slot.replica)
+                except ray.exceptions.RayActorError as err:
+                    log.warning("worker %s/%d %s; starting a replacement", task, slot.replica,
+                                "did not answer" if _unavailable(err) else "died")
                 except Exception as err:
-                    ray.kill(slot.handle)
                     if self._gave_up(_worker_key(task, slot.replica), err,
                                      [_worker_key(task, s.replica) for s in slots]):
                         log.error("worker %s/%d failed: %s; ending the run", task,
@@ -404,21 +408,33 @@ class Coordinator:
                         return
                     log.error("worker %s/%d failed: %s; starting a replacement", task,
                               slot.replica, _cause(err))
+                # Whatever ended the call, the actor goes before its replacement comes: one
+                # that only stopped answering would otherwise train on beside it, with the
+                # same replica number and stream, holding its CPUs or GPU.
+                ray.kill(slot.handle)
                 slots[i] = self._new_worker(task, slot.replica)
                 self._stats.restarts["worker"] += 1
                 self._metrics.restarts.labels("worker").inc()
 
     def _check_servers(self) -> None:
+        """A server is dead when a ping says so (the actor died), or after _UNANSWERED_PINGS
+        pings in a row were not answered (ActorUnavailableError: it may be alive, e.g. across
+        a brief network drop); a ping still pending is a busy or paused server, not a dead one."""
         for i, ping in enumerate(self._server_pings):
             ready, _ = ray.wait([ping], timeout=0)
             if not ready:
                 continue   # busy, not dead: a dead actor's pending call fails at once
             try:
                 ray.get(ping)
-                self._server_pings[i] = self._servers[i].ping.remote()
-            except ray.exceptions.RayActorError:
-                self._restore_servers(i)
-                return
+                self._unanswered[i] = 0
+            except ray.exceptions.RayActorError as err:
+                self._unanswered[i] = self._unanswered.get(i, 0) + 1
+                if not _unavailable(err) or self._unanswered[i] >= _UNANSWERED_PINGS:
+                    self._restore_servers(i)
+                    return
+                log.warning("server %d did not answer a ping (%d in a row)", i,
+                            self._unanswered[i])
+            self._server_pings[i] = self._servers[i].ping.remote()
 
     def _restore_servers(self, dead: int) -> None:
         """Replace every server actor from one point in time (see the module docstring)."""
@@ -562,6 +578,11 @@ class Coordinator:
         except ray.exceptions.RayError as err:
             log.error("final evaluation failed: %s", _cause(err))
             return None, True
+
+
+def _unavailable(err: Exception) -> bool:
+    """Ray could not reach the actor, which may be alive (not a death)."""
+    return isinstance(err, ray.exceptions.ActorUnavailableError)
 
 
 def _cause(err: Exception) -> str:

@@ -137,3 +137,31 @@ def test_sigkill_chaos_run_finishes_like_an_undisturbed_run(ray_session, tmp_pat
     valid, total = checkpoints_valid(cfg.run.out_dir, cfg.eval.keep_last)
     assert total > 0 and valid == total
     assert abs(stormy.miou - calm.miou) < 0.1, (stormy.miou, calm.miou)
+
+
+def test_a_server_paused_past_the_ping_time_out_is_not_taken_for_dead(started):
+    """SIGSTOP a server actor for longer than a control call's time-out, then SIGCONT it:
+    nothing is restored (no rollback), no worker is replaced (no duplicate replicas), and
+    training goes on from where it was."""
+    import os
+    import signal
+    import time
+
+    from ps_trainer.coordinator import _CALL_TIMEOUT_S
+
+    coordinator, _ = started()
+    wait_for(lambda: version(coordinator) >= 20, 120, what="training to start")
+    server = handles(coordinator)["servers"][0]
+    pid = ray.get(server.process.remote())["pid"]
+    paused_at = version(coordinator)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(_CALL_TIMEOUT_S * 1.5)          # the fault itself: a pause this long
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_for(lambda: version(coordinator) > paused_at + 20, 120, what="training to go on")
+    after = status(coordinator)
+    assert after.restarts["server"] == 0 and not after.restores
+    assert after.restarts["worker"] == 0
+    assert handles(coordinator)["servers"][0] == server
+    assert all(len(ws) == 1 for ws in handles(coordinator)["workers"].values())
