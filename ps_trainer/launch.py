@@ -159,9 +159,35 @@ def _driver_node_gpus() -> float:
                  if n["NodeID"] == here and n["Alive"]), 0.0)
 
 
+def check_resume(cfg: Config, checkpoint: dict, plan: Sequence[Piece]) -> None:
+    """Refuse, in one line naming what changed, a checkpoint this run's servers cannot be
+    built from: another number of server actors, another model or tasks (another plan of
+    pieces), another optimizer (other state per parameter)."""
+    saved = checkpoint.get("servers", [])
+    if len(saved) != cfg.server.actors:
+        raise ValueError(f"the checkpoint holds {len(saved)} server actor state(s) but the run "
+                         f"asks for server.actors={cfg.server.actors}: resume with "
+                         f"server.actors={len(saved)} (the weights are split per actor)")
+    before = {(p["key"], p["shard"], p["stop"] - p["start"], p["server"])
+              for p in checkpoint.get("plan", [])}
+    now = {(p.key, p.shard, p.stop - p.start, p.server) for p in plan}
+    if before != now:
+        changed = sorted({k for k, *_ in before ^ now})
+        raise ValueError(f"the checkpoint's model does not fit this run's: pieces "
+                         f"{', '.join(changed[:4])}{' ...' if len(changed) > 4 else ''} differ "
+                         f"(a changed model, task list or head): resume with the checkpoint's "
+                         f"model and tasks")
+    saved_opt = checkpoint.get("config", {}).get("optimizer", {}).get("name")
+    if saved_opt is not None and saved_opt != cfg.optimizer.name:
+        raise ValueError(f"the checkpoint was trained with optimizer.name={saved_opt}, the run "
+                         f"asks for {cfg.optimizer.name}: its optimizer state would not fit")
+
+
 def _runtime_spec(cfg: Config, resume: Optional[dict]) -> RuntimeSpec:
     _, flat = initial_model(cfg)
     plan = plan_pieces(flat.layout, cfg.server.actors)
+    if resume is not None:
+        check_resume(cfg, resume, plan)
     params = flat.param_arrays()
     initial = [ray.put({p.key: np.ascontiguousarray(params[p.shard][p.start: p.stop])
                         for p in plan if p.server == i}) for i in range(cfg.server.actors)]
@@ -213,6 +239,9 @@ def run_distributed(cfg: Config, address: Optional[str] = None,
                     resume: Optional[dict] = None, overwrite: bool = False) -> RunSummary:
     """Run the parameter server, workers and evaluator on Ray until a stop condition."""
     cfg = with_run_id(cfg)
+    if resume is not None:        # before Ray starts, and before the folder is touched
+        _, flat = initial_model(cfg)
+        check_resume(cfg, resume, plan_pieces(flat.layout, cfg.server.actors))
     # Claimed before Ray starts: a folder of another run fails in a second, in one line.
     RunFolder(cfg.run.out_dir).create(cfg, overwrite, resuming=resume is not None)
     check_splits_here(cfg.data, cfg.run.seed)

@@ -79,3 +79,24 @@ def test_train_into_another_runs_folder_is_one_line_and_exit_1(tiny, tmp_path, c
     assert len(err.splitlines()) == 1 and "holds the checkpoints of run" in err
     assert main(["train", "--mode", "local", "--config", str(empty), *overrides,
                  "--overwrite"]) == 0
+
+
+@pytest.mark.parametrize("change, message", [
+    ("server.actors=2", "holds 1 server actor state.*server.actors=1"),
+    ("model.widths=[8,24]", "model does not fit.*trunk"),
+    ("optimizer.name=sgd", "optimizer.name=adamw"),
+])
+def test_an_incompatible_resume_is_one_line_at_start(tiny, tmp_path, capsys, change, message):
+    overrides = [a for o in tiny(tmp_path, extra=SHORT) for a in ("--set", o)]
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("{}\n")
+    assert main(["train", "--mode", "local", "--config", str(empty), *overrides]) == 0
+    capsys.readouterr()
+    folder = RunFolder(tmp_path / "run")
+    config_before = folder.config.read_text()
+    assert main(["train", "--resume", str(folder.root), "--set", change]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    import re
+    assert re.search(message, err), err
+    assert folder.config.read_text() == config_before         # nothing touched
