@@ -7,16 +7,20 @@ node's cores) runs each step at full speed, so a push is about k - 1 versions st
 tasks share the updates about evenly (as the single-process loop's round-robin does), at the
 same throughput: the cores are busy either way.
 
-A slot is an exclusive ``flock`` on one of k files in the node's temporary directory, named
-after the run; the kernel lets it go when its holder dies, so a killed worker never blocks the
-others. Waiters poll every millisecond, and a worker that has just let a slot go waits a little
+A slot is an exclusive ``flock`` on one of k files named after the run, in a folder of the
+node's temporary directory that only this user may enter (``ps_trainer-<uid>``, mode 0700,
+refused if another user owns it): in the shared directory itself another user could create the
+predictable names first and hold every slot, or point them elsewhere. The kernel lets a lock go
+when its holder dies, so a killed worker never blocks the others. Waiters poll every millisecond, and a worker that has just let a slot go waits a little
 longer than that before it asks again, so that a waiting worker gets the turn (unless another
 slot is free: then nobody waits, and it goes on at once).
 """
 from __future__ import annotations
 
 import fcntl
+import os
 import re
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -34,12 +38,28 @@ def slot_count(setting) -> int:
     return usable_cores() if setting == "cores" else int(setting)
 
 
+def private_lock_folder(base: Optional[str] = None) -> Path:
+    """``<tmp>/ps_trainer-<uid>``, made 0700 for this user; a PermissionError if it exists and
+    is not a directory this user owns and alone may enter."""
+    folder = Path(base or tempfile.gettempdir()) / f"ps_trainer-{os.getuid()}"
+    try:
+        folder.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    info = os.lstat(folder)
+    if (not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid()
+            or stat.S_IMODE(info.st_mode) & 0o077):
+        raise PermissionError(f"{folder} is not a private directory of this user (owner uid "
+                              f"{info.st_uid}, mode {stat.S_IMODE(info.st_mode):o}); remove it")
+    return folder
+
+
 class ComputeSlots:
     """``with slots: step()`` holds one of `count` node-wide slots for the step (0: no limit)."""
 
     def __init__(self, count: int, scope: str, directory: Optional[str] = None):
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", scope)
-        folder = Path(directory or tempfile.gettempdir())
+        folder = Path(directory) if directory else private_lock_folder()
         self._files = [open(folder / f"ps_trainer-{safe}-slot-{i}.lock", "a+b")
                        for i in range(count)]
         self._held = None

@@ -8,6 +8,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from ps_trainer.slots import ComputeSlots
 from support import wait_for
 
@@ -129,3 +131,22 @@ def test_cores_counts_the_machine_where_the_platform_has_no_affinity_call(monkey
     assert slot_count("cores") == len(os.sched_getaffinity(0))
     monkeypatch.delattr(os, "sched_getaffinity")          # macOS
     assert slot_count("cores") == os.cpu_count()
+
+
+def test_lock_files_live_in_a_folder_only_this_user_may_enter(tmp_path):
+    import stat
+
+    from ps_trainer.slots import private_lock_folder
+
+    folder = private_lock_folder(str(tmp_path))
+    assert folder.name == f"ps_trainer-{os.getuid()}"
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert private_lock_folder(str(tmp_path)) == folder          # made once, used again
+    folder.chmod(0o777)                                          # opened to everyone: refused
+    with pytest.raises(PermissionError, match="not a private directory"):
+        private_lock_folder(str(tmp_path))
+    folder.chmod(0o700)
+    folder.rmdir()
+    folder.symlink_to(tmp_path)                                  # a link planted in its place
+    with pytest.raises(PermissionError, match="not a private directory"):
+        private_lock_folder(str(tmp_path))
