@@ -11,7 +11,8 @@ STALE = "stale"            # staleness above server.max_staleness_updates: dropp
 NONFINITE = "nonfinite"    # NaN or Inf in the gradient or the reported loss: rejected
 OVERFLOW = "overflow"      # a worker's fp16 step overflowed its loss scale: never pushed
 RETRIED = "retried"        # a server did not answer in time: the step's calls were retried
-REJECT_REASONS = (STALE, NONFINITE)
+STALE_GROUP = "stale_group"  # queued in a sync group whose oldest push went stale: dropped
+REJECT_REASONS = (STALE, NONFINITE, STALE_GROUP)
 
 
 class SetupError(RuntimeError):

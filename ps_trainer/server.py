@@ -34,8 +34,8 @@ import torch
 
 from ps_trainer.config import Config
 from ps_trainer.metrics import RateMeter, Reporter, ServerMetrics
-from ps_trainer.protocol import (APPLIED, QUEUED, REJECT_REASONS, PushDecision, PushResult,
-                                 PushStats, ServerStatus)
+from ps_trainer.protocol import (APPLIED, QUEUED, REJECT_REASONS, STALE_GROUP, PushDecision,
+                                 PushResult, PushStats, ServerStatus)
 from ps_trainer.push_buffers import SUPPORTED as SHARED_PUSHES, AttachedBuffers, BufferRef
 from ps_trainer.params import readonly_tensor
 from ps_trainer.runtime import huge_page_zeros, set_threads
@@ -78,6 +78,7 @@ class ParameterServer:
         self._staleness_ema = 0.0
         self._applied: dict[str, int] = {t: 0 for t in cfg.task_names}
         self._rejected: dict[str, int] = {}          # "<task>/<reason>" -> count
+        self._groups_dropped: dict[str, int] = {}    # task -> sync groups dropped stale
         send = (lambda source, fams: hub.report.remote(source, fams)) if hub else (lambda *a: None)
         self._reporter = Reporter(f"server/{index}", self._metrics.registry, send,
                                   cfg.metrics.report_every_s)
@@ -169,11 +170,27 @@ class ParameterServer:
 
     def _carry_out(self, task: str, g, decision: PushDecision, stats: Optional[PushStats],
                    nbytes: int, start: float) -> None:
-        self._store.execute(task, g, decision)
+        dropped = self._store.execute(task, g, decision)
+        if dropped:
+            self._dropped_group(task, dropped)
         if decision.reason == APPLIED:
             for key in self._store.task_keys[task]:
                 self._modified_at[key] = self._store.version
         self._record(task, decision.result, stats, nbytes, time.perf_counter() - start)
+
+    def _dropped_group(self, task: str, pushes: int) -> None:
+        """A sync group dropped unapplied: counted as rejected (reason stale_group), and said
+        in the log the first time and every 100th, since a group that keeps going stale
+        never trains its task (lower tasks.<task>.sync, or raise max_staleness_updates)."""
+        self._metrics.rejected(task, STALE_GROUP).inc(pushes)
+        key = f"{task}/{STALE_GROUP}"
+        self._rejected[key] = self._rejected.get(key, 0) + pushes
+        self._groups_dropped[task] = self._groups_dropped.get(task, 0) + 1
+        if self._index == 0 and self._groups_dropped[task] % 100 == 1:
+            log.warning("server: %d sync group(s) of %s dropped because their oldest push went "
+                        "stale (%d pushes); lower tasks.%s.sync or raise "
+                        "server.max_staleness_updates", self._groups_dropped[task], task,
+                        self._rejected[key], task)
 
     def _drop_undecided(self) -> None:
         """Parts whose push can no longer be applied (too stale already: its worker died

@@ -117,17 +117,20 @@ class ParameterStore:
         reason = APPLIED if count >= self.sync[task] else QUEUED
         return PushDecision(reason, self.version, staleness, grad_scale, step_factor, reset)
 
-    def execute(self, task: str, g: Mapping[str, torch.Tensor], decision: PushDecision) -> None:
-        """Carry out a decision on the pieces held here. Every store of a split model gets the
+    def execute(self, task: str, g: Mapping[str, torch.Tensor], decision: PushDecision) -> int:
+        """Carry out a decision on the pieces held here; returns the pushes of the task's sync
+        group dropped unapplied (its oldest went stale). Every store of a split model gets the
         same decisions in the same order, so their versions and sync groups move together."""
         if not decision.accepted:
-            return
+            return 0
+        dropped = 0
         if decision.reset_group:
+            dropped = self._acc_count[task]
             self._reset_group(task)
             self.dropped_in_groups += 1
         if self.sync[task] == 1:
             self._apply(g, decision.grad_scale, decision.step_factor)
-            return
+            return dropped
         acc = self._acc[task]
         for key, t in g.items():
             acc[key].add_(t, alpha=decision.grad_scale)
@@ -140,6 +143,7 @@ class ParameterStore:
             count = self._acc_count[task]
             self._apply(acc, 1.0 / count, self._acc_factor[task] / count)
             self._reset_group(task)
+        return dropped
 
     def _staleness_factor(self, staleness: int) -> float:
         return 1.0 / (1 + staleness) if self.server_cfg.staleness_policy == "scale" else 1.0

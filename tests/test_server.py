@@ -308,3 +308,19 @@ def test_a_split_model_reads_same_node_pushes_from_shared_memory(split):
     client.drain()
     assert [r.reason for r in results] == [NONFINITE]
     assert [ray.get(s.ping.remote()) for s in servers] == [10, 10]
+
+
+def test_a_sync_group_that_went_stale_is_counted_as_rejected(server):
+    """rotation's group of 2 holds a push at version 0; two segmentation updates later its
+    oldest push is too stale: the group is dropped, and that shows in the server's counts."""
+    cfg, spec, handle = server(extra=["tasks.rotation.sync=2", "server.max_staleness_updates=1",
+                                      "server.staleness_policy=unscaled"])
+    assert ray.get(handle.push.remote("rotation", 0, 0, grads_for(spec, "rotation", 1.0),
+                                      STATS)).reason == QUEUED
+    for base in (0, 1):
+        ray.get(handle.push.remote("segmentation", 0, base, grads_for(spec, "segmentation", 1.0),
+                                   STATS))
+    ray.get(handle.push.remote("rotation", 1, 2, grads_for(spec, "rotation", 1.0), STATS))
+    status = ray.get(handle.status.remote())
+    assert status.rejected.get("rotation/stale_group") == 1
+    assert status.applied.get("rotation", 0) == 0
