@@ -21,7 +21,11 @@ def batch_for(task: Task, images: torch.Tensor, masks: torch.Tensor, seed: int =
 
 def test_every_task_of_the_paper_is_registered():
     assert PAPER_TASKS <= set(TASKS.names())
-    assert [name for name in TASKS.names() if TASKS.get(name).uses_labels] == ["segmentation"]
+    # Labels reach segmentation, and domain_adaptation's source half; nothing else sees them.
+    assert {name for name in TASKS.names() if TASKS.get(name).uses_labels} == {
+        "segmentation", "domain_adaptation"}
+    assert [name for name in TASKS.names() if TASKS.get(name).uses_both_splits] == [
+        "domain_adaptation"]
 
 
 def test_a_borrowed_head_belongs_to_a_registered_task_with_its_own():
@@ -51,7 +55,9 @@ def test_batch_shapes_and_types(name, context, images, make_masks):
     assert inputs.dtype == torch.float32 and inputs.dim() == 4 and inputs.shape[1] == 3
     assert inputs.shape[0] % len(images) == 0
     assert 0.0 <= inputs.min() and inputs.max() <= 1.0
-    assert isinstance(targets, torch.Tensor) and targets.shape[0] % len(images) == 0
+    # A paired batch's targets are its labelled (first) half's.
+    labelled = len(images) // 2 if task.uses_both_splits else len(images)
+    assert isinstance(targets, torch.Tensor) and targets.shape[0] % labelled == 0
 
 
 @pytest.mark.parametrize("name", TASKS.names())
