@@ -77,6 +77,9 @@ class ParameterServer:
         self._loss_ema: dict[str, float] = {}
         self._staleness_ema = 0.0
         self._applied: dict[str, int] = {t: 0 for t in cfg.task_names}
+        if state is not None:        # counts go on from the restored version, not from 0
+            self._applied.update({t: int(n) for t, n in state.get("applied", {}).items()
+                                  if t in self._applied})
         self._rejected: dict[str, int] = {}          # "<task>/<reason>" -> count
         self._groups_dropped: dict[str, int] = {}    # task -> sync groups dropped stale
         send = (lambda source, fams: hub.report.remote(source, fams)) if hub else (lambda *a: None)
@@ -204,7 +207,7 @@ class ParameterServer:
         through the ordered decision channel, so they are taken after exactly the decisions
         this actor has made. Views, not copies: Ray serialises the reply before the next push."""
         others = [peer.state.remote() for peer in self._peers]
-        own = self._store.state(copy=False)
+        own = self.state()
         return [own, *ray.get(others, timeout=_PEER_TIMEOUT_S)]
 
     def _publish(self) -> None:
@@ -245,8 +248,9 @@ class ParameterServer:
     # ------------------------------------------------------------------ control
 
     def state(self) -> dict:
-        """This actor's state for a checkpoint (views: Ray serialises the reply at once)."""
-        return self._store.state(copy=False)
+        """This actor's state for a checkpoint (views: Ray serialises the reply at once), with
+        the updates applied per task so far."""
+        return {**self._store.state(copy=False), "applied": dict(self._applied)}
 
     def status(self) -> ServerStatus:
         self._rate.update(self._store.version)   # falls to 0 when no push comes

@@ -96,6 +96,8 @@ def test_a_dead_server_actor_brings_every_server_actor_back_from_one_snapshot(st
     assert len({s["version"] for s in ray.get(new[0].snapshot.remote(), timeout=60)}) == 1
     wait_for(lambda: version(coordinator) > restore["to"] + 20, 90, what="training to resume")
     assert status(coordinator).restarts["worker"] == 0  # workers re-pulled, none replaced
+    server = ray.get(new[0].status.remote())            # counts go on from the snapshot's
+    assert sum(server.applied.values()) == server.version
 
 
 def every_updates(n: int):
