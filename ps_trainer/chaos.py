@@ -75,12 +75,14 @@ def kill_one(coordinator, role: str, pick: int = 0, before_version: Optional[int
 
 
 def run_with_kills(cfg: Config, due: Optional[Callable[[CoordinatorStatus], bool]] = None,
-                   roles: tuple[str, ...] = ROLES) -> tuple[RunSummary, list[Kill]]:
+                   roles: tuple[str, ...] = ROLES, overwrite: bool = False
+                   ) -> tuple[RunSummary, list[Kill]]:
     """Run `cfg` on the connected Ray; whenever ``due(status)`` is true, SIGKILL one actor of
-    the next role in `roles`. Returns the run's summary and the kills."""
+    the next role in `roles`. Returns the run's summary and the kills. A run folder holding
+    another run's checkpoints is refused unless `overwrite`."""
     from ps_trainer.launch import start_coordinator
 
-    coordinator = start_coordinator(cfg, overwrite=True)   # the bench's own scratch folders
+    coordinator = start_coordinator(cfg, overwrite=overwrite)
     done = coordinator.run.remote()
     kills: list[Kill] = []
     order = itertools.cycle(roles)
@@ -133,13 +135,18 @@ def checkpoints_valid(run_dir: str, keep_last: int) -> tuple[int, int]:
 
 def chaos(cfg: Config, kill_every_s: float) -> dict:
     """The undisturbed run and the run with kills, same seed; the report of README
-    "Performance" (fault tolerance)."""
-    calm_cfg = cfg.replace(run=replace(cfg.run, name=cfg.run.name + "-calm",
-                                       out_dir=cfg.run.out_dir + "-calm"))
-    calm, _ = run_with_kills(calm_cfg)
-    stormy, kills = run_with_kills(cfg, every_seconds(kill_every_s))
+    "Performance" (fault tolerance). They write to folders of their own beside run.out_dir,
+    `<out_dir>-calm` and `<out_dir>-chaos`, replaced on each call: never the config's own run
+    folder, which may hold a run the user keeps."""
+    def beside(suffix: str) -> Config:
+        return cfg.replace(run=replace(cfg.run, name=cfg.run.name + suffix,
+                                       out_dir=cfg.run.out_dir + suffix))
+
+    calm, _ = run_with_kills(beside("-calm"), overwrite=True)
+    storm = beside("-chaos")
+    stormy, kills = run_with_kills(storm, every_seconds(kill_every_s), overwrite=True)
     restores = stormy.runtime.restores
-    valid, total = checkpoints_valid(cfg.run.out_dir, cfg.eval.keep_last)
+    valid, total = checkpoints_valid(storm.run.out_dir, cfg.eval.keep_last)
     by_role = {r: sum(k.role == r for k in kills) for r in ROLES}
     lost = [r["from"] - r["to"] for r in restores if r["from"] is not None]
     return {

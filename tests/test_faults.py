@@ -167,3 +167,17 @@ def test_a_server_paused_past_the_ping_time_out_is_not_taken_for_dead(started):
     assert after.restarts["worker"] == 0
     assert handles(coordinator)["servers"][0] == server
     assert all(len(ws) == 1 for ws in handles(coordinator)["workers"].values())
+
+
+def test_a_chaos_run_never_replaces_another_runs_checkpoints(ray_session, tmp_path, tiny):
+    """run_with_kills claims its folder like train does: a kept run there is refused."""
+    from ps_trainer.launch import run_local
+    from ps_trainer.run_folder import RunFolderInUse
+
+    cfg = load_run_config(None, tiny(tmp_path, TASKS, extra=["run.max_updates=6",
+                                                             "eval.every_s=600"]))
+    run_local(cfg)
+    kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    with pytest.raises(RunFolderInUse):
+        run_with_kills(cfg)
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == kept
