@@ -40,7 +40,7 @@ from ps_trainer.options import check
 from ps_trainer_workers.tasks.base import Task, TaskModel
 from ps_trainer_workers.tasks.heads import resize_like
 from ps_trainer_workers.tasks.registry import TASKS
-from ps_trainer_workers.tasks.segmentation import IGNORE_INDEX
+from ps_trainer_workers.tasks.segmentation import IGNORE_INDEX, labelled_cross_entropy
 from ps_trainer_workers.tasks.teachers import Teacher, TeacherOptions, pseudo_labels
 from ps_trainer_workers.tasks.views import (block_mask, class_mix_masks, color_jitter,
                                             fourier_style, gaussian_blur)
@@ -113,8 +113,7 @@ class DomainAdaptation(Task):
 
     def __init__(self, context, options=None):
         super().__init__(context, options)
-        self.teacher = (None if self.options.teacher == "pulled"
-                        else Teacher(self.options, self.head_name))
+        self.teacher = Teacher.of(self.options, self.head_name)
         self._steps = 0
 
     def crops(self) -> Optional[Crops]:
@@ -144,9 +143,7 @@ class DomainAdaptation(Task):
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of the source logits, averaged over labelled pixels."""
-        logits = resize_like(output, target.shape[-2:])
-        total = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum")
-        return total / (target != IGNORE_INDEX).sum().clamp(min=1)
+        return labelled_cross_entropy(output, target)
 
     def training_loss(self, model: TaskModel, images: torch.Tensor, rng: np.random.Generator,
                       masks: Optional[torch.Tensor] = None) -> torch.Tensor:

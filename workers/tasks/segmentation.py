@@ -135,7 +135,12 @@ class Segmentation(Task):
         return images.clamp(0.0, 1.0), masks
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        logits = resize_like(output, target.shape[-2:])          # (B, K, H, W)
-        total = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum")
-        # Mean over labelled pixels; an all-ignore batch gives 0 rather than NaN.
-        return total / (target != IGNORE_INDEX).sum().clamp(min=1)
+        return labelled_cross_entropy(output, target)
+
+
+def labelled_cross_entropy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of (B, K, h, w) logits, upsampled to the (B, H, W) labels, averaged over
+    the labelled pixels (an all-ignore batch gives 0 rather than NaN)."""
+    logits = resize_like(output, target.shape[-2:])
+    total = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / (target != IGNORE_INDEX).sum().clamp(min=1)

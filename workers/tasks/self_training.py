@@ -101,8 +101,7 @@ class SelfTraining(Task):
 
     def __init__(self, context, options=None):
         super().__init__(context, options)
-        self.teacher = (None if self.options.teacher == "pulled"
-                        else Teacher(self.options, self.head_name))
+        self.teacher = Teacher.of(self.options, self.head_name)
         self._steps = 0
 
     def make_batch(self, images: torch.Tensor, rng: np.random.Generator,

@@ -78,6 +78,11 @@ class Teacher:
         self.ema: Optional[nn.Module] = None
         self.fixed: Optional[nn.Module] = None
 
+    @classmethod
+    def of(cls, options: TeacherOptions, head_name: str) -> Optional["Teacher"]:
+        """The task's teacher; None for ``pulled`` (the student's own output)."""
+        return None if options.teacher == "pulled" else cls(options, head_name)
+
     def logits(self, model: TaskModel, weak: torch.Tensor) -> torch.Tensor:
         """Weak-view logits; with ``teacher_flip`` or ``teacher_scales``, the class
         probabilities averaged over the mirrored and resized views, at the view's size, as
