@@ -32,7 +32,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"train.py: PS_TRAINER_DIR={project} is not a directory", file=sys.stderr)
             return 2
         os.chdir(project)
-    from ps_trainer.cli import main as cli_main
+    from ps_trainer.tools.cli import main as cli_main
 
     args = sys.argv[1:] if argv is None else list(argv)
     return cli_main(["train", "--address", "auto", *args])

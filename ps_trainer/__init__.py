@@ -13,12 +13,12 @@ from ps_trainer.config import Config, ConfigError, load_config
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_run_config": "ps_trainer.run_config", "run_local": "ps_trainer.launch",
-    "run_distributed": "ps_trainer.launch", "evaluate_checkpoint": "ps_trainer.launch",
-    "finetune": "ps_trainer.finetune", "export_trunk": "ps_trainer.export",
-    "Experiment": "ps_trainer.experiment",
-    "load_experiment": "ps_trainer.experiment", "ParameterStore": "ps_trainer.store",
-    "ParameterServer": "ps_trainer.server", "ParameterClient": "ps_trainer.client",
+    "load_run_config": "ps_trainer.run.config_gate", "run_local": "ps_trainer.run.launch",
+    "run_distributed": "ps_trainer.run.launch", "evaluate_checkpoint": "ps_trainer.run.launch",
+    "finetune": "ps_trainer.recipes.finetune", "export_trunk": "ps_trainer.tools.export",
+    "Experiment": "ps_trainer.recipes.experiment",
+    "load_experiment": "ps_trainer.recipes.experiment", "ParameterStore": "ps_trainer.core.store",
+    "ParameterServer": "ps_trainer.transport.server", "ParameterClient": "ps_trainer.transport.client",
     "MultiTaskModel": "ps_trainer.model",
 }
 

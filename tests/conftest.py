@@ -31,7 +31,7 @@ def tiny_overrides(tmp_path, tasks=("rotation", "segmentation"), workers=1, extr
 @pytest.fixture
 def tiny_config(tmp_path):
     """tiny_config(tasks=..., extra=[...]) -> a validated Config for a tiny run."""
-    from ps_trainer.launch import load_run_config
+    from ps_trainer.run.launch import load_run_config
 
     def make(tasks=("rotation", "segmentation"), workers=1, extra=()):
         return load_run_config(None, tiny_overrides(tmp_path, tasks, workers, extra))

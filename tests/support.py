@@ -59,10 +59,10 @@ def untrained_checkpoint(cfg) -> str:
 
     import numpy as np
 
-    from ps_trainer.launch import initial_model
-    from ps_trainer.params import plan_pieces
-    from ps_trainer.recorder import RunRecorder
-    from ps_trainer.run_folder import RunFolder
+    from ps_trainer.run.launch import initial_model
+    from ps_trainer.core.params import plan_pieces
+    from ps_trainer.run.recorder import RunRecorder
+    from ps_trainer.run.run_folder import RunFolder
 
     _, flat = initial_model(cfg)
     plan = plan_pieces(flat.layout, 1)

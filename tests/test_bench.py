@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from ps_trainer.cli import main
-from ps_trainer.push_buffers import SUPPORTED as SHARED_PUSHES
+from ps_trainer.tools.cli import main
+from ps_trainer.transport.push_buffers import SUPPORTED as SHARED_PUSHES
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -84,8 +84,8 @@ def test_data_section_measures_the_loader_rows_and_memory_per_cache(tmp_path, ca
 
 
 def test_time_to_target_ratios_per_seed_and_over_seeds():
-    from ps_trainer.bench import format_time_to_target
-    from ps_trainer.efficiency import summarise_time_to_target
+    from ps_trainer.tools.bench import format_time_to_target
+    from ps_trainer.tools.efficiency import summarise_time_to_target
 
     def run(mode, seed, seconds, updates):
         return {"mode": mode, "seed": seed, "seconds_to_target": seconds,
@@ -110,7 +110,7 @@ def test_timing_the_servers_passes_leaves_the_process_threads_as_they_were():
     # Later sections time the local loop in the same process: on one thread they would be slow.
     import torch
 
-    from ps_trainer.bench import server_passes
+    from ps_trainer.tools.bench import server_passes
 
     before = torch.get_num_threads()
     torch.set_num_threads(3)
@@ -124,7 +124,7 @@ def test_timing_the_servers_passes_leaves_the_process_threads_as_they_were():
 
 def test_real_sizes_section_measures_each_size_and_models_the_split(ray_session, tmp_path,
                                                                       capsys):
-    from ps_trainer.real_sizes import CallCosts, feed_model
+    from ps_trainer.tools.real_sizes import CallCosts, feed_model
 
     out = tmp_path / "real.json"
     assert main(["bench", "--quick", "--sections", "real_sizes", "--out", str(out)]) == 0
@@ -175,7 +175,7 @@ def test_real_sizes_section_measures_each_size_and_models_the_split(ray_session,
 
 
 def test_feed_model_divides_the_passes_and_the_bytes_over_the_actors():
-    from ps_trainer.real_sizes import CallCosts, feed_model
+    from ps_trainer.tools.real_sizes import CallCosts, feed_model
 
     # 20 ms that grow with the trunk; fixed: 2 ms alone, actor 0 +1 ms per other actor, the
     # others 2.5 ms; 25M params.
@@ -194,7 +194,7 @@ def test_feed_model_divides_the_passes_and_the_bytes_over_the_actors():
 
 
 def test_real_sizes_summary_is_mean_and_spread_over_the_repeats():
-    from ps_trainer.real_sizes import RealSizesPlan, TrunkSize, _summarise
+    from ps_trainer.tools.real_sizes import RealSizesPlan, TrunkSize, _summarise
 
     def run(rate, passes_ms, scaled):
         timed = {"updates_per_s": rate, "server_memory": {
@@ -233,7 +233,7 @@ def test_real_sizes_summary_is_mean_and_spread_over_the_repeats():
 def test_resnet_trunk_sizes_are_the_real_trunks():
     from ps_trainer.config import ModelConfig
     from ps_trainer.model.backbones import make_trunk
-    from ps_trainer.real_sizes import RESNET50_TRUNK_PARAMS, RESNET101_TRUNK_PARAMS
+    from ps_trainer.tools.real_sizes import RESNET50_TRUNK_PARAMS, RESNET101_TRUNK_PARAMS
 
     for backbone, params in (("resnet50", RESNET50_TRUNK_PARAMS),
                              ("resnet101", RESNET101_TRUNK_PARAMS)):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ps_trainer.checkpoint import CheckpointManager, CorruptCheckpoint, load_checkpoint, save_checkpoint
+from ps_trainer.core.checkpoint import CheckpointManager, CorruptCheckpoint, load_checkpoint, save_checkpoint
 
 
 def payload(value: float) -> dict:
@@ -44,7 +44,7 @@ def test_missing_checksum_loads_a_valid_file_with_a_warning(tmp_path, caplog):
     path = tmp_path / "c.pt"
     save_checkpoint(path, payload(1.0))
     (tmp_path / "c.pt.sha256").unlink()
-    with caplog.at_level(logging.WARNING, logger="ps_trainer.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="ps_trainer.core.checkpoint"):
         back = load_checkpoint(path)
     assert back["servers"][0]["version"] == 1
     assert "no checksum file c.pt.sha256" in caplog.text
@@ -121,7 +121,7 @@ def test_latest_is_none_when_nothing_verifies(tmp_path):
 WRITER = """
 import sys
 import numpy as np
-from ps_trainer.checkpoint import CheckpointManager
+from ps_trainer.core.checkpoint import CheckpointManager
 manager = CheckpointManager(sys.argv[1], 2)
 weights = np.random.default_rng(0).random(16 << 20).astype(np.float32)   # 64 MiB
 step = 0
@@ -158,8 +158,8 @@ def _killed_mid_write(directory):
 
 def test_a_write_killed_before_its_rename_is_cleaned_up_by_the_next_writer(tmp_path,
                                                                            tiny_config):
-    from ps_trainer.recorder import RunRecorder
-    from ps_trainer.run_folder import RunFolder
+    from ps_trainer.run.recorder import RunRecorder
+    from ps_trainer.run.run_folder import RunFolder
 
     cfg = tiny_config()
     run = RunFolder(tmp_path / "run")

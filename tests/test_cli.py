@@ -11,15 +11,15 @@ import cv2
 import numpy as np
 import pytest
 
-from ps_trainer.cli import main
+from ps_trainer.tools.cli import main
 from ps_trainer.config import ConfigError
-from ps_trainer.run_config import load_run_config
-from ps_trainer.run_folder import RunFolder
+from ps_trainer.run.config_gate import load_run_config
+from ps_trainer.run.run_folder import RunFolder
 from support import untrained_checkpoint
 
 
 def cli(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "ps_trainer.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "ps_trainer.tools.cli", *args], capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -258,7 +258,7 @@ def test_gta5_labelled_cityscapes_unlabelled_and_val_train_distributed(ray_sessi
     Cityscapes-layout val split at full resolution by sliding windows."""
     import ray
 
-    from ps_trainer.launch import start_coordinator, start_metrics
+    from ps_trainer.run.launch import start_coordinator, start_metrics
     from support import wait_for
 
     cfg = gta5_to_cityscapes(tmp_path, tiny, exported, "run.max_updates=100000",
@@ -285,7 +285,7 @@ def test_gta5_labelled_cityscapes_unlabelled_and_val_train_distributed(ray_sessi
 
 def test_a_distributed_run_asking_more_labels_than_the_list_holds_stops_before_ray(
         tmp_path, tiny, exported, monkeypatch):
-    from ps_trainer import launch
+    from ps_trainer.run import launch
 
     def must_not_start(*args, **kwargs):
         raise AssertionError("Ray was started")
@@ -335,7 +335,7 @@ def test_train_without_an_address_starts_its_own_ray_beside_a_dead_cluster(tmp_p
                      for a in ("--set", o)]
         empty = tmp_path / "empty.yaml"
         empty.write_text("{}\n")
-        result = subprocess.run([sys.executable, "-m", "ps_trainer.cli", "train", "--config",
+        result = subprocess.run([sys.executable, "-m", "ps_trainer.tools.cli", "train", "--config",
                                  str(empty), *overrides], capture_output=True, text=True,
                                 env=env, timeout=180)
         assert result.returncode == 0, result.stderr[-2000:]

@@ -9,10 +9,9 @@ import sys
 import pytest
 
 from ps_trainer.config import (DATA_SOURCES, SOURCE_CLASSES, SOURCE_SPLITS, Config, ConfigError,
-                               ResolvedSplit, config_from_dict, config_to_dict, dump_config,
-                               load_config)
-from ps_trainer.experiment import load_experiment
-from ps_trainer.run_config import load_run_config, saved_run_config
+                               ResolvedSplit, config_from_dict, config_to_dict, dump_config, load_config)
+from ps_trainer.recipes.experiment import load_experiment
+from ps_trainer.run.config_gate import load_run_config, saved_run_config
 
 BASE = ["tasks.rotation.workers=1"]
 
@@ -130,7 +129,7 @@ def test_the_schema_imports_no_plugin():
     """config.py checks keys, types and ranges only: importing it loads no registry."""
     code = ("import sys, ps_trainer.config; "
             "print(sorted(m for m in sys.modules if m.startswith(('ps_trainer.model', "
-            "'ps_trainer.balancing', 'ps_trainer_workers'))))")
+            "'ps_trainer.core.balancing', 'ps_trainer_workers'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "[]", out.stderr
 

@@ -15,12 +15,12 @@ import urllib.request
 import pytest
 import ray
 
-from ps_trainer.checkpoint import CheckpointManager
-from ps_trainer.evaluator import Evaluator
-from ps_trainer.launch import _log_progress, build_eval_model, start_coordinator, start_metrics
-from ps_trainer.progress import Progress
-from ps_trainer.protocol import CoordinatorStatus, ServerStatus, SetupError
-from ps_trainer.run_folder import RunFolder
+from ps_trainer.core.checkpoint import CheckpointManager
+from ps_trainer.run.evaluator import Evaluator
+from ps_trainer.run.launch import _log_progress, build_eval_model, start_coordinator, start_metrics
+from ps_trainer.observe.progress import Progress
+from ps_trainer.core.protocol import CoordinatorStatus, ServerStatus, SetupError
+from ps_trainer.run.run_folder import RunFolder
 from support import stop_run, wait_for
 
 pytestmark = [pytest.mark.ray]
@@ -71,12 +71,12 @@ def test_workers_that_do_not_fit_are_pending_not_running(started, tiny_config, c
                    for name in ("ps_workers", "ps_workers_pending"))
     wait_for(scraped, what="the running and pending gauges")
 
-    with caplog.at_level(logging.INFO, logger="ps_trainer.progress"):
+    with caplog.at_level(logging.INFO, logger="ps_trainer.observe.progress"):
         _log_progress(Progress(cfg.task_names), s, cfg)
     assert "workers rotationx1(+1 pending)" in caplog.text
 
     address = ray.get_runtime_context().gcs_address
-    answer = subprocess.run([sys.executable, "-m", "ps_trainer.cli", "scale", "--address", address,
+    answer = subprocess.run([sys.executable, "-m", "ps_trainer.tools.cli", "scale", "--address", address,
                              "--run", "pending", "--task", "rotation", "--workers", "2",
                              "--wait-s", "1"],
                             capture_output=True, text=True, timeout=120)
@@ -195,7 +195,7 @@ def test_an_evaluator_asking_for_a_gpu_the_driver_node_lacks_fails_at_start(ray_
                                                                              monkeypatch):
     """eval.num_gpus is counted with the workers' GPUs, and the evaluator runs on the driver's
     node: a GPU elsewhere in the cluster does not help, and no scaling adds one here."""
-    from ps_trainer import launch
+    from ps_trainer.run import launch
     from ps_trainer.config import ConfigError
 
     cfg = tiny_config(extra=["eval.num_gpus=1"])

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from ps_trainer.config import OptimizerConfig
-from ps_trainer.device_copies import StagedWeights
-from ps_trainer.optim import FlatOptimizer
+from ps_trainer.transport.device_copies import StagedWeights
+from ps_trainer.core.optim import FlatOptimizer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CUDA = torch.device("cuda")
@@ -46,7 +46,7 @@ def test_staged_weights_overlap_a_running_step_and_commit_on_the_gpu():
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 def test_local_run_on_cuda(tiny_config, precision):
-    from ps_trainer.launch import run_local
+    from ps_trainer.run.launch import run_local
 
     cfg = tiny_config(extra=[f"run.precision={precision}", "run.device=cuda",
                              "run.max_updates=20", "eval.every_s=600"])
@@ -56,8 +56,8 @@ def test_local_run_on_cuda(tiny_config, precision):
 
 
 def test_a_cuda_push_is_one_copy_into_the_shared_slot(tiny_config):
-    from ps_trainer.client import ParameterClient
-    from ps_trainer.params import Piece
+    from ps_trainer.transport.client import ParameterClient
+    from ps_trainer.core.params import Piece
     from ps_trainer_workers.worker import make_task_loop
 
     cfg = tiny_config()
@@ -90,7 +90,7 @@ def test_channels_last_on_cuda_keeps_weights_bound_and_pulls_change_the_output(t
 def test_distributed_run_with_a_gpu_worker(ray_session, tiny_config):
     import ray
 
-    from ps_trainer.launch import run_distributed
+    from ps_trainer.run.launch import run_distributed
 
     if ray.cluster_resources().get("GPU", 0) < 1:
         pytest.skip("the session's Ray sees no GPU")

@@ -240,7 +240,7 @@ def test_train_py_rejects_a_missing_project_dir(tmp_path):
 
 
 def test_train_py_joins_the_cluster_from_the_project_dir(tmp_path, monkeypatch):
-    import ps_trainer.cli
+    import ps_trainer.tools.cli
 
     spec = importlib.util.spec_from_file_location("deploy_train", DEPLOY / "train.py")
     module = importlib.util.module_from_spec(spec)
@@ -252,7 +252,7 @@ def test_train_py_joins_the_cluster_from_the_project_dir(tmp_path, monkeypatch):
         return 0
 
     monkeypatch.chdir(ROOT)
-    monkeypatch.setattr(ps_trainer.cli, "main", fake_main)
+    monkeypatch.setattr(ps_trainer.tools.cli, "main", fake_main)
     monkeypatch.setenv("PS_TRAINER_DIR", str(tmp_path))
     assert module.main(["--config", "configs/quickstart.yaml"]) == 0
     assert seen["argv"] == ["train", "--address", "auto", "--config", "configs/quickstart.yaml"]
@@ -347,7 +347,7 @@ def test_dashboard_is_an_importable_grafana_dashboard():
 
 
 def test_dashboard_uses_only_the_trainers_metric_names():
-    from ps_trainer.metrics import METRIC_NAMES
+    from ps_trainer.observe.metrics import METRIC_NAMES
 
     exposed = _exposed_names()
     exprs = _expressions(_dashboard())
@@ -408,7 +408,7 @@ def test_promtool_parses_every_dashboard_expression(tmp_path):
 # --------------------------------------------------------------------------- README section
 
 def test_readme_refers_to_existing_files_and_commands():
-    from ps_trainer.cli import _parser
+    from ps_trainer.tools.cli import _parser
 
     text = (ROOT / "README.md").read_text()
     for path in set(re.findall(r"\bdeploy/[\w.-]+", text)):

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ps_trainer.device_copies import HostStaging, StagedWeights
+from ps_trainer.transport.device_copies import HostStaging, StagedWeights
 from ps_trainer.model import shard_of
-from ps_trainer.params import FlatModel, ShardLayout
+from ps_trainer.core.params import FlatModel, ShardLayout
 from ps_trainer_workers.assembly import build_model, build_tasks
 
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import ray
 
-from ps_trainer.checkpoint import CheckpointManager
+from ps_trainer.core.checkpoint import CheckpointManager
 from ps_trainer.data.streams import restart_number
-from ps_trainer.launch import load_run_config, resume_from, start_coordinator, start_metrics
-from ps_trainer.run_folder import RunFolder
+from ps_trainer.run.launch import load_run_config, resume_from, start_coordinator, start_metrics
+from ps_trainer.run.run_folder import RunFolder
 from support import stop_run, wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -185,7 +185,7 @@ def test_scale_up_and_down_changes_live_workers(run):
 
 def test_cli_status_and_scale_reach_the_running_coordinator(run):
     address = ray.get_runtime_context().gcs_address
-    base = [sys.executable, "-m", "ps_trainer.cli"]
+    base = [sys.executable, "-m", "ps_trainer.tools.cli"]
     out = subprocess.run(base + ["status", "--address", address], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr

@@ -10,7 +10,7 @@ import torch
 from ps_trainer.config import ConfigError
 from ps_trainer.data.class_stats import class_presence
 from ps_trainer.data.splits import build_splits
-from ps_trainer.launch import run_distributed, run_local
+from ps_trainer.run.launch import run_distributed, run_local
 from ps_trainer_workers.worker import task_inputs
 
 ADAPT = ("rotation", "segmentation", "domain_adaptation")

@@ -14,16 +14,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ps_trainer.checkpoint import load_checkpoint
+from ps_trainer.core.checkpoint import load_checkpoint
 from ps_trainer.data.base import Sample, SegmentationDataset, UnreadableImage
 from ps_trainer.data.sampler import crop_square, resize_short_side, to_tensors
 from ps_trainer.data.splits import build_splits
-from ps_trainer.evaluator import EvaluationLoop, make_evaluation_loop
-from ps_trainer.recorder import RunRecorder
-from ps_trainer.launch import build_eval_model, initial_model, load_run_config
-from ps_trainer.params import plan_pieces
-from ps_trainer.run_folder import RunFolder
-from ps_trainer.segmetrics import confusion_matrix, mean_iou
+from ps_trainer.run.evaluator import EvaluationLoop, make_evaluation_loop
+from ps_trainer.run.recorder import RunRecorder
+from ps_trainer.run.launch import build_eval_model, initial_model, load_run_config
+from ps_trainer.core.params import plan_pieces
+from ps_trainer.run.run_folder import RunFolder
+from ps_trainer.core.segmetrics import confusion_matrix, mean_iou
 
 SMALL_MODEL = ("model.widths=[8,16]", "model.blocks=[1,1]")
 # Cityscapes labelIds of the 19 evaluated classes, in train-id order (cityscapesScripts).

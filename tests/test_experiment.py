@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import yaml
 
-from ps_trainer.checkpoint import CheckpointManager, CorruptCheckpoint, load_checkpoint
-from ps_trainer.finetune import trunk_of
+from ps_trainer.core.checkpoint import CheckpointManager, CorruptCheckpoint, load_checkpoint
+from ps_trainer.recipes.finetune import trunk_of
 
 from ps_trainer.config import ConfigError, dump_config
-from ps_trainer.experiment import Experiment, aggregate, load_experiment, read_results, summary_table
-from ps_trainer.launch import load_run_config
-from ps_trainer.schedule import FAILED, MAX_UPDATES, RunSummary
+from ps_trainer.recipes.experiment import Experiment, aggregate, load_experiment, read_results, summary_table
+from ps_trainer.run.launch import load_run_config
+from ps_trainer.core.schedule import FAILED, MAX_UPDATES, RunSummary
 
 
 @pytest.fixture
@@ -139,7 +139,7 @@ def _trains_nothing(error=None):
 
 def test_pretraining_that_leaves_no_checkpoint_fails_by_name(grid, monkeypatch):
     exp, base_dir = load_experiment(grid([{"name": "rot", "tasks": ["rotation"]}], baseline=""))
-    monkeypatch.setattr("ps_trainer.launch.run_local", _trains_nothing())
+    monkeypatch.setattr("ps_trainer.run.launch.run_local", _trains_nothing())
     with pytest.raises(RuntimeError, match="rot seed 0: pretraining left no valid checkpoint"):
         Experiment(exp, base_dir).run()
 
@@ -147,7 +147,7 @@ def test_pretraining_that_leaves_no_checkpoint_fails_by_name(grid, monkeypatch):
 def test_a_failed_pretraining_is_reported_with_its_cause(grid, monkeypatch):
     exp, base_dir = load_experiment(grid([{"name": "rot", "tasks": ["rotation"]}], baseline=""))
     cause = "worker rotation/0 could not start: FileNotFoundError: dataset root not found: /x"
-    monkeypatch.setattr("ps_trainer.launch.run_local", _trains_nothing(cause))
+    monkeypatch.setattr("ps_trainer.run.launch.run_local", _trains_nothing(cause))
     with pytest.raises(RuntimeError) as raised:
         Experiment(exp, base_dir).run()
     assert str(raised.value) == f"rot seed 0: pretraining failed: {cause}"
@@ -230,7 +230,7 @@ def test_shipped_grids_check_every_row(path, tmp_path):
 def test_a_joint_row_with_no_task_trains_segmentation_alone_and_test_images_score_apart(grid):
     """test: true scores each row's last checkpoint on the test images too; the table shows
     both, and the test mIoU is the checkpoint's own score on data.val_split: test."""
-    from ps_trainer.launch import evaluate_checkpoint
+    from ps_trainer.run.launch import evaluate_checkpoint
 
     exp, base_dir = load_experiment(grid([{"name": "supervised", "joint": True,
                                            "set": ["run.max_updates=6"]}], baseline="",

@@ -9,14 +9,14 @@ import torch
 from torch import nn
 from torchvision import models
 
-from ps_trainer.checkpoint import load_checkpoint
-from ps_trainer.cli import main
-from ps_trainer.evaluator import make_evaluation_loop
-from ps_trainer.export import HEAD_PREFIX, export_trunk
-from ps_trainer.launch import build_eval_model, load_run_config, run_local
+from ps_trainer.core.checkpoint import load_checkpoint
+from ps_trainer.tools.cli import main
+from ps_trainer.run.evaluator import make_evaluation_loop
+from ps_trainer.tools.export import HEAD_PREFIX, export_trunk
+from ps_trainer.run.launch import build_eval_model, load_run_config, run_local
 from ps_trainer.model.backbones import IMAGENET_MEAN, IMAGENET_STD
-from ps_trainer.params import Piece, load_norm_stats
-from ps_trainer.run_config import saved_run_config
+from ps_trainer.core.params import Piece, load_norm_stats
+from ps_trainer.run.config_gate import saved_run_config
 from support import untrained_checkpoint
 
 RESNET18 = ["model.backbone=resnet18", "eval.every_s=1000"]   # one evaluation: the final one

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import ray
 
-from ps_trainer.chaos import checkpoints_valid, run_with_kills
-from ps_trainer.launch import load_run_config, start_coordinator
+from ps_trainer.tools.chaos import checkpoints_valid, run_with_kills
+from ps_trainer.run.launch import load_run_config, start_coordinator
 from support import wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -149,7 +149,7 @@ def test_a_server_paused_past_the_ping_time_out_is_not_taken_for_dead(started):
     import signal
     import time
 
-    from ps_trainer.coordinator import _CALL_TIMEOUT_S
+    from ps_trainer.run.coordinator import _CALL_TIMEOUT_S
 
     coordinator, _ = started()
     wait_for(lambda: version(coordinator) >= 20, 120, what="training to start")
@@ -171,8 +171,8 @@ def test_a_server_paused_past_the_ping_time_out_is_not_taken_for_dead(started):
 
 def test_a_chaos_run_never_replaces_another_runs_checkpoints(ray_session, tmp_path, tiny):
     """run_with_kills claims its folder like train does: a kept run there is refused."""
-    from ps_trainer.launch import run_local
-    from ps_trainer.run_folder import RunFolderInUse
+    from ps_trainer.run.launch import run_local
+    from ps_trainer.run.run_folder import RunFolderInUse
 
     cfg = load_run_config(None, tiny(tmp_path, TASKS, extra=["run.max_updates=6",
                                                              "eval.every_s=600"]))

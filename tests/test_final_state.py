@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from ps_trainer.checkpoint import CheckpointManager, load_checkpoint
-from ps_trainer.launch import run_distributed
-from ps_trainer.run_folder import RunFolder
+from ps_trainer.core.checkpoint import CheckpointManager, load_checkpoint
+from ps_trainer.run.launch import run_distributed
+from ps_trainer.run.run_folder import RunFolder
 
 # 64 validation images scored on 16-px windows every 2 px: hundreds of windows per image,
 # seconds of scoring against a 0.5 s limit (and no earlier evaluation to scale it by).

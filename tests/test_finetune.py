@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ps_trainer.checkpoint import CheckpointManager, load_checkpoint
+from ps_trainer.core.checkpoint import CheckpointManager, load_checkpoint
 from ps_trainer.config import dump_config
-from ps_trainer.finetune import finetune, finetune_config, trunk_of
-from ps_trainer.launch import initial_model, load_run_config, run_local
-from ps_trainer.params import plan_pieces
+from ps_trainer.recipes.finetune import finetune, finetune_config, trunk_of
+from ps_trainer.run.launch import initial_model, load_run_config, run_local
+from ps_trainer.core.params import plan_pieces
 
 FT = ["finetune.steps=12", "finetune.batch_size=4", "finetune.warmup_updates=0"]
 
@@ -71,7 +71,7 @@ def test_cli_finetune(tmp_path, pretrained):
 
     cfg, _ = pretrained
     path = CheckpointManager(f"{cfg.run.out_dir}/checkpoints", 3).steps()[-1]
-    out = subprocess.run([sys.executable, "-m", "ps_trainer.cli", "finetune", "--checkpoint",
+    out = subprocess.run([sys.executable, "-m", "ps_trainer.tools.cli", "finetune", "--checkpoint",
                           str(path), "--labels", "4", "--out", str(tmp_path / "cli"),
                           "--unlabelled-task", "self_training"],
                          capture_output=True, text=True, timeout=300)
@@ -81,7 +81,7 @@ def test_cli_finetune(tmp_path, pretrained):
     assert "unlabelled_tasks:\n  - self_training" in saved and "self_training:" in saved
     config = tmp_path / "c.yaml"
     config.write_text(dump_config(cfg))
-    scratch = subprocess.run([sys.executable, "-m", "ps_trainer.cli", "finetune", "--checkpoint",
+    scratch = subprocess.run([sys.executable, "-m", "ps_trainer.tools.cli", "finetune", "--checkpoint",
                               "none", "--labels", "4"], capture_output=True, text=True, timeout=60)
     assert scratch.returncode == 1 and "needs --config" in scratch.stderr
 

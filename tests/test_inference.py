@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ps_trainer.config import EvalConfig
-from ps_trainer.inference import predict_logits, size_at_scale, window_starts
+from ps_trainer.model.inference import predict_logits, size_at_scale, window_starts
 
 CLASSES = 5
 

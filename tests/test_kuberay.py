@@ -42,8 +42,8 @@ def _train_args() -> list[str]:
 
 def _run_config():
     """The config the job trains with, read from this checkout (the image's copy of it)."""
-    from ps_trainer.cli import _parser
-    from ps_trainer.launch import load_run_config
+    from ps_trainer.tools.cli import _parser
+    from ps_trainer.run.launch import load_run_config
 
     args = _parser().parse_args(["train", *_train_args()])
     assert args.config.startswith(IMAGE_ROOT + "/")

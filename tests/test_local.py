@@ -6,9 +6,9 @@ import math
 
 import torch
 
-from ps_trainer.checkpoint import CheckpointManager
-from ps_trainer.launch import resume_from, run_local
-from ps_trainer.run_folder import RunFolder
+from ps_trainer.core.checkpoint import CheckpointManager
+from ps_trainer.run.launch import resume_from, run_local
+from ps_trainer.run.run_folder import RunFolder
 
 
 def test_local_run_writes_metrics_checkpoints_and_pictures(tiny_config):

@@ -5,8 +5,8 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from ps_trainer.metrics import (METRIC_NAMES, CoordinatorMetrics, EvaluatorMetrics, MetricsHub,
-                                RateMeter, Reporter, ServerMetrics, WorkerMetrics)
+from ps_trainer.observe.metrics import (METRIC_NAMES, CoordinatorMetrics, EvaluatorMetrics, MetricsHub,
+                                        RateMeter, Reporter, ServerMetrics, WorkerMetrics)
 
 
 def scrape(port: int) -> dict:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ps_trainer.config import OptimizerConfig
-from ps_trainer.optim import FUSED, FlatOptimizer, learning_rate
+from ps_trainer.core.optim import FUSED, FlatOptimizer, learning_rate
 
 REFERENCES = {
     "sgd": lambda p, cfg: torch.optim.SGD([p], lr=cfg.lr, momentum=cfg.momentum,

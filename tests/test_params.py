@@ -8,8 +8,8 @@ from torch import nn
 
 from ps_trainer.config import ModelConfig
 from ps_trainer.model import MultiTaskModel, shard_of
-from ps_trainer.params import (FlatModel, ShardLayout, encode_grad, load_norm_stats, load_pieces,
-                               plan_pieces, readonly_tensor)
+from ps_trainer.core.params import (FlatModel, ShardLayout, encode_grad, load_norm_stats, load_pieces,
+                                    plan_pieces, readonly_tensor)
 
 
 def tiny_model(norm="group"):
@@ -129,7 +129,7 @@ def test_adopt_makes_parameters_views_of_the_pulled_array():
 
 
 def test_wire_norm_sees_float16_overflow():
-    from ps_trainer.client import wire_norm
+    from ps_trainer.transport.client import wire_norm
 
     assert wire_norm([np.array([3.0, 4.0], np.float32)]) == pytest.approx(5.0)
     big = encode_grad(torch.tensor([1e6]), "float16")              # overflows float16

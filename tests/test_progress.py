@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from ps_trainer.progress import Progress
+from ps_trainer.observe.progress import Progress
 
 
 def test_line_turns_counts_into_rates_and_shows_what_matters():

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from ps_trainer.push_buffers import SUPPORTED, AttachedBuffers, BufferRef, PushBuffers
+from ps_trainer.transport.push_buffers import SUPPORTED, AttachedBuffers, BufferRef, PushBuffers
 
 pytestmark = pytest.mark.skipif(not SUPPORTED, reason="shared-memory pushes need Linux")
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(not SUPPORTED, reason="shared-memory pushes need
 # server needs to attach, then waits until its stdin closes.
 WORKER = """
 import json, sys
-from ps_trainer.push_buffers import PushBuffers
+from ps_trainer.transport.push_buffers import PushBuffers
 buffers = PushBuffers({"a": 3, "b": 5}, slots=3)
 for slot, views in enumerate(buffers.views):
     views["a"].fill_(-1.0)

@@ -114,7 +114,7 @@ def test_ray_job_trains_logs_progress_and_stops_with_a_final_checkpoint(head, ti
         assert "Traceback" not in logs, logs[-3000:]
         state = jobs(head, "status", JOB_ID).stdout.lower()
         assert "failed" not in state and "succeeded" not in state, state + logs[-3000:]
-        lines = [ln for ln in logs.splitlines() if "ps_trainer.progress: updates" in ln]
+        lines = [ln for ln in logs.splitlines() if "ps_trainer.observe.progress: updates" in ln]
         return lines and int(lines[-1].split("updates ")[1].split()[0]) >= 20
     try:
         wait_for(progress, 300, "a progress line with 20 updates or more in `ray job logs`", 2)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ps_trainer.checkpoint import CheckpointManager, load_checkpoint
-from ps_trainer.finetune import finetune
-from ps_trainer.launch import initial_model, run_distributed, run_local
-from ps_trainer.run_folder import RunFolder
+from ps_trainer.core.checkpoint import CheckpointManager, load_checkpoint
+from ps_trainer.recipes.finetune import finetune
+from ps_trainer.run.launch import initial_model, run_distributed, run_local
+from ps_trainer.run.run_folder import RunFolder
 
 RESNET50_DEEPLAB = ["model.backbone=resnet50", "model.output_stride=8", "model.norm=group",
                     "tasks.segmentation.options.head=deeplabv3plus",

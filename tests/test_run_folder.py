@@ -7,10 +7,10 @@ import shutil
 
 import pytest
 
-from ps_trainer.checkpoint import CheckpointManager, run_id_of
-from ps_trainer.cli import main
-from ps_trainer.launch import resume_from, run_local
-from ps_trainer.run_folder import RunFolder, RunFolderInUse
+from ps_trainer.core.checkpoint import CheckpointManager, run_id_of
+from ps_trainer.tools.cli import main
+from ps_trainer.run.launch import resume_from, run_local
+from ps_trainer.run.run_folder import RunFolder, RunFolderInUse
 
 SHORT = ["run.max_updates=6", "eval.every_s=600"]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ps_trainer.runtime import huge_page_zeros, streamed_zeros_like
+from ps_trainer.core.runtime import huge_page_zeros, streamed_zeros_like
 
 THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 

@@ -1,6 +1,5 @@
 """The stop-and-evaluate rule both runtimes share."""
-from ps_trainer.schedule import (MAX_MINUTES, MAX_UPDATES, TARGET_MIOU, EvalSchedule,
-                                 StopRule)
+from ps_trainer.core.schedule import (MAX_MINUTES, MAX_UPDATES, TARGET_MIOU, EvalSchedule, StopRule)
 
 
 def test_stop_rule_names_the_first_condition_met():

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ps_trainer.segmetrics import confusion_matrix, mean_iou, pixel_accuracy
+from ps_trainer.core.segmetrics import confusion_matrix, mean_iou, pixel_accuracy
 
 
 def test_confusion_rows_are_truth_and_ignore_is_skipped():

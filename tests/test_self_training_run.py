@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import ray
 
-from ps_trainer.checkpoint import CheckpointManager
+from ps_trainer.core.checkpoint import CheckpointManager
 from ps_trainer.config import ConfigError
-from ps_trainer.finetune import finetune, finetune_config
-from ps_trainer.launch import initial_model, run_distributed, run_local
-from ps_trainer.run_folder import RunFolder
+from ps_trainer.recipes.finetune import finetune, finetune_config
+from ps_trainer.run.launch import initial_model, run_distributed, run_local
+from ps_trainer.run.run_folder import RunFolder
 from ps_trainer_workers.assembly import task_shards
 
 SEMI = ("rotation", "segmentation", "self_training")

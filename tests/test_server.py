@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import ray
 
-from ps_trainer.protocol import APPLIED, NONFINITE, QUEUED, STALE, PushStats
-from ps_trainer.push_buffers import SUPPORTED as SHARED_PUSHES
+from ps_trainer.core.protocol import APPLIED, NONFINITE, QUEUED, STALE, PushStats
+from ps_trainer.transport.push_buffers import SUPPORTED as SHARED_PUSHES
 from support import wait_for
 
 pytestmark = pytest.mark.ray
@@ -16,7 +16,7 @@ STATS = PushStats(loss=1.0, shared_grad_norm=1.0)
 @pytest.fixture
 def server(ray_session, tiny_config):
     """(config, spec, server handle) for a single-shard server of rotation + segmentation."""
-    from ps_trainer.launch import _runtime_spec
+    from ps_trainer.run.launch import _runtime_spec
 
     def make(extra=()):
         cfg = tiny_config(tasks=("rotation", "segmentation"),
@@ -102,8 +102,8 @@ def client_pushes(cfg, spec, handle, prefetch: bool, pushes: int = 3, shared_mem
                   value=lambda step: 0.25):
     """One worker's loop (refresh, fill gradients, push) through a real ParameterClient;
     returns the staleness of each push and the weights the client held at the end."""
-    from ps_trainer.client import ParameterClient
-    from ps_trainer.launch import initial_model
+    from ps_trainer.transport.client import ParameterClient
+    from ps_trainer.run.launch import initial_model
 
     _, flat = initial_model(cfg)
     pieces = tuple(p for p in spec.plan if p.shard in ("trunk", "head/rotation"))
@@ -158,8 +158,8 @@ def test_same_node_pushes_are_read_from_the_workers_memory(server):
 @pytest.fixture
 def split(ray_session, tiny_config):
     """A model split over two server actors, and a real ParameterClient pushing to it."""
-    from ps_trainer.client import ParameterClient
-    from ps_trainer.launch import _runtime_spec, initial_model
+    from ps_trainer.transport.client import ParameterClient
+    from ps_trainer.run.launch import _runtime_spec, initial_model
 
     def make(extra=(), shared_memory=False, inflight=1):
         cfg = tiny_config(tasks=("rotation", "segmentation"),

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from ps_trainer.slots import ComputeSlots
+from ps_trainer.core.compute_slots import ComputeSlots
 from support import wait_for
 
 # A process that takes turns `rounds` times and logs entering and leaving to a shared file
 # (appends of a few bytes are atomic, so the file is the true order of the events).
 _TURNS = textwrap.dedent("""
     import os, sys, time
-    from ps_trainer.slots import ComputeSlots
+    from ps_trainer.core.compute_slots import ComputeSlots
     folder, count, rounds, name = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     slots = ComputeSlots(count, "test", folder)
     log = os.open(os.path.join(folder, "events"), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
@@ -32,7 +32,7 @@ _TURNS = textwrap.dedent("""
 """)
 _HOLD = textwrap.dedent("""
     import os, sys, time
-    from ps_trainer.slots import ComputeSlots
+    from ps_trainer.core.compute_slots import ComputeSlots
     slots = ComputeSlots(1, "test", sys.argv[1])
     slots.acquire()
     open(os.path.join(sys.argv[1], "held"), "w").close()
@@ -108,7 +108,7 @@ def test_no_slots_means_no_limit(tmp_path):
 
 
 def test_a_worker_that_let_a_slot_go_goes_on_at_once_when_another_is_free(tmp_path, monkeypatch):
-    import ps_trainer.slots as slots_module
+    import ps_trainer.core.compute_slots as slots_module
 
     monkeypatch.setattr(slots_module, "_AFTER_RELEASE_S", 30.0)   # long: a pause would show
     slots = ComputeSlots(2, "test", str(tmp_path))
@@ -125,7 +125,7 @@ def test_a_worker_that_let_a_slot_go_goes_on_at_once_when_another_is_free(tmp_pa
 def test_cores_counts_the_machine_where_the_platform_has_no_affinity_call(monkeypatch):
     import os
 
-    from ps_trainer.slots import slot_count
+    from ps_trainer.core.compute_slots import slot_count
 
     assert slot_count(3) == 3
     assert slot_count("cores") == len(os.sched_getaffinity(0))
@@ -136,7 +136,7 @@ def test_cores_counts_the_machine_where_the_platform_has_no_affinity_call(monkey
 def test_lock_files_live_in_a_folder_only_this_user_may_enter(tmp_path):
     import stat
 
-    from ps_trainer.slots import private_lock_folder
+    from ps_trainer.core.compute_slots import private_lock_folder
 
     folder = private_lock_folder(str(tmp_path))
     assert folder.name == f"ps_trainer-{os.getuid()}"

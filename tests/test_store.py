@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from ps_trainer.balancing import make_balancer
+from ps_trainer.core.balancing import make_balancer
 from ps_trainer.config import OptimizerConfig, ServerConfig
-from ps_trainer.protocol import APPLIED, NONFINITE, QUEUED, STALE, PushStats
-from ps_trainer.store import ParameterStore
+from ps_trainer.core.protocol import APPLIED, NONFINITE, QUEUED, STALE, PushStats
+from ps_trainer.core.store import ParameterStore
 
 SGD = OptimizerConfig(name="sgd", lr=1.0, momentum=0.0, weight_decay=0.0, schedule="constant")
 STATS = PushStats(loss=1.0, shared_grad_norm=1.0)

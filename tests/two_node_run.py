@@ -8,7 +8,7 @@ import sys
 import ray
 from ray.cluster_utils import Cluster
 
-from ps_trainer.launch import load_run_config, run_distributed
+from ps_trainer.run.launch import load_run_config, run_distributed
 
 
 def main(out_dir: str) -> None:

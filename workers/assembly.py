@@ -9,7 +9,7 @@ from ps_trainer.config import Config, ConfigError
 from ps_trainer.data.splits import num_classes_of
 from ps_trainer.model import MultiTaskModel
 from ps_trainer.model.backbones import trunk_geometry
-from ps_trainer.shards import shards_of_head
+from ps_trainer.core.shards import shards_of_head
 from ps_trainer_workers.tasks import TASKS, Task, TaskContext, make_task
 
 

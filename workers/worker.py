@@ -27,15 +27,15 @@ from ps_trainer.data.loader import Sampler, loader_workers_for, make_sampler
 from ps_trainer.data.paired import PairedSampler
 from ps_trainer.data.splits import build_splits
 from ps_trainer.data.streams import stream_entropy
-from ps_trainer.metrics import Reporter, WorkerMetrics
+from ps_trainer.observe.metrics import Reporter, WorkerMetrics
 from ps_trainer.model import MultiTaskModel, shard_of
-from ps_trainer.shards import shards_of_head
-from ps_trainer.client import ParameterClient
-from ps_trainer.params import FlatModel, Piece, ShardLayout
-from ps_trainer.protocol import (NONFINITE, OVERFLOW, RETRIED, STALE, PushResult, PushStats,
-                                 SetupError, WorkerStatus)
-from ps_trainer.runtime import prepare_compute, set_threads
-from ps_trainer.slots import ComputeSlots, slot_count
+from ps_trainer.core.shards import shards_of_head
+from ps_trainer.transport.client import ParameterClient
+from ps_trainer.core.params import FlatModel, Piece, ShardLayout
+from ps_trainer.core.protocol import (NONFINITE, OVERFLOW, RETRIED, STALE, PushResult, PushStats,
+                                      SetupError, WorkerStatus)
+from ps_trainer.core.runtime import prepare_compute, set_threads
+from ps_trainer.core.compute_slots import ComputeSlots, slot_count
 from ps_trainer_workers.assembly import build_model, build_task
 from ps_trainer_workers.tasks import Task
 from ps_trainer_workers.precision import StepPrecision

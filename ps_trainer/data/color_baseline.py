@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ps_trainer.data.base import IGNORE_INDEX, SegmentationDataset
-from ps_trainer.segmetrics import confusion_matrix, mean_iou
+from ps_trainer.core.segmetrics import confusion_matrix, mean_iou
 
 BINS = 16   # per channel: 16^3 color cells
 

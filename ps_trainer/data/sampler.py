@@ -6,7 +6,7 @@ shorter side resized to ``image_size`` and a random square; segmentation may use
 that a process decodes (or renders) each image once while there is room; an unusable one is
 read, logged and counted once, then never drawn again. Background loader processes run the
 same sampler (``ps_trainer/data/loader.py``). Evaluation (:class:`EvalReader`) streams whole images at
-their own resolution; ``ps_trainer/inference.py`` applies the test scale.
+their own resolution; ``ps_trainer/model/inference.py`` applies the test scale.
 """
 from __future__ import annotations
 

@@ -17,11 +17,11 @@ import numpy as np
 from ps_trainer.config import SHIFTED_DOMAIN, DomainConfig
 from ps_trainer.data.base import SegmentationDataset, Sample
 from ps_trainer.data.scenes.layout import Layout
-from ps_trainer.data.scenes.materials import (BUILDING, CLASS_NAMES, GROUND, MATERIAL_CLASS, OBJECT, ROAD,
-                                              SKY, VEGETATION)
+from ps_trainer.data.scenes.materials import (BUILDING, CLASS_NAMES, GROUND, MATERIAL_CLASS, OBJECT,
+                                              ROAD, SKY, VEGETATION)
 from ps_trainer.data.scenes.paint import render_scene
 from ps_trainer.data.scenes.raster import rasterise, segment_boxes, segment_classes
-from ps_trainer.plots import colorize
+from ps_trainer.observe.plots import colorize
 
 # Re-exported: callers name the classes, `render_scene` and the layout tools by this module.
 __all__ = ["BUILDING", "CLASS_NAMES", "GROUND", "Layout", "MATERIAL_CLASS", "OBJECT", "ROAD", "SKY",

@@ -16,12 +16,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ps_trainer.color import lightness_as_rgb
+from ps_trainer.core.color import lightness_as_rgb
 from ps_trainer.config import ModelConfig
 from ps_trainer.model.backbones import input_normalisation, make_trunk
 from ps_trainer.model.lasso import Lasso
 from ps_trainer.model.pretrained import load_pretrained
-from ps_trainer.shards import TRUNK_SHARD, head_shard
+from ps_trainer.core.shards import TRUNK_SHARD, head_shard
 
 FINAL_FEATURES = (-1,)
 

@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ps_trainer.registry import Registry
+from ps_trainer.config.registry import Registry
 
 NormFactory = Callable[[int, int], nn.Module]  # (channels, groups) -> module
 NORMS: Registry[NormFactory] = Registry("norm")

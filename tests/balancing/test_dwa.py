@@ -2,8 +2,8 @@ import math
 
 import pytest
 
-from ps_trainer.balancing import make_balancer
-from ps_trainer.options import ConfigError
+from ps_trainer.core.balancing import make_balancer
+from ps_trainer.config.options import ConfigError
 
 
 def feed(balancer, window_losses):

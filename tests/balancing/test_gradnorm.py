@@ -3,9 +3,9 @@ import random
 
 import pytest
 
-from ps_trainer.balancing import make_balancer
-from ps_trainer.balancing.gradnorm import GradNorm, GradNormOptions
-from ps_trainer.options import ConfigError
+from ps_trainer.core.balancing import make_balancer
+from ps_trainer.core.balancing.gradnorm import GradNorm, GradNormOptions
+from ps_trainer.config.options import ConfigError
 
 
 def reference_gradnorm(reports, tasks, alpha, lr, decay, n_initial, min_weight):

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from ps_trainer.balancing import BALANCERS, Balancer, make_balancer
+from ps_trainer.core.balancing import BALANCERS, Balancer, make_balancer
 
 TASKS = ("rotation", "jigsaw", "colorization")
 

@@ -2,9 +2,9 @@ import math
 
 import pytest
 
-from ps_trainer.balancing import make_balancer
-from ps_trainer.balancing.uncertainty import Uncertainty, UncertaintyOptions
-from ps_trainer.options import ConfigError
+from ps_trainer.core.balancing import make_balancer
+from ps_trainer.core.balancing.uncertainty import Uncertainty, UncertaintyOptions
+from ps_trainer.config.options import ConfigError
 
 
 def test_starts_at_half_weight_from_zero_log_variance():

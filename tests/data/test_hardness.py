@@ -7,7 +7,7 @@ import pytest
 
 from ps_trainer.data.color_baseline import color_baseline_miou
 from ps_trainer.data.splits import build_splits
-from ps_trainer.launch import load_run_config, run_local
+from ps_trainer.run.launch import load_run_config, run_local
 
 pytestmark = pytest.mark.slow
 

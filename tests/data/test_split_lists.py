@@ -14,7 +14,7 @@ from ps_trainer.config import ConfigError, SplitSource
 from ps_trainer.data.readers import CityscapesDataset, GTA5Dataset, VOCDataset
 from ps_trainer.data.split_lists import SplitListError, listed_indices
 from ps_trainer.data.splits import build_splits, check_splits_here
-from ps_trainer.run_config import load_run_config
+from ps_trainer.run.config_gate import load_run_config
 
 CITY_FRAMES = [("aachen", "aachen_000000_000019"), ("aachen", "aachen_000001_000019"),
                ("bonn", "bonn_000000_000019"), ("bonn", "bonn_000004_000019"),

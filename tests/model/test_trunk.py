@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from ps_trainer.color import lab_to_rgb, lightness_as_rgb, rgb_to_lab
+from ps_trainer.core.color import lab_to_rgb, lightness_as_rgb, rgb_to_lab
 from ps_trainer.config import ModelConfig
 from ps_trainer.model import Lasso, MultiTaskModel, Trunk, shard_of
 

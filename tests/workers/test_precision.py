@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from ps_trainer.launch import run_local
-from ps_trainer.runtime import prepare_compute
+from ps_trainer.run.launch import run_local
+from ps_trainer.core.runtime import prepare_compute
 from ps_trainer_workers.precision import LossScale, StepPrecision
 from ps_trainer_workers.worker import make_task_loop
 

@@ -6,8 +6,8 @@ import pytest
 import ray
 import torch
 
-from ps_trainer.params import encode_grad
-from ps_trainer.protocol import APPLIED
+from ps_trainer.core.params import encode_grad
+from ps_trainer.core.protocol import APPLIED
 from ps_trainer_workers.worker import make_task_loop
 
 
@@ -76,8 +76,8 @@ def test_low_precision_transport_halves_the_bytes(tiny_config):
 @pytest.mark.ray
 @pytest.mark.parametrize("transport", ["shared_memory", "object_store"])
 def test_worker_actor_pushes_to_a_server_and_stops(ray_session, tiny_config, transport):
-    from ps_trainer.launch import _runtime_spec
-    from ps_trainer.push_buffers import SUPPORTED
+    from ps_trainer.run.launch import _runtime_spec
+    from ps_trainer.transport.push_buffers import SUPPORTED
 
     cfg = tiny_config(tasks=("rotation", "segmentation"),
                       extra=[f"server.same_node_pushes={transport}"])
@@ -100,7 +100,7 @@ def test_worker_actor_pushes_to_a_server_and_stops(ray_session, tiny_config, tra
 @pytest.mark.ray
 def test_worker_actor_with_a_loader_process_pushes_and_its_loader_dies_with_it(ray_session,
                                                                               tiny_config):
-    from ps_trainer.launch import _runtime_spec
+    from ps_trainer.run.launch import _runtime_spec
     from support import process_alive, wait_for
 
     cfg = tiny_config(tasks=("rotation", "segmentation"), extra=["data.loader_workers=1"])
@@ -130,8 +130,8 @@ def test_worker_actor_with_a_loader_process_pushes_and_its_loader_dies_with_it(r
 def slot_worker(ray_session, tiny_config):
     """(server, rotation worker, slots): one compute slot per node, and the test's own handle on
     it under the name the worker uses (job and run), taken before the worker starts."""
-    from ps_trainer.launch import _runtime_spec
-    from ps_trainer.slots import ComputeSlots
+    from ps_trainer.run.launch import _runtime_spec
+    from ps_trainer.core.compute_slots import ComputeSlots
 
     cfg = tiny_config(tasks=("rotation", "segmentation"),
                       extra=["run.compute_slots_per_node=1", "run.name=slot-test"])
@@ -198,9 +198,9 @@ class _UnansweringPushes:
 def test_a_server_that_does_not_answer_is_retried_not_waited_for(ray_session, tiny_config):
     """ActorUnavailableError says "may or may not be dead": the worker retries the same
     servers with backoff instead of waiting for replacements that nobody sends."""
-    from ps_trainer.launch import _runtime_spec
-    from ps_trainer.protocol import RETRIED
-    from ps_trainer.server import ParameterServer
+    from ps_trainer.run.launch import _runtime_spec
+    from ps_trainer.core.protocol import RETRIED
+    from ps_trainer.transport.server import ParameterServer
 
     cfg = tiny_config(tasks=("rotation", "segmentation"),
                       extra=["server.same_node_pushes=object_store", "tasks.rotation.inflight=1"])

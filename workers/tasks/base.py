@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ps_trainer.data.crops import Crops
-from ps_trainer.options import Options
+from ps_trainer.config.options import Options
 
 
 @dataclass(frozen=True)

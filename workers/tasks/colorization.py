@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ps_trainer.color import lab_to_rgb, rgb_to_lab
-from ps_trainer.options import Options, check
+from ps_trainer.core.color import lab_to_rgb, rgb_to_lab
+from ps_trainer.config.options import Options, check
 from ps_trainer_workers.tasks.base import Task, TaskContext
 from ps_trainer_workers.tasks.registry import TASKS
 from ps_trainer_workers.tasks.heads import DenseDecoder, resize_like

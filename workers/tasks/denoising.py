@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ps_trainer.options import Options, check
+from ps_trainer.config.options import Options, check
 from ps_trainer_workers.tasks.base import Task
 from ps_trainer_workers.tasks.registry import TASKS
 from ps_trainer_workers.tasks.heads import DenseDecoder, resize_like

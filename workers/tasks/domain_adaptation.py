@@ -36,14 +36,14 @@ import torch.nn.functional as F
 
 from ps_trainer.data.class_stats import class_presence, rare_class_weights
 from ps_trainer.data.crops import Crops, RescaleCrops
-from ps_trainer.options import check
+from ps_trainer.config.options import check
 from ps_trainer_workers.tasks.base import Task, TaskModel
 from ps_trainer_workers.tasks.heads import resize_like
 from ps_trainer_workers.tasks.registry import TASKS
 from ps_trainer_workers.tasks.segmentation import IGNORE_INDEX, labelled_cross_entropy
 from ps_trainer_workers.tasks.teachers import Teacher, TeacherOptions, pseudo_labels
-from ps_trainer_workers.tasks.views import (block_mask, class_mix_masks, color_jitter,
-                                            fourier_style, gaussian_blur)
+from ps_trainer_workers.tasks.views import (block_mask, class_mix_masks, color_jitter, fourier_style,
+                                            gaussian_blur)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ps_trainer.options import Options, check
+from ps_trainer.config.options import Options, check
 from ps_trainer_workers.tasks.base import Task
 from ps_trainer_workers.tasks.registry import TASKS
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ps_trainer.options import Options, check, check_choice
+from ps_trainer.config.options import Options, check, check_choice
 from ps_trainer_workers.tasks.base import Task
 from ps_trainer_workers.tasks.registry import TASKS
 from ps_trainer_workers.tasks.heads import DenseDecoder, resize_like

@@ -1,4 +1,4 @@
 """Name -> Task class."""
-from ps_trainer.registry import Registry
+from ps_trainer.config.registry import Registry
 
 TASKS: Registry = Registry("task")

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ps_trainer.data.crops import Crops, RescaleCrops
-from ps_trainer.options import Options, check, check_choice
+from ps_trainer.config.options import Options, check, check_choice
 from ps_trainer_workers.tasks.base import Task
 from ps_trainer_workers.tasks.deeplab import DeepLabV3PlusHead
 from ps_trainer_workers.tasks.heads import DenseDecoder, resize_like

@@ -42,13 +42,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ps_trainer.options import check
+from ps_trainer.config.options import check
 from ps_trainer_workers.tasks.base import Task, TaskModel
 from ps_trainer_workers.tasks.heads import resize_like
 from ps_trainer_workers.tasks.registry import TASKS
 from ps_trainer_workers.tasks.teachers import Teacher, TeacherOptions, pseudo_labels
 from ps_trainer_workers.tasks.views import (color_jitter, cutmix_sources, flip_and_zoom, gather_pixels,
-                                 gaussian_blur, random_grayscale)
+                                            gaussian_blur, random_grayscale)
 
 @dataclass(frozen=True)
 class SelfTrainingOptions(TeacherOptions):

@@ -22,11 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ps_trainer.checkpoint import load_checkpoint
+from ps_trainer.core.checkpoint import load_checkpoint
 from ps_trainer.model import shard_of
-from ps_trainer.options import Options, check, check_choice
-from ps_trainer.params import FlatModel, Piece, ShardLayout, load_norm_stats, load_pieces
-from ps_trainer.shards import TRUNK_SHARD, head_shard
+from ps_trainer.config.options import Options, check, check_choice
+from ps_trainer.core.params import FlatModel, Piece, ShardLayout, load_norm_stats, load_pieces
+from ps_trainer.core.shards import TRUNK_SHARD, head_shard
 from ps_trainer_workers.tasks.base import TaskModel
 from ps_trainer_workers.tasks.heads import resize_like
 

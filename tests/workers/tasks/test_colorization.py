@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from ps_trainer.color import lab_to_rgb, rgb_to_lab
-from ps_trainer.options import ConfigError
+from ps_trainer.core.color import lab_to_rgb, rgb_to_lab
+from ps_trainer.config.options import ConfigError
 from ps_trainer_workers.tasks import make_task
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ps_trainer.options import ConfigError
+from ps_trainer.config.options import ConfigError
 from ps_trainer_workers.tasks import make_task
 
 IDENTITY = {"crop_range": [1.0, 1.0], "rotation_degrees": 0.0, "flip": False,

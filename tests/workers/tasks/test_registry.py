@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from ps_trainer.options import ConfigError
+from ps_trainer.config.options import ConfigError
 from ps_trainer_workers.tasks import TASKS, Task, TaskContext, make_task
 
 PAPER_TASKS = {"rotation", "jigsaw", "relative_position", "colorization", "inpainting",

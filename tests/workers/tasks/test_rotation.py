@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from ps_trainer.options import ConfigError
+from ps_trainer.config.options import ConfigError
 from ps_trainer_workers.tasks import make_task
 
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ps_trainer.checkpoint import CorruptCheckpoint, save_checkpoint
+from ps_trainer.core.checkpoint import CorruptCheckpoint, save_checkpoint
 from ps_trainer.config import ConfigError, ModelConfig
 from ps_trainer.model.multitask import MultiTaskModel, shard_of
-from ps_trainer.params import FlatModel, ShardLayout, plan_pieces
+from ps_trainer.core.params import FlatModel, ShardLayout, plan_pieces
 from ps_trainer_workers.tasks import make_task
 from ps_trainer_workers.tasks.base import TaskModel
 from ps_trainer_workers.tasks.heads import resize_like

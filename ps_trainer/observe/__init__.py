@@ -1,0 +1,1 @@
+"""Watching a run: Prometheus metrics, the progress line, curves and mask previews."""

@@ -1,0 +1,1 @@
+"""Recipes built on runs: fine-tuning on labels, experiments over seeds."""

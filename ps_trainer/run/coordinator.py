@@ -1,0 +1,592 @@
+"""Coordinator: the named actor that owns the run's actors, scales them and replaces the dead.
+
+It starts the parameter-server shard(s), the evaluator and N workers per task; ``scale(task, n)``
+adds or stops workers while training runs; :meth:`run` supervises until a stop condition:
+
+- a dead worker is replaced (same task and replica id, a new `restart` number, so that it
+  draws new batches: ``data/streams.py``); its task loses its in-flight pushes;
+- every ``server.snapshot_every_s`` it asks server actor 0 for a consistent snapshot of every
+  server actor's state; the reply lives in the object store, owned by the coordinator, so it
+  outlives the servers;
+- when any server actor dies, *every* server actor is replaced from one point in time: the
+  newest snapshot, else the newest valid checkpoint, else the initial weights (so a split model
+  never mixes two points); every worker and the evaluator are pointed at the new actors and
+  re-pull;
+- a dead evaluator is replaced; training is unaffected. One whose loop failed (e.g. an OSError
+  while checkpointing) is still alive and holds its CPUs, so it is killed first: otherwise its
+  replacement may never be placed.
+
+A worker counts as *running* once its actor has answered a ping, and as *pending* before (Ray
+has not placed it yet, or it is still starting); status, scale's answer and the metrics report
+the two apart, so that asking for more workers than fit never looks like success.
+
+Actor classes and the model factory are injected by ``launch`` (this package never imports
+``workers``); every actor is created with ``max_restarts=0`` so that recovery is done here, once.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import ray
+
+from ps_trainer.core.checkpoint import CheckpointManager
+from ps_trainer.config import Config
+from ps_trainer.data.streams import restart_number
+from ps_trainer.observe.metrics import CoordinatorMetrics, Reporter
+from ps_trainer.core.params import Piece
+from ps_trainer.core.protocol import CoordinatorStatus, ServerStatus, SetupError
+from ps_trainer.run.run_folder import RunFolder
+from ps_trainer.core.schedule import FAILED, STOPPED, TARGET_MIOU, RunSummary, StopRule
+
+log = logging.getLogger(__name__)
+_SUPERVISE_EVERY_S = 0.5
+_STOP_GRACE_S = 10.0
+_CALL_TIMEOUT_S = 10.0          # a control call to a live actor
+_UNANSWERED_PINGS = 3           # pings in a row a server may leave unanswered (Ray could not
+                                # reach it) before it is taken for dead
+_FINAL_EVAL_SLACK = 3.0         # the final evaluation may take this many times the last one
+_SCALE_WAIT_S = 10.0            # how long scale() waits for new workers to answer
+_SERVER_START_S = 120.0         # how long (re)starting the server actors is waited for
+# When every worker of one task (or the evaluator) has failed to set itself up this many times
+# in a row, and none of them is set up, the run ends with that error: its data, model or run
+# folder is broken, and replacements would fail the same way for as long as the run lasts.
+_SETUP_ATTEMPTS = 3
+_EVALUATOR = "evaluator"        # the evaluator's key in the setup-failure counts
+
+
+def _worker_key(task: str, replica: int) -> str:
+    """A worker replica's key in the setup-failure counts (replacements keep the replica)."""
+    return f"worker {task}/{replica}"
+
+
+@dataclass
+class RuntimeSpec:
+    """What the coordinator needs to (re)create actors; built by ``launch``."""
+    plan: tuple[Piece, ...]
+    task_keys: dict[str, tuple[str, ...]]
+    initial_weights: list                      # per server: ObjectRef of {key: array}
+    server_cls: Any                            # ray.remote(ParameterServer)
+    worker_cls: Any                            # ray.remote(TaskWorker)
+    evaluator_cls: Any                         # ray.remote(Evaluator)
+    model_factory: Callable                    # () -> MultiTaskModel with the segmentation head
+    driver_node_id: str
+    resume_states: Optional[list] = None       # per server state, from a checkpoint
+    time_offset_s: float = 0.0
+
+
+class _SetupProbe:
+    """Whether an actor has set itself up: asks its ``is_set_up`` (one call at a time, never
+    waiting) until it says yes."""
+
+    def __init__(self, handle):
+        self._handle = handle
+        self._ref = None
+        self.done = False
+
+    def poll(self) -> bool:
+        if self.done:
+            return True
+        if self._ref is None:
+            self._ref = self._handle.is_set_up.remote()
+        elif ray.wait([self._ref], timeout=0)[0]:
+            try:
+                self.done = bool(ray.get(self._ref))
+            except ray.exceptions.RayError:
+                pass                 # a dead actor: its run call tells supervision
+            self._ref = None
+        return self.done
+
+
+@dataclass
+class _WorkerSlot:
+    handle: Any
+    run_ref: Any
+    replica: int
+    ready_ref: Any               # the first ping: it returns once the actor is placed and built
+    running: bool = False
+    setup: Optional[_SetupProbe] = None
+
+    def refresh(self) -> bool:
+        """Mark the worker running once its first ping has returned (or failed: then its run
+        ref fails too and supervision replaces it)."""
+        if not self.running and ray.wait([self.ready_ref], timeout=0)[0]:
+            self.running = True
+        return self.running
+
+
+@dataclass
+class _Stats:
+    restarts: dict = field(default_factory=lambda: {"worker": 0, "server": 0, "evaluator": 0})
+    recovery_s: list = field(default_factory=list)   # last few server recoveries (bounded)
+    restores: list = field(default_factory=list)      # last few: {from, to, source, seconds}
+
+
+class _Snapshots:
+    """The newest consistent server snapshot (an ObjectRef owned by the coordinator) and the
+    one being taken; at most two are held."""
+
+    def __init__(self, every_s: float):
+        self.every_s = every_s
+        self.ready = None            # (version, ref)
+        self._taking = None
+        self._asked_at = -float("inf")
+
+    def tick(self, first_server) -> None:
+        if self._taking is not None and ray.wait([self._taking], timeout=0)[0]:
+            try:
+                states = ray.get(self._taking)
+                self.ready = (int(states[0]["version"]), self._taking)
+            except ray.exceptions.RayError:
+                pass                 # a server died meanwhile: keep the previous snapshot
+            self._taking = None
+        now = time.monotonic()
+        if self.every_s and self._taking is None and now - self._asked_at >= self.every_s:
+            self._taking = first_server.snapshot.remote()
+            self._asked_at = now
+
+    def forget_pending(self) -> None:
+        self._taking = None
+
+
+class Coordinator:
+    def __init__(self, cfg: Config, run_dir: str, spec: RuntimeSpec, hub=None):
+        self._cfg = cfg
+        self._run = RunFolder(run_dir)
+        self._spec = spec
+        self._hub = hub
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._servers: list = []
+        self._server_pings: list = []
+        self._unanswered: dict = {}                # server index -> unanswered pings in a row
+        self._snapshots = _Snapshots(cfg.server.snapshot_every_s)
+        self._workers: dict[str, list[_WorkerSlot]] = {t: [] for t in cfg.task_names}
+        # Actors started per (task, replica) so far, and the version a resumed run started
+        # from: together they number each actor's random stream (bounded by the replicas).
+        self._incarnations: collections.Counter = collections.Counter()
+        self._resumed_from = (int(spec.resume_states[0]["version"]) if spec.resume_states
+                              else None)
+        self._evaluator = None
+        self._evaluator_ref = None
+        self._stats = _Stats()
+        self._metrics = CoordinatorMetrics()
+        for role in self._stats.restarts:    # series exist (at 0) before the first restart
+            self._metrics.restarts.labels(role)
+        send = (lambda source, fams: hub.report.remote(source, fams)) if hub else (lambda *a: None)
+        self._reporter = Reporter("coordinator", self._metrics.registry, send,
+                                  cfg.metrics.report_every_s)
+        self._start_time = time.monotonic()
+        self._done = False
+        self._last_version: Optional[int] = None     # the newest version seen (supervision)
+        self._setup_failures: dict[str, int] = {}    # _worker_key or _EVALUATOR -> in a row
+        self._failure: Optional[str] = None          # why the run ends as FAILED
+        self._finishing = False
+
+    # ------------------------------------------------------------------ starting actors
+
+    def start(self) -> CoordinatorStatus:
+        self._start_servers(self._spec.resume_states)
+        self._start_evaluator()
+        for task, task_cfg in self._cfg.tasks.items():
+            self._resize(task, task_cfg.workers)
+        return self.status()
+
+    def _start_servers(self, states: Optional[list]) -> None:
+        """Every server actor, from one point in time (`states`, or the initial weights)."""
+        states = states or [None] * len(self._spec.initial_weights)
+        # Actor 0 is made last: it is given the others, to send its decisions to.
+        others = [self._new_server(i, states[i]) for i in range(1, len(states))]
+        self._servers = [self._new_server(0, states[0], others), *others]
+        self._server_pings = [s.ping.remote() for s in self._servers]
+        self._unanswered = {}
+        ready, _ = ray.wait(list(self._server_pings), num_returns=len(self._servers),
+                            timeout=_SERVER_START_S)
+        if len(ready) < len(self._servers):
+            log.warning("%d server actor(s) not running after %.0f s (Ray cannot place them "
+                        "yet?); workers wait for them", len(self._servers) - len(ready),
+                        _SERVER_START_S)
+        self._snapshots.forget_pending()
+
+    def _new_server(self, index: int, state: Optional[dict], peers: list = ()):
+        cfg = self._cfg
+        options = {"num_cpus": cfg.server.num_cpus, "resources": dict(cfg.server.resources),
+                   "max_restarts": 0}
+        return self._spec.server_cls.options(**options).remote(
+            cfg, index, self._spec.initial_weights[index], self._spec.task_keys, state, self._hub,
+            list(peers))
+
+    def _start_evaluator(self) -> None:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        cfg = self._cfg
+        node = NodeAffinitySchedulingStrategy(self._spec.driver_node_id, soft=False)
+        offset = self._spec.time_offset_s + (time.monotonic() - self._start_time)
+        self._evaluator = self._spec.evaluator_cls.options(
+            num_cpus=cfg.eval.num_cpus, num_gpus=cfg.eval.num_gpus, max_concurrency=2,
+            max_restarts=0,
+            scheduling_strategy=node).remote(cfg, self._servers, self._spec.plan,
+                                             self._spec.model_factory, str(self._run.root),
+                                             offset, self._hub)
+        self._evaluator_ref = self._evaluator.run.remote()
+        self._evaluator_setup = _SetupProbe(self._evaluator)
+
+    def _new_worker(self, task: str, replica: int) -> _WorkerSlot:
+        t = self._cfg.tasks[task]
+        restart = restart_number(self._incarnations[(task, replica)], self._resumed_from)
+        self._incarnations[(task, replica)] += 1
+        handle = self._spec.worker_cls.options(
+            num_cpus=t.num_cpus, num_gpus=t.num_gpus, resources=dict(t.resources),
+            max_concurrency=2, max_restarts=0).remote(self._cfg, task, replica, self._servers,
+                                                      self._spec.plan, self._hub, restart)
+        return _WorkerSlot(handle, handle.run.remote(), replica, handle.ping.remote(),
+                           setup=_SetupProbe(handle))
+
+    # ------------------------------------------------------------------ control
+
+    def scale(self, task: str, workers: int, wait_s: float = _SCALE_WAIT_S) -> dict:
+        """Run `workers` workers of `task` (adds new ones or stops the newest); waits up to
+        `wait_s` for new ones to answer. Returns {"running": n, "pending": m}: pending workers
+        are asked for but not answering (not placed by Ray, or still starting)."""
+        if task not in self._workers:
+            raise ValueError(f"unknown task {task!r}; this run trains {', '.join(self._workers)}")
+        if workers < 0:
+            raise ValueError(f"workers must be >= 0, got {workers}")
+        slots = self._resize(task, workers)
+        waiting = [s.ready_ref for s in slots if not s.running]
+        if waiting:
+            ray.wait(waiting, num_returns=len(waiting), timeout=wait_s)
+        with self._lock:
+            counts = self._worker_counts()[task]
+        if counts["pending"]:
+            log.warning("task %s: %d of %d workers are not running yet (Ray has not placed them "
+                        "or they are starting)", task, counts["pending"], workers)
+        return counts
+
+    def _resize(self, task: str, workers: int) -> list[_WorkerSlot]:
+        """Add or retire workers of `task` to reach `workers`; returns the slots."""
+        with self._lock:
+            slots = self._workers[task]
+            used = {s.replica for s in slots}
+            while len(slots) < workers:
+                replica = min(set(range(len(slots) + 1)) - used)
+                used.add(replica)
+                slots.append(self._new_worker(task, replica))
+            while len(slots) > workers:
+                retired = slots.pop()
+                self._retire(retired)
+                self._setup_failures.pop(_worker_key(task, retired.replica), None)
+            self._worker_counts()
+            log.info("task %s now has %d workers", task, len(slots))
+            return list(slots)
+
+    def _retire(self, slot: _WorkerSlot) -> None:
+        """Ask a worker to finish its step and drain its pushes, then end it. One that never
+        started has nothing to drain."""
+        if slot.refresh():
+            slot.handle.stop.remote()
+            ready, _ = ray.wait([slot.run_ref], timeout=_STOP_GRACE_S)
+            if not ready:
+                log.warning("worker did not stop within %.0f s; killing it", _STOP_GRACE_S)
+        ray.kill(slot.handle)
+
+    def _worker_counts(self) -> dict[str, dict[str, int]]:
+        """{task: {"running": n, "pending": m}}, refreshed now; also sets the gauges."""
+        counts = {}
+        for task, slots in self._workers.items():
+            running = sum(slot.refresh() for slot in slots)
+            counts[task] = {"running": running, "pending": len(slots) - running}
+            self._metrics.workers.labels(task).set(running)
+            self._metrics.workers_pending.labels(task).set(len(slots) - running)
+        return counts
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def status(self) -> CoordinatorStatus:
+        with self._lock:
+            servers = self._server_status()
+            latest = None
+            if self._evaluator is not None:
+                try:
+                    latest = ray.get(self._evaluator.latest_record.remote(), timeout=5)
+                except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                    latest = None
+            counts = self._worker_counts()
+            # While the server actors are down (being restored) the last version seen stands.
+            return CoordinatorStatus(
+                version=servers[0].version if servers else self._last_version,
+                servers=servers,
+                workers={t: c["running"] for t, c in counts.items()},
+                pending_workers={t: c["pending"] for t, c in counts.items()},
+                miou=latest.get("miou") if latest else None,
+                latest_eval=latest,
+                restarts=dict(self._stats.restarts),
+                recovery_s=list(self._stats.recovery_s),
+                restores=list(self._stats.restores),
+                snapshot_version=self._snapshots.ready[0] if self._snapshots.ready else None,
+                elapsed_s=time.monotonic() - self._start_time + self._spec.time_offset_s,
+                done=self._done)
+
+    def _server_status(self) -> list[ServerStatus]:
+        try:
+            return ray.get([s.status.remote() for s in self._servers], timeout=10)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            return []
+
+    def handles(self) -> dict:
+        """The live actor handles (for tests and tools)."""
+        with self._lock:
+            return {"servers": list(self._servers), "evaluator": self._evaluator,
+                    "workers": {t: [s.handle for s in slots] for t, slots in self._workers.items()}}
+
+    # ------------------------------------------------------------------ supervision
+
+    def run(self) -> RunSummary:
+        """Supervise until the stop rule (ps_trainer.core.schedule) or stop() ends the run."""
+        stop_rule = StopRule.of(self._cfg)
+        stopped_by = STOPPED
+        while not self._stop.wait(_SUPERVISE_EVERY_S):
+            with self._lock:
+                self._check_servers()
+                self._snapshots.tick(self._servers[0])
+                self._check_workers()
+                self._check_evaluator()
+                self._worker_counts()
+            if self._failure is not None:
+                stopped_by = FAILED
+                break
+            version = self._version()
+            self._reporter.maybe()
+            elapsed = time.monotonic() - self._start_time + self._spec.time_offset_s
+            reason = stop_rule.reason(version, elapsed, self._latest_record())
+            if reason is not None:
+                stopped_by = reason
+                break
+        return self._finish(stop_rule, stopped_by)
+
+    def _latest_record(self) -> Optional[dict]:
+        """The evaluator's newest record, when the stop rule needs it (a target is set)."""
+        if self._cfg.run.target_miou is None:
+            return None
+        try:
+            return ray.get(self._evaluator.latest_record.remote(), timeout=5)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            return None
+
+    def _version(self) -> Optional[int]:
+        try:
+            self._last_version = ray.get(self._servers[0].ping.remote(), timeout=10)
+            return self._last_version
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            return None
+
+    def _check_workers(self) -> None:
+        for task, slots in self._workers.items():
+            for slot in slots:
+                if slot.refresh() and slot.setup.poll():
+                    self._setup_failures.pop(_worker_key(task, slot.replica), None)
+            for i, slot in enumerate(slots):
+                ready, _ = ray.wait([slot.run_ref], timeout=0)
+                if not ready:
+                    continue
+                try:
+                    ray.get(slot.run_ref)
+                    log.warning("worker %s/%d returned unexpectedly; restarting it", task, slot.replica)
+                except ray.exceptions.RayActorError as err:
+                    log.warning("worker %s/%d %s; starting a replacement", task, slot.replica,
+                                "did not answer" if _unavailable(err) else "died")
+                except Exception as err:
+                    if self._gave_up(_worker_key(task, slot.replica), err,
+                                     [_worker_key(task, s.replica) for s in slots]):
+                        log.error("worker %s/%d failed: %s; ending the run", task,
+                                  slot.replica, _cause(err))
+                        return
+                    log.error("worker %s/%d failed: %s; starting a replacement", task,
+                              slot.replica, _cause(err))
+                # Whatever ended the call, the actor goes before its replacement comes: one
+                # that only stopped answering would otherwise train on beside it, with the
+                # same replica number and stream, holding its CPUs or GPU.
+                ray.kill(slot.handle)
+                slots[i] = self._new_worker(task, slot.replica)
+                self._stats.restarts["worker"] += 1
+                self._metrics.restarts.labels("worker").inc()
+
+    def _check_servers(self) -> None:
+        """A server is dead when a ping says so (the actor died), or after _UNANSWERED_PINGS
+        pings in a row were not answered (ActorUnavailableError: it may be alive, e.g. across
+        a brief network drop); a ping still pending is a busy or paused server, not a dead one."""
+        for i, ping in enumerate(self._server_pings):
+            ready, _ = ray.wait([ping], timeout=0)
+            if not ready:
+                continue   # busy, not dead: a dead actor's pending call fails at once
+            try:
+                ray.get(ping)
+                self._unanswered[i] = 0
+            except ray.exceptions.RayActorError as err:
+                self._unanswered[i] = self._unanswered.get(i, 0) + 1
+                if not _unavailable(err) or self._unanswered[i] >= _UNANSWERED_PINGS:
+                    self._restore_servers(i)
+                    return
+                log.warning("server %d did not answer a ping (%d in a row)", i,
+                            self._unanswered[i])
+            self._server_pings[i] = self._servers[i].ping.remote()
+
+    def _restore_servers(self, dead: int) -> None:
+        """Replace every server actor from one point in time (see the module docstring)."""
+        start = time.monotonic()
+        before = self._last_version
+        for server in self._servers:          # the survivors hold newer, unmatched state
+            ray.kill(server)
+        states, source, kind = self._restore_point()
+        log.warning("server %d died; restoring the %d server actor(s) from %s", dead,
+                    len(self._servers), source)
+        self._start_servers(states)
+        for slots in self._workers.values():
+            for slot in slots:
+                slot.handle.set_servers.remote(self._servers)
+        if self._evaluator is not None:
+            self._evaluator.set_servers.remote(self._servers)
+        restored = int(states[0]["version"]) if states else 0
+        stats = self._stats
+        stats.restarts["server"] += 1
+        seconds = time.monotonic() - start
+        stats.recovery_s = (stats.recovery_s + [seconds])[-10:]
+        stats.restores = (stats.restores + [{"from": before, "to": restored, "source": kind,
+                                             "seconds": seconds}])[-100:]
+        self._metrics.restarts.labels("server").inc()
+
+    def _restore_point(self) -> tuple[Optional[list], str, str]:
+        """The newest consistent state: the snapshot, or the newest valid checkpoint if it is
+        newer (or the snapshot is lost with its node), else the initial weights."""
+        latest = CheckpointManager(self._run.checkpoints,
+                                   self._cfg.eval.keep_last).latest(self._cfg.run.id)
+        saved = (int(latest[1]["servers"][0]["version"]), latest[1]["servers"]) if latest else None
+        if self._snapshots.ready is not None:
+            version, ref = self._snapshots.ready
+            if saved is None or version >= saved[0]:
+                try:
+                    return (ray.get(ref, timeout=_CALL_TIMEOUT_S),
+                            f"the snapshot at version {version}", "snapshot")
+                except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as err:
+                    log.warning("the server snapshot is lost (%s); using the checkpoint",
+                                type(err).__name__)
+                    self._snapshots.ready = None
+        if saved is not None:
+            return saved[1], f"checkpoint {latest[0].name} (version {saved[0]})", "checkpoint"
+        return None, "the initial weights", "initial"
+
+    def _check_evaluator(self) -> None:
+        ready, _ = ray.wait([self._evaluator_ref], timeout=0)
+        if not ready:
+            if self._evaluator_setup.poll():
+                self._setup_failures.pop(_EVALUATOR, None)
+            return
+        try:
+            ray.get(self._evaluator_ref)
+            if self._finishing:       # the final evaluation ends its loop: it is not gone
+                return
+            log.warning("evaluator stopped unexpectedly; starting a replacement")
+        except ray.exceptions.RayActorError as err:
+            log.warning("evaluator died (%s); starting a replacement", type(err).__name__)
+        except Exception as err:
+            if self._gave_up(_EVALUATOR, err, [_EVALUATOR]):
+                log.error("evaluator failed: %s; ending the run", _cause(err))
+                ray.kill(self._evaluator)
+                return
+            log.error("evaluator failed: %s; stopping it and starting a replacement", _cause(err))
+        # A loop that raised leaves the actor alive with its CPUs: end it before replacing it.
+        ray.kill(self._evaluator)
+        self._start_evaluator()
+        self._stats.restarts["evaluator"] += 1
+        self._metrics.restarts.labels("evaluator").inc()
+
+    def _gave_up(self, actor: str, err: Exception, peers: list[str]) -> bool:
+        """Count `err` if `actor` failed to set itself up (a SetupError); True, and the run's
+        failure set, once each of `peers` (the actors of its role, itself included) has failed
+        _SETUP_ATTEMPTS times in a row: a peer that is set up, or still setting up, has not.
+        Failures while the run finishes are not counted."""
+        cause = getattr(err, "cause", None)
+        if not isinstance(cause, SetupError) or self._finishing:
+            return False
+        count = self._setup_failures[actor] = self._setup_failures.get(actor, 0) + 1
+        if any(self._setup_failures.get(peer, 0) < _SETUP_ATTEMPTS for peer in peers):
+            return False
+        self._failure = f"{cause} (failed {count} times in a row; the run is stopped)"
+        return True
+
+    def _finish(self, stop_rule: StopRule, stopped_by: str) -> RunSummary:
+        """Stop the workers, run the final evaluation and checkpoint (also when a worker task
+        could not set itself up: what the others trained is kept), stop the evaluator; every
+        wait is bounded, so a broken actor cannot hold the run open."""
+        with self._lock:
+            self._finishing = True
+            for slots in self._workers.values():
+                for slot in slots:
+                    slot.handle.stop.remote()
+            refs = [s.run_ref for slots in self._workers.values() for s in slots if s.refresh()]
+            if refs:
+                ray.wait(refs, num_returns=len(refs), timeout=_STOP_GRACE_S)
+            evaluator_failed = self._setup_failures.get(_EVALUATOR, 0) >= _SETUP_ATTEMPTS
+            final, retry = (None, False) if evaluator_failed else self._final_evaluation(stopped_by)
+            # A server (or the evaluator) died just now: recover and try once more. A final
+            # evaluation that is only slow is not retried: its actor is not replaced mid-way,
+            # and the final checkpoint it wrote before scoring is on disk.
+            if retry and _EVALUATOR not in self._setup_failures:
+                ray.wait(self._server_pings, num_returns=len(self._server_pings),
+                         timeout=_CALL_TIMEOUT_S)
+                self._check_servers()
+                self._check_evaluator()
+                final, _ = self._final_evaluation(stopped_by)
+            self._evaluator.stop.remote()
+            self._done = True
+            status = self.status()
+            self._reporter.now()
+            servers = status.servers
+            return RunSummary(
+                updates=status.version or 0, elapsed_s=status.elapsed_s,
+                miou=final.get("miou") if final else None,
+                reached_target_s=stop_rule.reached(final), stopped_by=stopped_by,
+                applied=dict(servers[0].applied) if servers else {}, final=final,
+                runtime=status, error=self._failure)
+
+    def _final_evaluation(self, stopped_by: str) -> tuple[Optional[dict], bool]:
+        """(the evaluation that ends the run, or the one that reached the target; whether a
+        failed one is worth retrying). The evaluator checkpoints the final state before it
+        scores it, so a final evaluation that does not finish in time loses no training. Its
+        time limit follows the last evaluation's time (a large validation set, a CPU
+        evaluator): the larger of eval.final_timeout_s and _FINAL_EVAL_SLACK times it."""
+        timeout = self._cfg.eval.final_timeout_s
+        try:
+            if stopped_by == TARGET_MIOU:
+                return ray.get(self._evaluator.latest_record.remote(),
+                               timeout=_CALL_TIMEOUT_S), False
+            last_s = ray.get(self._evaluator.last_evaluation_s.remote(), timeout=_CALL_TIMEOUT_S)
+            timeout = max(timeout, _FINAL_EVAL_SLACK * (last_s or 0.0))
+            record = ray.get(self._evaluator.evaluate_now.remote({"final": True}),
+                             timeout=timeout)
+            return record, record is None            # None: a server was unreachable
+        except ray.exceptions.GetTimeoutError:
+            log.error("the final evaluation did not finish within %.0f s; ending without its "
+                      "score (the final state is checkpointed: ps-trainer eval scores it)",
+                      timeout)
+            return None, False
+        except ray.exceptions.RayError as err:
+            log.error("final evaluation failed: %s", _cause(err))
+            return None, True
+
+
+def _unavailable(err: Exception) -> bool:
+    """Ray could not reach the actor, which may be alive (not a death)."""
+    return isinstance(err, ray.exceptions.ActorUnavailableError)
+
+
+def _cause(err: Exception) -> str:
+    """One line for an actor's error: the exception raised inside it, not Ray's traceback."""
+    cause = getattr(err, "cause", None) or err
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[0]}" if text else type(cause).__name__

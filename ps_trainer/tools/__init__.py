@@ -1,0 +1,1 @@
+"""Command-line tools: the CLI, the benchmarks, chaos testing, trunk export."""
