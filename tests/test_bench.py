@@ -110,7 +110,7 @@ def test_timing_the_servers_passes_leaves_the_process_threads_as_they_were():
     # Later sections time the local loop in the same process: on one thread they would be slow.
     import torch
 
-    from ps_trainer.tools.bench import server_passes
+    from ps_trainer.tools.throughput import server_passes
 
     before = torch.get_num_threads()
     torch.set_num_threads(3)

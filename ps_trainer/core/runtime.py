@@ -66,12 +66,3 @@ def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("run.device is 'cuda' but no CUDA device is available")
     return torch.device(name)
-
-
-def on_this_node():
-    """A Ray scheduling strategy that pins an actor to the node of the caller (the driver):
-    the metrics endpoint binds there and the run folder is written there."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)

@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 import torch
 
 from ps_trainer.core.checkpoint import CheckpointManager, load_checkpoint
@@ -34,8 +35,7 @@ from ps_trainer.observe.progress import Progress
 from ps_trainer.core.protocol import CoordinatorStatus
 from ps_trainer.run.config_gate import load_run_config, saved_run_config
 from ps_trainer.run.run_folder import RunFolder, with_run_id
-from ps_trainer.core.runtime import (on_this_node, pick_device, prepare_compute, set_threads,
-                                     usable_cores)
+from ps_trainer.core.runtime import pick_device, prepare_compute, set_threads, usable_cores
 from ps_trainer.core.schedule import RunSummary
 from ps_trainer.transport.server import ParameterServer
 from ps_trainer_workers.assembly import build_model, build_task, build_tasks, task_shards
@@ -200,6 +200,12 @@ def _runtime_spec(cfg: Config, resume: Optional[dict]) -> RuntimeSpec:
         driver_node_id=ray.get_runtime_context().get_node_id(),
         resume_states=resume["servers"] if resume else None,
         time_offset_s=float(resume.get("time_s", 0.0)) if resume else 0.0)
+
+
+def on_this_node() -> NodeAffinitySchedulingStrategy:
+    """A Ray scheduling strategy that pins an actor to the node of the caller (the driver):
+    the metrics endpoint binds there and the run folder is written there."""
+    return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
 
 
 def start_metrics(cfg: Config):

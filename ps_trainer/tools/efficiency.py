@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 def hardware_efficiency(params: Sequence[int], workers: Sequence[int], actors: Sequence[int],
                         step_s: float, updates: int, store_bytes: int) -> list[dict]:
     """Updates/s for each (params, server actors, workers) with accelerator-bound stub workers."""
-    from ps_trainer.tools.bench import measure_ours
+    from ps_trainer.tools.throughput import measure_ours
 
     rows = []
     for size in params:

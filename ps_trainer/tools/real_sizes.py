@@ -108,7 +108,7 @@ class CallCosts:
 def _probe(plan: RealSizesPlan) -> CallCosts:
     """The fixed costs, on a trunk whose passes are negligible (pushes as objects, as from
     other nodes)."""
-    from ps_trainer.tools.bench import measure_ours
+    from ps_trainer.tools.throughput import measure_ours
 
     cpu_ms = {}
     for actors in (1, 2):
@@ -121,7 +121,7 @@ def _probe(plan: RealSizesPlan) -> CallCosts:
 
 
 def _measure_size(size: TrunkSize, plan: RealSizesPlan, store_bytes: int) -> dict:
-    from ps_trainer.tools.bench import measure_ours, measure_worker_counts, server_passes
+    from ps_trainer.tools.throughput import measure_ours, measure_worker_counts, server_passes
     from ps_trainer.tools.efficiency import fits_object_store
 
     started = time.perf_counter()
