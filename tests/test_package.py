@@ -78,3 +78,81 @@ def test_import_is_light_and_public_names_resolve_lazily():
         assert getattr(ps_trainer, name) is not None
     with pytest.raises(AttributeError, match="no_such_name"):
         getattr(ps_trainer, "no_such_name")
+
+
+# --------------------------------------------------------------------------- layers
+
+# ps_trainer/ARCHITECTURE.md, "Packages and what each may import": lowest first.
+LAYERS = ("config", "core", "observe", ("model", "data"), "transport", "ps_trainer_workers",
+          "run", "recipes", "tools")
+
+
+def layer_of(module: str) -> int:
+    parts = module.split(".")
+    name = "ps_trainer_workers" if parts[0] == "ps_trainer_workers" else parts[1]
+    return next(i for i, entry in enumerate(LAYERS) if name == entry or name in entry)
+
+
+def source_modules() -> dict[str, Path]:
+    """Every module of both packages by its dotted name (the facade ps_trainer/__init__ aside)."""
+    found = {}
+    for folder, package in (("ps_trainer", "ps_trainer"), ("workers", "ps_trainer_workers")):
+        for path in (ROOT / folder).rglob("*.py"):
+            parts = path.relative_to(ROOT / folder).with_suffix("").parts
+            if parts == ("__init__",):
+                continue
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            found[".".join((package, *parts))] = path
+    return found
+
+
+def internal_imports(path: Path, modules: dict) -> set[str]:
+    """The project's modules `path` imports anywhere in it (a `from package import module`
+    counts as the module)."""
+    tree = ast.parse(path.read_text())
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name in modules}
+        elif isinstance(node, ast.ImportFrom) and node.module in modules:
+            subs = {f"{node.module}.{a.name}" for a in node.names} & modules.keys()
+            out |= subs or {node.module}
+    return out
+
+
+def test_no_module_imports_a_layer_below_it():
+    modules = source_modules()
+    offenders = [(name, target) for name, path in modules.items()
+                 for target in internal_imports(path, modules)
+                 if layer_of(target) > layer_of(name)]
+    assert offenders == []
+
+
+def test_core_needs_no_ray_and_knows_no_task():
+    offenders = [(str(p.relative_to(ROOT)), m) for p in (ROOT / "ps_trainer" / "core").rglob("*.py")
+                 for m in imported_modules(p) if m.split(".")[0] in ("ray", "ps_trainer_workers")]
+    assert offenders == []
+
+
+def test_no_import_cycle():
+    modules = source_modules()
+    graph = {name: internal_imports(path, modules) - {name} for name, path in modules.items()}
+    # a package's __init__ that re-exports its modules is not a cycle with them
+    for name in graph:
+        graph[name] = {t for t in graph[name] if not name.startswith(t + ".")}
+    state, cycles = {}, []
+
+    def visit(node, stack):
+        state[node] = "open"
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert cycles == []
