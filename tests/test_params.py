@@ -41,8 +41,8 @@ def test_params_are_views_and_grads_land_in_the_flat_buffer():
     model("a", x).sum().backward()
     assert float(flat.grads["head/a"].abs().sum()) > 0
     assert float(flat.grads["head/b"].abs().sum()) == 0.0   # b was not used
-    shard, slot = flat.layout.slot("heads.a.weight")
-    view = flat.grads[shard][slot.offset: slot.offset + slot.numel].view(slot.shape)
+    shard, place = flat.layout.placement("heads.a.weight")
+    view = flat.grads[shard][place.offset: place.offset + place.numel].view(place.shape)
     torch.testing.assert_close(view, model.heads["a"].weight.grad)
     flat.zero_grad()
     assert float(flat.grads["trunk"].abs().sum()) == 0.0
@@ -53,19 +53,19 @@ def test_bound_gradients_are_written_by_backward_and_the_old_ones_are_not():
     model = tiny_model()
     flat = FlatModel(model, ShardLayout.of(model, shard_of))
     old = {s: g for s, g in flat.grads.items()}
-    slots = [{s: torch.zeros_like(g) for s, g in old.items()} for _ in range(2)]
-    bindings = [flat.grad_binding(slot) for slot in slots]
+    buffers = [{s: torch.zeros_like(g) for s, g in old.items()} for _ in range(2)]
+    bindings = [flat.grad_binding(buffer) for buffer in buffers]
     x = torch.rand(2, 3, 16, 16)
-    for binding, slot in zip(bindings, slots):
+    for binding, buffer in zip(bindings, buffers):
         flat.bind_grads(binding)
-        assert flat.grads["trunk"] is slot["trunk"]
+        assert flat.grads["trunk"] is buffer["trunk"]
         flat.zero_grad()
         model("a", x).sum().backward()
-    torch.testing.assert_close(slots[0]["trunk"], slots[1]["trunk"])   # same step, same grads
-    assert float(slots[1]["head/a"].abs().sum()) > 0
+    torch.testing.assert_close(buffers[0]["trunk"], buffers[1]["trunk"])   # same step, same grads
+    assert float(buffers[1]["head/a"].abs().sum()) > 0
     assert all(float(g.abs().sum()) == 0.0 for g in old.values())      # never written
-    shard, slot = flat.layout.slot("heads.a.weight")
-    assert model.heads["a"].weight.grad.data_ptr() == slots[1][shard][slot.offset:].data_ptr()
+    shard, place = flat.layout.placement("heads.a.weight")
+    assert model.heads["a"].weight.grad.data_ptr() == buffers[1][shard][place.offset:].data_ptr()
 
 
 def test_load_copies_a_read_only_array_at_an_offset():

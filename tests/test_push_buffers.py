@@ -15,15 +15,15 @@ from ps_trainer.transport.push_buffers import SUPPORTED, AttachedBuffers, Buffer
 
 pytestmark = pytest.mark.skipif(not SUPPORTED, reason="shared-memory pushes need Linux")
 
-# A worker process: two shards, three slots; slot s of shard "b" holds s + 1; prints what the
+# A worker process: two shards, three regions; region s of shard "b" holds s + 1; prints what the
 # server needs to attach, then waits until its stdin closes.
 WORKER = """
 import json, sys
 from ps_trainer.transport.push_buffers import PushBuffers
-buffers = PushBuffers({"a": 3, "b": 5}, slots=3)
-for slot, views in enumerate(buffers.views):
+buffers = PushBuffers({"a": 3, "b": 5}, regions=3)
+for region, views in enumerate(buffers.views):
     views["a"].fill_(-1.0)
-    views["b"].fill_(slot + 1.0)
+    views["b"].fill_(region + 1.0)
 print(json.dumps(buffers.describe()), flush=True)
 sys.stdin.read()
 """
@@ -49,8 +49,8 @@ def test_the_server_reads_what_another_process_wrote(worker_process):
     proc, described = worker_process()
     attached = AttachedBuffers()
     buffer_id = attached.attach(**described)
-    assert described["pid"] == proc.pid and described["slot_values"] == 8
-    # Shard "b" starts after the 3 values of "a": values 1..4 of it in slot 2.
+    assert described["pid"] == proc.pid and described["region_values"] == 8
+    # Shard "b" starts after the 3 values of "a": values 1..4 of it in region 2.
     np.testing.assert_array_equal(attached.view(BufferRef(buffer_id, 2, 3 + 1, 3)), [3.0] * 3)
     np.testing.assert_array_equal(attached.view(BufferRef(buffer_id, 0, 0, 3)), [-1.0] * 3)
     # The same worker asking again (a reconnect) keeps its one mapping.
@@ -61,8 +61,8 @@ def test_bad_references_and_sizes_are_errors(worker_process):
     _, described = worker_process()
     attached = AttachedBuffers()
     buffer_id = attached.attach(**described)
-    with pytest.raises(ValueError, match="values per slot"):
-        attached.view(BufferRef(buffer_id, 0, 6, 3))       # past the end of a slot
+    with pytest.raises(ValueError, match="values per region"):
+        attached.view(BufferRef(buffer_id, 0, 6, 3))       # past the end of a region
     with pytest.raises(KeyError, match="not attached"):
         attached.view(BufferRef(buffer_id + 1, 0, 0, 1))
     with pytest.raises(OSError, match="announced"):
@@ -97,7 +97,7 @@ def test_a_process_that_is_gone_cannot_be_attached(worker_process):
 
 
 def test_slots_are_separate_views_of_one_file():
-    buffers = PushBuffers({"trunk": 4, "head": 2}, slots=2)
+    buffers = PushBuffers({"trunk": 4, "head": 2}, regions=2)
     buffers.views[1]["head"].fill_(7.0)
     assert float(buffers.views[0]["head"].sum()) == 0.0
     assert buffers.ref(9, 1, "head", 1, 2) == BufferRef(9, 1, 5, 1)

@@ -137,8 +137,8 @@ def test_without_prefetch_every_step_starts_from_the_newest_weights(server):
 @pytest.mark.skipif(not SHARED_PUSHES, reason="shared-memory pushes need Linux")
 def test_same_node_pushes_are_read_from_the_workers_memory(server):
     """Twenty pushes of different gradients through shared memory, two in flight, land exactly
-    as through the object store. The client fills the next slot while the server still reads
-    the last two: a slot reused too early would hand the server a later step's gradient."""
+    as through the object store. The client fills the next region while the server still reads
+    the last two: a region reused too early would hand the server a later step's gradient."""
     weights = {}
     for shared in (False, True):
         cfg, spec, handle = server(extra=["server.staleness_policy=unscaled"])
@@ -280,7 +280,7 @@ def test_parts_never_decided_are_let_go(split):
 @pytest.mark.skipif(not SHARED_PUSHES, reason="shared-memory pushes need Linux")
 def test_a_split_model_reads_same_node_pushes_from_shared_memory(split):
     """Both actors map the worker's buffer; actor 1 copies its staged part (the worker may
-    reuse the slot before actor 0's decision reaches it). Ten pushes of different gradients,
+    reuse the region before actor 0's decision reaches it). Ten pushes of different gradients,
     two in flight, land exactly; a NaN in actor 1's part is still applied by neither."""
     cfg, spec, servers, client, flat = split(extra=["server.staleness_policy=unscaled"],
                                              shared_memory=True, inflight=2)

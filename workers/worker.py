@@ -90,7 +90,7 @@ class TaskLoop:
         if while_computing is not None:
             while_computing()
         # .grad is read after the step: the client may bind the gradients to another buffer
-        # between steps (shared-memory pushes rotate through slots).
+        # between steps (shared-memory pushes rotate through regions).
         if not self.precision.unscale(self.flat.grads[s] for s in self.shards):
             return None
         shared_norm = float(torch.linalg.vector_norm(torch.stack(

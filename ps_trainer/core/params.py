@@ -22,7 +22,7 @@ TRANSPORT_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np
 
 
 @dataclass(frozen=True)
-class Slot:
+class Placement:
     """One tensor's place inside its shard's flat array."""
     name: str
     offset: int
@@ -35,15 +35,15 @@ class Slot:
 
 @dataclass(frozen=True)
 class ShardLayout:
-    """Shard name -> slots, for trainable parameters and for float buffers (norm statistics)."""
-    params: dict[str, tuple[Slot, ...]]
-    stats: dict[str, tuple[Slot, ...]]
+    """Shard name -> placements, for trainable parameters and for float buffers (norm statistics)."""
+    params: dict[str, tuple[Placement, ...]]
+    stats: dict[str, tuple[Placement, ...]]
 
     @classmethod
     def of(cls, model: nn.Module, shard_of: Callable[[str], str]) -> "ShardLayout":
-        params = _slots((n, p) for n, p in model.named_parameters() if p.requires_grad)
+        params = _shapes((n, p) for n, p in model.named_parameters() if p.requires_grad)
         saved = model.state_dict(keep_vars=True)      # persistent buffers only: not constants
-        stats = _slots((n, b) for n, b in model.named_buffers()
+        stats = _shapes((n, b) for n, b in model.named_buffers()
                        if b.is_floating_point() and n in saved)
         return cls(_group(params, shard_of), _group(stats, shard_of))
 
@@ -57,31 +57,31 @@ class ShardLayout:
     def shards(self) -> tuple[str, ...]:
         return tuple(self.params)
 
-    def slot(self, name: str) -> tuple[str, Slot]:
-        for shard, slots in self.params.items():
-            for slot in slots:
-                if slot.name == name:
-                    return shard, slot
+    def placement(self, name: str) -> tuple[str, Placement]:
+        for shard, places in self.params.items():
+            for place in places:
+                if place.name == name:
+                    return shard, place
         raise KeyError(name)
 
 
-def _slots(named: Iterable[tuple[str, torch.Tensor]]) -> list[tuple[str, tuple[int, ...]]]:
+def _shapes(named: Iterable[tuple[str, torch.Tensor]]) -> list[tuple[str, tuple[int, ...]]]:
     return [(name, tuple(t.shape)) for name, t in named]
 
 
-def _group(named_shapes, shard_of) -> dict[str, tuple[Slot, ...]]:
-    groups: dict[str, list[Slot]] = {}
+def _group(named_shapes, shard_of) -> dict[str, tuple[Placement, ...]]:
+    groups: dict[str, list[Placement]] = {}
     offsets: dict[str, int] = {}
     for name, shape in named_shapes:
         shard = shard_of(name)
         offset = offsets.get(shard, 0)
-        groups.setdefault(shard, []).append(Slot(name, offset, shape))
+        groups.setdefault(shard, []).append(Placement(name, offset, shape))
         offsets[shard] = offset + int(np.prod(shape, dtype=np.int64))
-    return {shard: tuple(slots) for shard, slots in groups.items()}
+    return {shard: tuple(places) for shard, places in groups.items()}
 
 
-def _size(slots: tuple[Slot, ...]) -> int:
-    return slots[-1].offset + slots[-1].numel if slots else 0
+def _size(places: tuple[Placement, ...]) -> int:
+    return places[-1].offset + places[-1].numel if places else 0
 
 
 # --------------------------------------------------------------------------- pieces
@@ -134,25 +134,25 @@ class FlatModel:
         device = next(model.parameters()).device
         named_params = dict(model.named_parameters())
         named_buffers = dict(model.named_buffers())
-        self._modules_params = {shard: [named_params[s.name] for s in slots]
-                                for shard, slots in layout.params.items()}
+        self._modules_params = {shard: [named_params[s.name] for s in places]
+                                for shard, places in layout.params.items()}
         self.params, self.grads, self.stats = {}, {}, {}
-        for shard, slots in layout.params.items():
+        for shard, places in layout.params.items():
             flat = torch.empty(layout.size(shard), dtype=torch.float32, device=device)
             grad = torch.zeros_like(flat)
-            for slot in slots:
-                p = named_params[slot.name]
-                view = flat[slot.offset: slot.offset + slot.numel]
+            for place in places:
+                p = named_params[place.name]
+                view = flat[place.offset: place.offset + place.numel]
                 view.copy_(p.detach().reshape(-1))
-                p.data = view.view(slot.shape)
-                p.grad = grad[slot.offset: slot.offset + slot.numel].view(slot.shape)
+                p.data = view.view(place.shape)
+                p.grad = grad[place.offset: place.offset + place.numel].view(place.shape)
             self.params[shard], self.grads[shard] = flat, grad
-        for shard, slots in layout.stats.items():
+        for shard, places in layout.stats.items():
             flat = torch.empty(layout.stats_size(shard), dtype=torch.float32, device=device)
-            for slot in slots:
-                view = flat[slot.offset: slot.offset + slot.numel]
-                view.copy_(named_buffers[slot.name].reshape(-1))
-                _set_buffer(model, slot.name, view.view(slot.shape))
+            for place in places:
+                view = flat[place.offset: place.offset + place.numel]
+                view.copy_(named_buffers[place.name].reshape(-1))
+                _set_buffer(model, place.name, view.view(place.shape))
             self.stats[shard] = flat
 
     def zero_grad(self) -> None:
@@ -162,9 +162,9 @@ class FlatModel:
     def grad_binding(self, grads: dict[str, torch.Tensor]) -> tuple:
         """What :meth:`bind_grads` needs to make `grads` (flat tensors, shard -> tensor) the
         gradient storage: the views are cut once, so binding costs only the assignments."""
-        views = [(param, grad[slot.offset: slot.offset + slot.numel].view(slot.shape))
+        views = [(param, grad[place.offset: place.offset + place.numel].view(place.shape))
                  for shard, grad in grads.items()
-                 for slot, param in zip(self.layout.params[shard], self._modules_params[shard])]
+                 for place, param in zip(self.layout.params[shard], self._modules_params[shard])]
         return dict(grads), views
 
     def bind_grads(self, binding: tuple) -> None:
@@ -197,8 +197,8 @@ class FlatModel:
     def bind(self, shard: str, flat: torch.Tensor) -> None:
         """Make `flat` (a 1-D float32 tensor of the shard's size) the shard's weights: every
         parameter becomes a view of it."""
-        for slot, param in zip(self.layout.params[shard], self._modules_params[shard]):
-            param.data = flat[slot.offset: slot.offset + slot.numel].view(slot.shape)
+        for place, param in zip(self.layout.params[shard], self._modules_params[shard]):
+            param.data = flat[place.offset: place.offset + place.numel].view(place.shape)
         self.params[shard] = flat
 
     def load_stats(self, shard: str, array: np.ndarray) -> None:

@@ -103,7 +103,7 @@ class _SetupProbe:
 
 
 @dataclass
-class _WorkerSlot:
+class _WorkerActor:
     handle: Any
     run_ref: Any
     replica: int
@@ -165,7 +165,7 @@ class Coordinator:
         self._server_pings: list = []
         self._unanswered: dict = {}                # server index -> unanswered pings in a row
         self._snapshots = _Snapshots(cfg.server.snapshot_every_s)
-        self._workers: dict[str, list[_WorkerSlot]] = {t: [] for t in cfg.task_names}
+        self._workers: dict[str, list[_WorkerActor]] = {t: [] for t in cfg.task_names}
         # Actors started per (task, replica) so far, and the version a resumed run started
         # from: together they number each actor's random stream (bounded by the replicas).
         self._incarnations: collections.Counter = collections.Counter()
@@ -235,7 +235,7 @@ class Coordinator:
         self._evaluator_ref = self._evaluator.run.remote()
         self._evaluator_setup = _SetupProbe(self._evaluator)
 
-    def _new_worker(self, task: str, replica: int) -> _WorkerSlot:
+    def _new_worker(self, task: str, replica: int) -> _WorkerActor:
         t = self._cfg.tasks[task]
         restart = restart_number(self._incarnations[(task, replica)], self._resumed_from)
         self._incarnations[(task, replica)] += 1
@@ -243,7 +243,7 @@ class Coordinator:
             num_cpus=t.num_cpus, num_gpus=t.num_gpus, resources=dict(t.resources),
             max_concurrency=2, max_restarts=0).remote(self._cfg, task, replica, self._servers,
                                                       self._spec.plan, self._hub, restart)
-        return _WorkerSlot(handle, handle.run.remote(), replica, handle.ping.remote(),
+        return _WorkerActor(handle, handle.run.remote(), replica, handle.ping.remote(),
                            setup=_SetupProbe(handle))
 
     # ------------------------------------------------------------------ control
@@ -256,8 +256,8 @@ class Coordinator:
             raise ValueError(f"unknown task {task!r}; this run trains {', '.join(self._workers)}")
         if workers < 0:
             raise ValueError(f"workers must be >= 0, got {workers}")
-        slots = self._resize(task, workers)
-        waiting = [s.ready_ref for s in slots if not s.running]
+        actors = self._resize(task, workers)
+        waiting = [s.ready_ref for s in actors if not s.running]
         if waiting:
             ray.wait(waiting, num_returns=len(waiting), timeout=wait_s)
         with self._lock:
@@ -267,41 +267,41 @@ class Coordinator:
                         "or they are starting)", task, counts["pending"], workers)
         return counts
 
-    def _resize(self, task: str, workers: int) -> list[_WorkerSlot]:
-        """Add or retire workers of `task` to reach `workers`; returns the slots."""
+    def _resize(self, task: str, workers: int) -> list[_WorkerActor]:
+        """Add or retire workers of `task` to reach `workers`; returns the actors."""
         with self._lock:
-            slots = self._workers[task]
-            used = {s.replica for s in slots}
-            while len(slots) < workers:
-                replica = min(set(range(len(slots) + 1)) - used)
+            actors = self._workers[task]
+            used = {s.replica for s in actors}
+            while len(actors) < workers:
+                replica = min(set(range(len(actors) + 1)) - used)
                 used.add(replica)
-                slots.append(self._new_worker(task, replica))
-            while len(slots) > workers:
-                retired = slots.pop()
+                actors.append(self._new_worker(task, replica))
+            while len(actors) > workers:
+                retired = actors.pop()
                 self._retire(retired)
                 self._setup_failures.pop(_worker_key(task, retired.replica), None)
             self._worker_counts()
-            log.info("task %s now has %d workers", task, len(slots))
-            return list(slots)
+            log.info("task %s now has %d workers", task, len(actors))
+            return list(actors)
 
-    def _retire(self, slot: _WorkerSlot) -> None:
+    def _retire(self, actor: _WorkerActor) -> None:
         """Ask a worker to finish its step and drain its pushes, then end it. One that never
         started has nothing to drain."""
-        if slot.refresh():
-            slot.handle.stop.remote()
-            ready, _ = ray.wait([slot.run_ref], timeout=_STOP_GRACE_S)
+        if actor.refresh():
+            actor.handle.stop.remote()
+            ready, _ = ray.wait([actor.run_ref], timeout=_STOP_GRACE_S)
             if not ready:
                 log.warning("worker did not stop within %.0f s; killing it", _STOP_GRACE_S)
-        ray.kill(slot.handle)
+        ray.kill(actor.handle)
 
     def _worker_counts(self) -> dict[str, dict[str, int]]:
         """{task: {"running": n, "pending": m}}, refreshed now; also sets the gauges."""
         counts = {}
-        for task, slots in self._workers.items():
-            running = sum(slot.refresh() for slot in slots)
-            counts[task] = {"running": running, "pending": len(slots) - running}
+        for task, actors in self._workers.items():
+            running = sum(actor.refresh() for actor in actors)
+            counts[task] = {"running": running, "pending": len(actors) - running}
             self._metrics.workers.labels(task).set(running)
-            self._metrics.workers_pending.labels(task).set(len(slots) - running)
+            self._metrics.workers_pending.labels(task).set(len(actors) - running)
         return counts
 
     def stop(self) -> None:
@@ -342,7 +342,7 @@ class Coordinator:
         """The live actor handles (for tests and tools)."""
         with self._lock:
             return {"servers": list(self._servers), "evaluator": self._evaluator,
-                    "workers": {t: [s.handle for s in slots] for t, slots in self._workers.items()}}
+                    "workers": {t: [s.handle for s in actors] for t, actors in self._workers.items()}}
 
     # ------------------------------------------------------------------ supervision
 
@@ -386,33 +386,33 @@ class Coordinator:
             return None
 
     def _check_workers(self) -> None:
-        for task, slots in self._workers.items():
-            for slot in slots:
-                if slot.refresh() and slot.setup.poll():
-                    self._setup_failures.pop(_worker_key(task, slot.replica), None)
-            for i, slot in enumerate(slots):
-                ready, _ = ray.wait([slot.run_ref], timeout=0)
+        for task, actors in self._workers.items():
+            for actor in actors:
+                if actor.refresh() and actor.setup.poll():
+                    self._setup_failures.pop(_worker_key(task, actor.replica), None)
+            for i, actor in enumerate(actors):
+                ready, _ = ray.wait([actor.run_ref], timeout=0)
                 if not ready:
                     continue
                 try:
-                    ray.get(slot.run_ref)
-                    log.warning("worker %s/%d returned unexpectedly; restarting it", task, slot.replica)
+                    ray.get(actor.run_ref)
+                    log.warning("worker %s/%d returned unexpectedly; restarting it", task, actor.replica)
                 except ray.exceptions.RayActorError as err:
-                    log.warning("worker %s/%d %s; starting a replacement", task, slot.replica,
+                    log.warning("worker %s/%d %s; starting a replacement", task, actor.replica,
                                 "did not answer" if _unavailable(err) else "died")
                 except Exception as err:
-                    if self._gave_up(_worker_key(task, slot.replica), err,
-                                     [_worker_key(task, s.replica) for s in slots]):
+                    if self._gave_up(_worker_key(task, actor.replica), err,
+                                     [_worker_key(task, s.replica) for s in actors]):
                         log.error("worker %s/%d failed: %s; ending the run", task,
-                                  slot.replica, _cause(err))
+                                  actor.replica, _cause(err))
                         return
                     log.error("worker %s/%d failed: %s; starting a replacement", task,
-                              slot.replica, _cause(err))
+                              actor.replica, _cause(err))
                 # Whatever ended the call, the actor goes before its replacement comes: one
                 # that only stopped answering would otherwise train on beside it, with the
                 # same replica number and stream, holding its CPUs or GPU.
-                ray.kill(slot.handle)
-                slots[i] = self._new_worker(task, slot.replica)
+                ray.kill(actor.handle)
+                actors[i] = self._new_worker(task, actor.replica)
                 self._stats.restarts["worker"] += 1
                 self._metrics.restarts.labels("worker").inc()
 
@@ -446,9 +446,9 @@ class Coordinator:
         log.warning("server %d died; restoring the %d server actor(s) from %s", dead,
                     len(self._servers), source)
         self._start_servers(states)
-        for slots in self._workers.values():
-            for slot in slots:
-                slot.handle.set_servers.remote(self._servers)
+        for actors in self._workers.values():
+            for actor in actors:
+                actor.handle.set_servers.remote(self._servers)
         if self._evaluator is not None:
             self._evaluator.set_servers.remote(self._servers)
         restored = int(states[0]["version"]) if states else 0
@@ -525,10 +525,10 @@ class Coordinator:
         wait is bounded, so a broken actor cannot hold the run open."""
         with self._lock:
             self._finishing = True
-            for slots in self._workers.values():
-                for slot in slots:
-                    slot.handle.stop.remote()
-            refs = [s.run_ref for slots in self._workers.values() for s in slots if s.refresh()]
+            for actors in self._workers.values():
+                for actor in actors:
+                    actor.handle.stop.remote()
+            refs = [s.run_ref for actors in self._workers.values() for s in actors if s.refresh()]
             if refs:
                 ray.wait(refs, num_returns=len(refs), timeout=_STOP_GRACE_S)
             evaluator_failed = self._setup_failures.get(_EVALUATOR, 0) >= _SETUP_ATTEMPTS

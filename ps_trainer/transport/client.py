@@ -22,11 +22,11 @@ all-or-nothing (see ``server.py``): each part but actor 0's is staged, and actor
 the whole push once every part is staged.
 
 With ``shared_memory``, a server actor on this worker's node reads float32 pushes from the
-worker's own memory (``push_buffers.py``): the gradients live in ``inflight + 1`` shared slots
-and a push names its slot. A slot is written again only after the push that sent it has been
-answered: a push waits until fewer than ``inflight`` are outstanding, so the slot after it
+worker's own memory (``push_buffers.py``): the gradients live in ``inflight + 1`` shared regions
+and a push names its region. A region is written again only after the push that sent it has been
+answered: a push waits until fewer than ``inflight`` are outstanding, so the region after it
 belongs to a push that has been answered. A CPU model's backward writes straight into the
-slot (its gradients are bound to it); a GPU model's gradients are copied there.
+region (its gradients are bound to it); a GPU model's gradients are copied there.
 """
 from __future__ import annotations
 
@@ -92,15 +92,15 @@ class ParameterClient:
         self._staging = (StagedWeights({s: flat.params[s] for s in shards}, flat.bind)
                          if self._device.type == "cuda" else None)
         self._uncommitted = False              # a version staged during the step, not yet used
-        self._host = HostStaging()             # a GPU push's host copy, when not in a slot
-        self._bound = False                    # CPU gradients live in the shared slots
+        self._host = HostStaging()             # a GPU push's host copy, when not in a region
+        self._bound = False                    # CPU gradients live in the shared regions
         self._buffers = self._push_buffers() if shared_memory else None
         self._attached = False                 # asked the current servers to map the buffers
-        self._slot = 0
+        self._region = 0
         self.reset_counters()
 
     def _push_buffers(self) -> Optional[PushBuffers]:
-        """Shared gradient slots, each starting as the gradients so far; CPU gradients are
+        """Shared gradient regions, each starting as the gradients so far; CPU gradients are
         bound to the first. None where pushes cannot use them (they use the object store)."""
         if self.grad_dtype != "float32":
             return None                        # converted pushes travel as objects
@@ -111,14 +111,14 @@ class ParameterClient:
         except OSError as err:
             log.info("pushes go through the object store: %s", err)
             return None
-        for slot in buffers.views:
-            for shard, view in slot.items():
+        for region in buffers.views:
+            for shard, view in region.items():
                 view.copy_(self.flat.grads[shard])
         self._bound = all(self.flat.grads[s].device.type == "cpu" for s in shards)
         if self._bound:
             self._bindings = [self.flat.grad_binding(views) for views in buffers.views]
             self.flat.bind_grads(self._bindings[0])
-        else:             # GPU gradients are copied into the slots: make that one DMA
+        else:             # GPU gradients are copied into the regions: make that one DMA
             pin_host_memory(buffers.whole)
         return buffers
 
@@ -247,8 +247,8 @@ class ParameterClient:
             self._attach()
         start = time.perf_counter()
         wanted = shards or tuple({p.shard for p in self.pieces})
-        slot = self._slot
-        grads = self._host_grads(wanted, slot)
+        region = self._region
+        grads = self._host_grads(wanted, region)
         if self.report_norm:
             stats = with_grad_norm(stats, wire_norm(grads.values()))
         chunks = []
@@ -256,7 +256,7 @@ class ParameterClient:
             pieces = [p for p in link.pieces if p.shard in grads]
             self.pushed_bytes += sum(grads[p.shard][p.start: p.stop].nbytes for p in pieces)
             if link.buffer is not None:
-                chunk = {p.key: self._buffers.ref(link.buffer, slot, p.shard, p.start, p.stop)
+                chunk = {p.key: self._buffers.ref(link.buffer, region, p.shard, p.start, p.stop)
                          for p in pieces}
             else:
                 chunk = {p.key: grads[p.shard][p.start: p.stop] for p in pieces}
@@ -274,21 +274,21 @@ class ParameterClient:
             ref = first.handle.push_first.remote(push_id, task, worker_id, base, chunks[0],
                                                  stats, norm_stats, *staged)
         self._pending.append(ref)
-        if self._buffers is not None:     # the next step writes the next slot (see above)
-            self._slot = (slot + 1) % self._buffers.slots
+        if self._buffers is not None:     # the next step writes the next region (see above)
+            self._region = (region + 1) % self._buffers.regions
             if self._bound:
-                self.flat.bind_grads(self._bindings[self._slot])
+                self.flat.bind_grads(self._bindings[self._region])
         self.push_seconds += time.perf_counter() - start
 
-    def _host_grads(self, shards: tuple[str, ...], slot: int) -> dict[str, np.ndarray]:
+    def _host_grads(self, shards: tuple[str, ...], region: int) -> dict[str, np.ndarray]:
         """This step's gradients as the host arrays that travel, each made with at most one
-        copy: a CPU model's are its gradient buffers (bound to the slot with shared memory);
-        a GPU model's are copied once, into the slot or a pinned buffer, converted to
+        copy: a CPU model's are its gradient buffers (bound to the region with shared memory);
+        a GPU model's are copied once, into the region or a pinned buffer, converted to
         grad_dtype on the device first."""
         if self._device.type != "cuda":
             return {s: encode_grad(self.flat.grads[s], self.grad_dtype) for s in shards}
-        if self._buffers is not None:                  # float32 into the shared slot
-            views = self._buffers.views[slot]
+        if self._buffers is not None:                  # float32 into the shared region
+            views = self._buffers.views[region]
             for shard in shards:
                 views[shard].copy_(self.flat.grads[shard], non_blocking=True)
             HostStaging.wait(self._device)

@@ -4,7 +4,7 @@ A copy between the GPU and pageable host memory is synchronous and goes through 
 buffer of the driver's; from page-locked ("pinned") memory it is one DMA that the CPU does not
 wait for. Two users:
 
-- Pushes: a GPU worker's gradients go device -> host once per push, into the push slot (its
+- Pushes: a GPU worker's gradients go device -> host once per push, into the push region (its
   shared-memory file, registered as pinned with :func:`pin_host_memory`) or into a pinned
   buffer of :class:`HostStaging` when the push travels through the object store.
 - Pulls: :class:`StagedWeights` copies a new weight version into pinned memory and from there,

@@ -8,8 +8,8 @@ backward pass writes its gradients straight into the memory the server reads (a 
 worker's device-to-host copy lands there too, one copy instead of two).
 
 - Worker side, :class:`PushBuffers`: one anonymous shared-memory file (``memfd``) with
-  ``slots`` gradient buffers. The client rotates through them: a slot is written again only
-  once the push that sent it has been answered (``slots = inflight + 1``; see ``client.py``).
+  ``regions`` gradient buffers. The client rotates through them: a region is written again only
+  once the push that sent it has been answered (``regions = inflight + 1``; see ``client.py``).
 - Server side, :class:`AttachedBuffers`: maps a worker's file through
   ``/proc/<pid>/fd/<fd>`` (same node, same user). Nothing is named in a file system, so
   nothing is left behind: the kernel frees the memory once the worker and the server both
@@ -37,18 +37,18 @@ _FLOAT_BYTES = 4
 @dataclass(frozen=True)
 class BufferRef:
     """What a push carries for one piece in place of its gradient: `count` float32 values at
-    `offset` (in values) of slot `slot` of attached buffer `buffer`."""
+    `offset` (in values) of region `region` of attached buffer `buffer`."""
     buffer: int
-    slot: int
+    region: int
     offset: int
     count: int
 
 
 class PushBuffers:
-    """A worker's gradient slots in one shared-memory file: `slots` copies of the layout
-    `sizes` (shard -> float32 values), each slot the shards one after the other."""
+    """A worker's gradient regions in one shared-memory file: `regions` copies of the layout
+    `sizes` (shard -> float32 values), each region the shards one after the other."""
 
-    def __init__(self, sizes: Mapping[str, int], slots: int):
+    def __init__(self, sizes: Mapping[str, int], regions: int):
         if not SUPPORTED:
             raise OSError("shared-memory pushes need Linux (memfd_create)")
         self.offsets: dict[str, int] = {}
@@ -56,9 +56,9 @@ class PushBuffers:
         for shard, size in sizes.items():
             self.offsets[shard] = offset
             offset += int(size)
-        self.slot_values = offset
-        self.slots = slots
-        self.nbytes = max(1, offset * slots * _FLOAT_BYTES)
+        self.region_values = offset
+        self.regions = regions
+        self.nbytes = max(1, offset * regions * _FLOAT_BYTES)
         self.fd = os.memfd_create("ps_trainer-push", os.MFD_CLOEXEC)
         try:
             os.ftruncate(self.fd, self.nbytes)
@@ -70,10 +70,10 @@ class PushBuffers:
         self.views = [{shard: torch.frombuffer(self._map, dtype=torch.float32, count=int(size),
                                                offset=(i * offset + self.offsets[shard])
                                                * _FLOAT_BYTES) if size else torch.zeros(0)
-                       for shard, size in sizes.items()} for i in range(slots)]
+                       for shard, size in sizes.items()} for i in range(regions)]
 
-    def ref(self, buffer: int, slot: int, shard: str, start: int, stop: int) -> BufferRef:
-        return BufferRef(buffer, slot, self.offsets[shard] + start, stop - start)
+    def ref(self, buffer: int, region: int, shard: str, start: int, stop: int) -> BufferRef:
+        return BufferRef(buffer, region, self.offsets[shard] + start, stop - start)
 
     def close(self) -> None:
         """Close the file; the memory goes with the last mapping or view of it."""
@@ -82,7 +82,7 @@ class PushBuffers:
     def describe(self) -> dict:
         """What the server needs to attach this file."""
         return {"pid": os.getpid(), "fd": self.fd, "nbytes": self.nbytes,
-                "slot_values": self.slot_values}
+                "region_values": self.region_values}
 
 
 def _start_time(pid: int) -> Optional[str]:
@@ -101,7 +101,7 @@ class _Attached:
     pid: int
     started: Optional[str]
     fd: int
-    slot_values: int
+    region_values: int
     map: mmap.mmap
     values: np.ndarray           # the whole file as float32
 
@@ -116,7 +116,7 @@ class AttachedBuffers:
     def __len__(self) -> int:
         return len(self._buffers)
 
-    def attach(self, pid: int, fd: int, nbytes: int, slot_values: int) -> int:
+    def attach(self, pid: int, fd: int, nbytes: int, region_values: int) -> int:
         """Map a worker's buffer file; returns the id its pushes name. Raises OSError where
         the file cannot be opened or is not the size announced."""
         self.release_gone()
@@ -131,21 +131,21 @@ class AttachedBuffers:
             mapped = mmap.mmap(f.fileno(), nbytes, access=mmap.ACCESS_READ)   # only read here
         buffer_id = self._next_id
         self._next_id += 1
-        self._buffers[buffer_id] = _Attached(pid, _start_time(pid), fd, slot_values, mapped,
+        self._buffers[buffer_id] = _Attached(pid, _start_time(pid), fd, region_values, mapped,
                                              np.frombuffer(mapped, dtype=np.float32))
         return buffer_id
 
     def view(self, ref: BufferRef) -> np.ndarray:
         """The piece a push names, as a read-only view of the worker's memory (valid during the
-        push: the worker writes the slot again once the push is answered)."""
+        push: the worker writes the region again once the push is answered)."""
         b = self._buffers.get(ref.buffer)
         if b is None:
             raise KeyError(f"push names shared buffer {ref.buffer}, which this server has not "
                            f"attached")
-        start = ref.slot * b.slot_values + ref.offset
-        if ref.slot < 0 or ref.offset < 0 or ref.offset + ref.count > b.slot_values:
-            raise ValueError(f"push names values {ref.offset}..{ref.offset + ref.count} of slot "
-                             f"{ref.slot} of a buffer with {b.slot_values} values per slot")
+        start = ref.region * b.region_values + ref.offset
+        if ref.region < 0 or ref.offset < 0 or ref.offset + ref.count > b.region_values:
+            raise ValueError(f"push names values {ref.offset}..{ref.offset + ref.count} of region "
+                             f"{ref.region} of a buffer with {b.region_values} values per region")
         return b.values[start: start + ref.count]
 
     def resolve(self, grads: Mapping) -> dict:

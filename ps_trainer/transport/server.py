@@ -131,7 +131,7 @@ class ParameterServer:
               grads: Mapping[str, np.ndarray], stats: PushStats) -> float:
         """Hold this actor's part of a push until actor 0 decides it; returns the part's
         squared norm (NaN or Inf when the part is not finite). A part in a worker's shared
-        buffer is copied: the worker may reuse its slot before actor 0's decision arrives."""
+        buffer is copied: the worker may reuse its region before actor 0's decision arrives."""
         grads = {k: np.array(self._push_buffers.view(a)) if isinstance(a, BufferRef) else a
                  for k, a in grads.items()}
         g = self._store.receive(task, grads)
