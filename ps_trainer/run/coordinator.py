@@ -20,28 +20,33 @@ A worker counts as *running* once its actor has answered a ping, and as *pending
 has not placed it yet, or it is still starting); status, scale's answer and the metrics report
 the two apart, so that asking for more workers than fit never looks like success.
 
+The decisions (when a server is dead, what follows an actor's end and when to give up, which
+state a restore starts from, which replicas a resize adds and retires) are plain classes in
+``policies.py``; this actor turns Ray's answers into their events and carries out theirs.
+
 Actor classes and the model factory are injected by ``launch`` (this package never imports
 ``workers``); every actor is created with ``max_restarts=0`` so that recovery is done here, once.
 """
 from __future__ import annotations
 
-import collections
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import ray
 
-from ps_trainer.core.checkpoint import CheckpointManager
 from ps_trainer.config import Config
-from ps_trainer.data.streams import restart_number
-from ps_trainer.observe.metrics import CoordinatorMetrics, Reporter
+from ps_trainer.core.checkpoint import CheckpointManager
 from ps_trainer.core.params import Piece
 from ps_trainer.core.protocol import CoordinatorStatus, ServerStatus, SetupError
-from ps_trainer.run.run_folder import RunFolder
 from ps_trainer.core.schedule import FAILED, STOPPED, TARGET_MIOU, RunSummary, StopRule
+from ps_trainer.observe.metrics import CoordinatorMetrics, Reporter
+from ps_trainer.run.policies import (EVALUATOR, Action, Exit, Ping, RecoveryLog, RestoreSource,
+                                     ServerHealth, WorkerRestarts, choose_restore_point,
+                                     final_evaluation_timeout, plan_resize, worker_key)
+from ps_trainer.run.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 _SUPERVISE_EVERY_S = 0.5
@@ -56,12 +61,6 @@ _SERVER_START_S = 120.0         # how long (re)starting the server actors is wai
 # in a row, and none of them is set up, the run ends with that error: its data, model or run
 # folder is broken, and replacements would fail the same way for as long as the run lasts.
 _SETUP_ATTEMPTS = 3
-_EVALUATOR = "evaluator"        # the evaluator's key in the setup-failure counts
-
-
-def _worker_key(task: str, replica: int) -> str:
-    """A worker replica's key in the setup-failure counts (replacements keep the replica)."""
-    return f"worker {task}/{replica}"
 
 
 @dataclass
@@ -119,13 +118,6 @@ class _WorkerActor:
         return self.running
 
 
-@dataclass
-class _Stats:
-    restarts: dict = field(default_factory=lambda: {"worker": 0, "server": 0, "evaluator": 0})
-    recovery_s: list = field(default_factory=list)   # last few server recoveries (bounded)
-    restores: list = field(default_factory=list)      # last few: {from, to, source, seconds}
-
-
 class _Snapshots:
     """The newest consistent server snapshot (an ObjectRef owned by the coordinator) and the
     one being taken; at most two are held."""
@@ -163,19 +155,17 @@ class Coordinator:
         self._stop = threading.Event()
         self._servers: list = []
         self._server_pings: list = []
-        self._unanswered: dict = {}                # server index -> unanswered pings in a row
+        self._health = ServerHealth(_UNANSWERED_PINGS)
         self._snapshots = _Snapshots(cfg.server.snapshot_every_s)
         self._workers: dict[str, list[_WorkerActor]] = {t: [] for t in cfg.task_names}
-        # Actors started per (task, replica) so far, and the version a resumed run started
-        # from: together they number each actor's random stream (bounded by the replicas).
-        self._incarnations: collections.Counter = collections.Counter()
-        self._resumed_from = (int(spec.resume_states[0]["version"]) if spec.resume_states
-                              else None)
+        self._restarts = WorkerRestarts(
+            _SETUP_ATTEMPTS,
+            resumed_from=int(spec.resume_states[0]["version"]) if spec.resume_states else None)
+        self._recoveries = RecoveryLog()
         self._evaluator = None
         self._evaluator_ref = None
-        self._stats = _Stats()
         self._metrics = CoordinatorMetrics()
-        for role in self._stats.restarts:    # series exist (at 0) before the first restart
+        for role in self._restarts.counts:   # series exist (at 0) before the first restart
             self._metrics.restarts.labels(role)
         send = (lambda source, fams: hub.report.remote(source, fams)) if hub else (lambda *a: None)
         self._reporter = Reporter("coordinator", self._metrics.registry, send,
@@ -183,9 +173,6 @@ class Coordinator:
         self._start_time = time.monotonic()
         self._done = False
         self._last_version: Optional[int] = None     # the newest version seen (supervision)
-        self._setup_failures: dict[str, int] = {}    # _worker_key or _EVALUATOR -> in a row
-        self._failure: Optional[str] = None          # why the run ends as FAILED
-        self._finishing = False
 
     # ------------------------------------------------------------------ starting actors
 
@@ -203,7 +190,7 @@ class Coordinator:
         others = [self._new_server(i, states[i]) for i in range(1, len(states))]
         self._servers = [self._new_server(0, states[0], others), *others]
         self._server_pings = [s.ping.remote() for s in self._servers]
-        self._unanswered = {}
+        self._health.reset()
         ready, _ = ray.wait(list(self._server_pings), num_returns=len(self._servers),
                             timeout=_SERVER_START_S)
         if len(ready) < len(self._servers):
@@ -237,8 +224,7 @@ class Coordinator:
 
     def _new_worker(self, task: str, replica: int) -> _WorkerActor:
         t = self._cfg.tasks[task]
-        restart = restart_number(self._incarnations[(task, replica)], self._resumed_from)
-        self._incarnations[(task, replica)] += 1
+        restart = self._restarts.restart_number(task, replica)
         handle = self._spec.worker_cls.options(
             num_cpus=t.num_cpus, num_gpus=t.num_gpus, resources=dict(t.resources),
             max_concurrency=2, max_restarts=0).remote(self._cfg, task, replica, self._servers,
@@ -254,8 +240,6 @@ class Coordinator:
         are asked for but not answering (not placed by Ray, or still starting)."""
         if task not in self._workers:
             raise ValueError(f"unknown task {task!r}; this run trains {', '.join(self._workers)}")
-        if workers < 0:
-            raise ValueError(f"workers must be >= 0, got {workers}")
         actors = self._resize(task, workers)
         waiting = [s.ready_ref for s in actors if not s.running]
         if waiting:
@@ -271,15 +255,12 @@ class Coordinator:
         """Add or retire workers of `task` to reach `workers`; returns the actors."""
         with self._lock:
             actors = self._workers[task]
-            used = {s.replica for s in actors}
-            while len(actors) < workers:
-                replica = min(set(range(len(actors) + 1)) - used)
-                used.add(replica)
-                actors.append(self._new_worker(task, replica))
-            while len(actors) > workers:
+            plan = plan_resize([s.replica for s in actors], workers)
+            actors.extend(self._new_worker(task, replica) for replica in plan.add)
+            for _ in range(plan.retire):
                 retired = actors.pop()
                 self._retire(retired)
-                self._setup_failures.pop(_worker_key(task, retired.replica), None)
+                self._restarts.forget(worker_key(task, retired.replica))
             self._worker_counts()
             log.info("task %s now has %d workers", task, len(actors))
             return list(actors)
@@ -325,9 +306,9 @@ class Coordinator:
                 pending_workers={t: c["pending"] for t, c in counts.items()},
                 miou=latest.get("miou") if latest else None,
                 latest_eval=latest,
-                restarts=dict(self._stats.restarts),
-                recovery_s=list(self._stats.recovery_s),
-                restores=list(self._stats.restores),
+                restarts=dict(self._restarts.counts),
+                recovery_s=list(self._recoveries.recovery_s),
+                restores=list(self._recoveries.restores),
                 snapshot_version=self._snapshots.ready[0] if self._snapshots.ready else None,
                 elapsed_s=time.monotonic() - self._start_time + self._spec.time_offset_s,
                 done=self._done)
@@ -357,7 +338,7 @@ class Coordinator:
                 self._check_workers()
                 self._check_evaluator()
                 self._worker_counts()
-            if self._failure is not None:
+            if self._restarts.failure is not None:
                 stopped_by = FAILED
                 break
             version = self._version()
@@ -389,51 +370,39 @@ class Coordinator:
         for task, actors in self._workers.items():
             for actor in actors:
                 if actor.refresh() and actor.setup.poll():
-                    self._setup_failures.pop(_worker_key(task, actor.replica), None)
+                    self._restarts.set_up(worker_key(task, actor.replica))
             for i, actor in enumerate(actors):
                 ready, _ = ray.wait([actor.run_ref], timeout=0)
                 if not ready:
                     continue
-                try:
-                    ray.get(actor.run_ref)
-                    log.warning("worker %s/%d returned unexpectedly; restarting it", task, actor.replica)
-                except ray.exceptions.RayActorError as err:
-                    log.warning("worker %s/%d %s; starting a replacement", task, actor.replica,
-                                "did not answer" if _unavailable(err) else "died")
-                except Exception as err:
-                    if self._gave_up(_worker_key(task, actor.replica), err,
-                                     [_worker_key(task, s.replica) for s in actors]):
-                        log.error("worker %s/%d failed: %s; ending the run", task,
-                                  actor.replica, _cause(err))
-                        return
-                    log.error("worker %s/%d failed: %s; starting a replacement", task,
-                              actor.replica, _cause(err))
+                exit, error = _exit_of(actor.run_ref)
+                action = self._restarts.ended("worker", worker_key(task, actor.replica), exit,
+                                              [worker_key(task, s.replica) for s in actors], error)
+                if action is Action.END_RUN:
+                    log.error("worker %s/%d failed: %s; ending the run", task, actor.replica, error)
+                    return
+                log.warning("worker %s/%d %s; starting a replacement", task, actor.replica,
+                            _EXIT_WORDS[exit].format(error))
                 # Whatever ended the call, the actor goes before its replacement comes: one
                 # that only stopped answering would otherwise train on beside it, with the
                 # same replica number and stream, holding its CPUs or GPU.
                 ray.kill(actor.handle)
                 actors[i] = self._new_worker(task, actor.replica)
-                self._stats.restarts["worker"] += 1
                 self._metrics.restarts.labels("worker").inc()
 
     def _check_servers(self) -> None:
-        """A server is dead when a ping says so (the actor died), or after _UNANSWERED_PINGS
-        pings in a row were not answered (ActorUnavailableError: it may be alive, e.g. across
-        a brief network drop); a ping still pending is a busy or paused server, not a dead one."""
+        """Hand each ended ping to the health policy; restore every server once one is dead."""
         for i, ping in enumerate(self._server_pings):
             ready, _ = ray.wait([ping], timeout=0)
             if not ready:
                 continue   # busy, not dead: a dead actor's pending call fails at once
-            try:
-                ray.get(ping)
-                self._unanswered[i] = 0
-            except ray.exceptions.RayActorError as err:
-                self._unanswered[i] = self._unanswered.get(i, 0) + 1
-                if not _unavailable(err) or self._unanswered[i] >= _UNANSWERED_PINGS:
-                    self._restore_servers(i)
-                    return
+            outcome = _ping_of(ping)
+            if self._health.observe(i, outcome):
+                self._restore_servers(i)
+                return
+            if outcome is Ping.UNAVAILABLE:
                 log.warning("server %d did not answer a ping (%d in a row)", i,
-                            self._unanswered[i])
+                            self._health.unanswered[i])
             self._server_pings[i] = self._servers[i].ping.remote()
 
     def _restore_servers(self, dead: int) -> None:
@@ -452,91 +421,69 @@ class Coordinator:
         if self._evaluator is not None:
             self._evaluator.set_servers.remote(self._servers)
         restored = int(states[0]["version"]) if states else 0
-        stats = self._stats
-        stats.restarts["server"] += 1
-        seconds = time.monotonic() - start
-        stats.recovery_s = (stats.recovery_s + [seconds])[-10:]
-        stats.restores = (stats.restores + [{"from": before, "to": restored, "source": kind,
-                                             "seconds": seconds}])[-100:]
+        self._restarts.counts["server"] += 1
+        self._recoveries.restored(before, restored, kind, time.monotonic() - start)
         self._metrics.restarts.labels("server").inc()
 
-    def _restore_point(self) -> tuple[Optional[list], str, str]:
-        """The newest consistent state: the snapshot, or the newest valid checkpoint if it is
-        newer (or the snapshot is lost with its node), else the initial weights."""
+    def _restore_point(self) -> tuple[Optional[list], str, RestoreSource]:
+        """(the server states, their description, their kind) as choose_restore_point says; a
+        snapshot that cannot be fetched (lost with its node) falls back to the checkpoint."""
         latest = CheckpointManager(self._run.checkpoints,
                                    self._cfg.eval.keep_last).latest(self._cfg.run.id)
         saved = (int(latest[1]["servers"][0]["version"]), latest[1]["servers"]) if latest else None
-        if self._snapshots.ready is not None:
-            version, ref = self._snapshots.ready
-            if saved is None or version >= saved[0]:
-                try:
-                    return (ray.get(ref, timeout=_CALL_TIMEOUT_S),
-                            f"the snapshot at version {version}", "snapshot")
-                except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as err:
-                    log.warning("the server snapshot is lost (%s); using the checkpoint",
-                                type(err).__name__)
-                    self._snapshots.ready = None
-        if saved is not None:
-            return saved[1], f"checkpoint {latest[0].name} (version {saved[0]})", "checkpoint"
-        return None, "the initial weights", "initial"
+        ready = self._snapshots.ready
+        source = choose_restore_point(ready[0] if ready else None, saved[0] if saved else None)
+        if source is RestoreSource.SNAPSHOT:
+            version, ref = ready
+            try:
+                return (ray.get(ref, timeout=_CALL_TIMEOUT_S),
+                        f"the snapshot at version {version}", source)
+            except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as err:
+                log.warning("the server snapshot is lost (%s); using the checkpoint",
+                            type(err).__name__)
+                self._snapshots.ready = None
+                source = choose_restore_point(None, saved[0] if saved else None)
+        if source is RestoreSource.CHECKPOINT:
+            return (saved[1], f"checkpoint {latest[0].name} (version {saved[0]})", source)
+        return None, "the initial weights", source
 
     def _check_evaluator(self) -> None:
         ready, _ = ray.wait([self._evaluator_ref], timeout=0)
         if not ready:
             if self._evaluator_setup.poll():
-                self._setup_failures.pop(_EVALUATOR, None)
+                self._restarts.set_up(EVALUATOR)
             return
-        try:
-            ray.get(self._evaluator_ref)
-            if self._finishing:       # the final evaluation ends its loop: it is not gone
-                return
-            log.warning("evaluator stopped unexpectedly; starting a replacement")
-        except ray.exceptions.RayActorError as err:
-            log.warning("evaluator died (%s); starting a replacement", type(err).__name__)
-        except Exception as err:
-            if self._gave_up(_EVALUATOR, err, [_EVALUATOR]):
-                log.error("evaluator failed: %s; ending the run", _cause(err))
-                ray.kill(self._evaluator)
-                return
-            log.error("evaluator failed: %s; stopping it and starting a replacement", _cause(err))
+        exit, error = _exit_of(self._evaluator_ref)
+        action = self._restarts.ended(EVALUATOR, EVALUATOR, exit, [EVALUATOR], error)
+        if action is Action.NOTHING:      # the final evaluation ends its loop: it is not gone
+            return
         # A loop that raised leaves the actor alive with its CPUs: end it before replacing it.
         ray.kill(self._evaluator)
+        if action is Action.END_RUN:
+            log.error("evaluator failed: %s; ending the run", error)
+            return
+        log.warning("evaluator %s; starting a replacement", _EXIT_WORDS[exit].format(error))
         self._start_evaluator()
-        self._stats.restarts["evaluator"] += 1
         self._metrics.restarts.labels("evaluator").inc()
-
-    def _gave_up(self, actor: str, err: Exception, peers: list[str]) -> bool:
-        """Count `err` if `actor` failed to set itself up (a SetupError); True, and the run's
-        failure set, once each of `peers` (the actors of its role, itself included) has failed
-        _SETUP_ATTEMPTS times in a row: a peer that is set up, or still setting up, has not.
-        Failures while the run finishes are not counted."""
-        cause = getattr(err, "cause", None)
-        if not isinstance(cause, SetupError) or self._finishing:
-            return False
-        count = self._setup_failures[actor] = self._setup_failures.get(actor, 0) + 1
-        if any(self._setup_failures.get(peer, 0) < _SETUP_ATTEMPTS for peer in peers):
-            return False
-        self._failure = f"{cause} (failed {count} times in a row; the run is stopped)"
-        return True
 
     def _finish(self, stop_rule: StopRule, stopped_by: str) -> RunSummary:
         """Stop the workers, run the final evaluation and checkpoint (also when a worker task
         could not set itself up: what the others trained is kept), stop the evaluator; every
         wait is bounded, so a broken actor cannot hold the run open."""
         with self._lock:
-            self._finishing = True
+            self._restarts.finishing = True
             for actors in self._workers.values():
                 for actor in actors:
                     actor.handle.stop.remote()
             refs = [s.run_ref for actors in self._workers.values() for s in actors if s.refresh()]
             if refs:
                 ray.wait(refs, num_returns=len(refs), timeout=_STOP_GRACE_S)
-            evaluator_failed = self._setup_failures.get(_EVALUATOR, 0) >= _SETUP_ATTEMPTS
+            evaluator_failed = self._restarts.given_up(EVALUATOR)
             final, retry = (None, False) if evaluator_failed else self._final_evaluation(stopped_by)
             # A server (or the evaluator) died just now: recover and try once more. A final
             # evaluation that is only slow is not retried: its actor is not replaced mid-way,
             # and the final checkpoint it wrote before scoring is on disk.
-            if retry and _EVALUATOR not in self._setup_failures:
+            if retry and EVALUATOR not in self._restarts.setup_failures:
                 ray.wait(self._server_pings, num_returns=len(self._server_pings),
                          timeout=_CALL_TIMEOUT_S)
                 self._check_servers()
@@ -552,21 +499,21 @@ class Coordinator:
                 miou=final.get("miou") if final else None,
                 reached_target_s=stop_rule.reached(final), stopped_by=stopped_by,
                 applied=dict(servers[0].applied) if servers else {}, final=final,
-                runtime=status, error=self._failure)
+                runtime=status, error=self._restarts.failure)
 
     def _final_evaluation(self, stopped_by: str) -> tuple[Optional[dict], bool]:
         """(the evaluation that ends the run, or the one that reached the target; whether a
         failed one is worth retrying). The evaluator checkpoints the final state before it
         scores it, so a final evaluation that does not finish in time loses no training. Its
         time limit follows the last evaluation's time (a large validation set, a CPU
-        evaluator): the larger of eval.final_timeout_s and _FINAL_EVAL_SLACK times it."""
+        evaluator): final_evaluation_timeout."""
         timeout = self._cfg.eval.final_timeout_s
         try:
             if stopped_by == TARGET_MIOU:
                 return ray.get(self._evaluator.latest_record.remote(),
                                timeout=_CALL_TIMEOUT_S), False
             last_s = ray.get(self._evaluator.last_evaluation_s.remote(), timeout=_CALL_TIMEOUT_S)
-            timeout = max(timeout, _FINAL_EVAL_SLACK * (last_s or 0.0))
+            timeout = final_evaluation_timeout(timeout, last_s, _FINAL_EVAL_SLACK)
             record = ray.get(self._evaluator.evaluate_now.remote({"final": True}),
                              timeout=timeout)
             return record, record is None            # None: a server was unreachable
@@ -583,6 +530,31 @@ class Coordinator:
 def _unavailable(err: Exception) -> bool:
     """Ray could not reach the actor, which may be alive (not a death)."""
     return isinstance(err, ray.exceptions.ActorUnavailableError)
+
+
+def _ping_of(ref) -> Ping:
+    """How an ended ping went."""
+    try:
+        ray.get(ref)
+        return Ping.ANSWERED
+    except ray.exceptions.RayActorError as err:
+        return Ping.UNAVAILABLE if _unavailable(err) else Ping.DIED
+
+
+_EXIT_WORDS = {Exit.RETURNED: "returned unexpectedly", Exit.UNAVAILABLE: "did not answer",
+               Exit.DIED: "died", Exit.SETUP_FAILED: "failed: {}", Exit.FAILED: "failed: {}"}
+
+
+def _exit_of(ref) -> tuple[Exit, str]:
+    """How an actor's ended long-running call went, and its error's one line."""
+    try:
+        ray.get(ref)
+        return Exit.RETURNED, ""
+    except ray.exceptions.RayActorError as err:
+        return (Exit.UNAVAILABLE if _unavailable(err) else Exit.DIED), type(err).__name__
+    except Exception as err:
+        setup = isinstance(getattr(err, "cause", None), SetupError)
+        return (Exit.SETUP_FAILED if setup else Exit.FAILED), _cause(err)
 
 
 def _cause(err: Exception) -> str:

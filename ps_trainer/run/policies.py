@@ -1,0 +1,191 @@
+"""The coordinator's decisions as plain classes with typed state, which tests drive without Ray.
+
+The Coordinator actor (``coordinator.py``) only adapts: it turns what Ray tells it (a ping that
+answered or raised, a run call that ended) into the events below and carries out the answers.
+
+- :class:`ServerHealth`: when a server actor counts as dead.
+- :class:`WorkerRestarts`: what follows a worker's or the evaluator's end, the restart numbers of
+  replacements, and when failures to set up end the run (give-up).
+- :func:`choose_restore_point`: which state every server actor is rebuilt from.
+- :func:`plan_resize`: which replicas a resize adds and retires.
+- :class:`RecoveryLog`: the bounded history ``status`` reports.
+"""
+from __future__ import annotations
+
+import collections
+import enum
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ps_trainer.data.streams import restart_number
+
+EVALUATOR = "evaluator"          # the evaluator's key in the setup-failure counts
+
+
+def worker_key(task: str, replica: int) -> str:
+    """A worker replica's key in the setup-failure counts (replacements keep the replica)."""
+    return f"worker {task}/{replica}"
+
+
+# --------------------------------------------------------------------------- servers
+
+class Ping(enum.Enum):
+    """How a ping of an actor ended."""
+    ANSWERED = "answered"
+    UNAVAILABLE = "unavailable"  # Ray could not reach it: it may be alive (a network drop)
+    DIED = "died"                # Ray says the actor is dead
+
+
+@dataclass
+class ServerHealth:
+    """A server is dead when a ping says it died, or after `unanswered_limit` pings in a row
+    that Ray could not deliver; a ping still pending is a busy or paused server, not a dead one
+    (the adapter does not report it)."""
+    unanswered_limit: int = 3
+    unanswered: dict[int, int] = field(default_factory=dict)   # server index -> in a row
+
+    def observe(self, server: int, ping: Ping) -> bool:
+        """Count one ended ping of `server`; True when it is to be taken for dead."""
+        if ping is Ping.ANSWERED:
+            self.unanswered[server] = 0
+            return False
+        self.unanswered[server] = self.unanswered.get(server, 0) + 1
+        return ping is Ping.DIED or self.unanswered[server] >= self.unanswered_limit
+
+    def reset(self) -> None:
+        """New server actors: nothing is owed by them."""
+        self.unanswered.clear()
+
+
+# --------------------------------------------------------------------------- restore point
+
+class RestoreSource(enum.Enum):
+    SNAPSHOT = "snapshot"
+    CHECKPOINT = "checkpoint"
+    INITIAL = "initial"
+
+
+def choose_restore_point(snapshot_version: Optional[int],
+                         checkpoint_version: Optional[int]) -> RestoreSource:
+    """The newest consistent state: the snapshot unless a checkpoint of this run is newer, the
+    checkpoint without a snapshot (none yet, or lost with its node), else the initial weights.
+    A split model is always rebuilt from one of these, never from the survivors' mixed state."""
+    if snapshot_version is not None and (checkpoint_version is None
+                                         or snapshot_version >= checkpoint_version):
+        return RestoreSource.SNAPSHOT
+    if checkpoint_version is not None:
+        return RestoreSource.CHECKPOINT
+    return RestoreSource.INITIAL
+
+
+# --------------------------------------------------------------------------- resize
+
+@dataclass(frozen=True)
+class ResizePlan:
+    add: tuple[int, ...]         # replica numbers of the new workers, in start order
+    retire: int                  # how many of the newest workers to retire
+
+
+def plan_resize(replicas: list[int], workers: int) -> ResizePlan:
+    """Reach `workers` workers from those running `replicas` (in start order): new workers take
+    the smallest free replica numbers (so a replica's data stream is reused, not a new one
+    invented), and the newest workers are retired first."""
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+    used = set(replicas)
+    add = []
+    for _ in range(workers - len(replicas)):
+        replica = min(set(range(len(used) + 1)) - used)
+        used.add(replica)
+        add.append(replica)
+    return ResizePlan(tuple(add), max(0, len(replicas) - workers))
+
+
+# --------------------------------------------------------------------------- restarts
+
+class Exit(enum.Enum):
+    """How an actor's long-running call (a worker's or the evaluator's `run`) ended."""
+    RETURNED = "returned"        # it returned: a worker never should, the evaluator only at the end
+    UNAVAILABLE = "unavailable"  # Ray could not reach it (it may still be alive)
+    DIED = "died"
+    SETUP_FAILED = "setup failed"   # it raised a SetupError: its data, model or folder is broken
+    FAILED = "failed"            # it raised something else
+
+
+class Action(enum.Enum):
+    REPLACE = "replace"          # kill the actor (it may be alive) and start a replacement
+    END_RUN = "end run"          # every peer failed to set up too often: end the run as failed
+    NOTHING = "nothing"          # an evaluator that finished the final evaluation
+
+
+@dataclass
+class WorkerRestarts:
+    """Restarts of workers and the evaluator, and the give-up rule: when every actor of one role
+    (the workers of a task, or the evaluator) has failed to set itself up `setup_attempts` times
+    in a row, and none of them is set up, the run ends with that error, for replacements would
+    fail the same way for as long as the run lasts. Failures while the run finishes are not
+    counted."""
+    setup_attempts: int = 3
+    resumed_from: Optional[int] = None        # the version a resumed run started from
+    setup_failures: dict[str, int] = field(default_factory=dict)   # actor key -> in a row
+    started: collections.Counter = field(default_factory=collections.Counter)  # (task, replica)
+    counts: dict[str, int] = field(default_factory=lambda: {"worker": 0, "server": 0,
+                                                            "evaluator": 0})
+    failure: Optional[str] = None             # why the run ends as FAILED
+    finishing: bool = False
+
+    def restart_number(self, task: str, replica: int) -> int:
+        """The restart number of the next actor of (task, replica): with the version a resumed
+        run started from, it numbers the actor's random stream (data/streams.py)."""
+        number = restart_number(self.started[(task, replica)], self.resumed_from)
+        self.started[(task, replica)] += 1
+        return number
+
+    def set_up(self, actor: str) -> None:
+        """`actor` has set itself up: its failures in a row are over."""
+        self.setup_failures.pop(actor, None)
+
+    def forget(self, actor: str) -> None:
+        """`actor` was retired: it counts no more."""
+        self.setup_failures.pop(actor, None)
+
+    def given_up(self, actor: str) -> bool:
+        return self.setup_failures.get(actor, 0) >= self.setup_attempts
+
+    def ended(self, role: str, actor: str, exit: Exit, peers: list[str],
+              error: str = "") -> Action:
+        """What follows the end of `actor` (of `role`: "worker" or "evaluator"; `peers`: the
+        actors of its role, itself included; `error`: the error's one line)."""
+        if role == EVALUATOR and exit is Exit.RETURNED and self.finishing:
+            return Action.NOTHING
+        if exit is Exit.SETUP_FAILED and not self.finishing:
+            count = self.setup_failures[actor] = self.setup_failures.get(actor, 0) + 1
+            if all(self.setup_failures.get(peer, 0) >= self.setup_attempts for peer in peers):
+                self.failure = f"{error} (failed {count} times in a row; the run is stopped)"
+                return Action.END_RUN
+        self.counts[role] += 1
+        return Action.REPLACE
+
+
+def final_evaluation_timeout(configured_s: float, last_evaluation_s: Optional[float],
+                             slack: float) -> float:
+    """The final evaluation's time limit follows the last evaluation's time (a large validation
+    set, a CPU evaluator): the larger of eval.final_timeout_s and `slack` times it."""
+    return max(configured_s, slack * (last_evaluation_s or 0.0))
+
+
+# --------------------------------------------------------------------------- history
+
+@dataclass
+class RecoveryLog:
+    """The last server recoveries, bounded: `status` reports them."""
+    keep_seconds: int = 10
+    keep_restores: int = 100
+    recovery_s: list[float] = field(default_factory=list)
+    restores: list[dict] = field(default_factory=list)    # {from, to, source, seconds}
+
+    def restored(self, before: Optional[int], after: int, source: RestoreSource,
+                 seconds: float) -> None:
+        self.recovery_s = (self.recovery_s + [seconds])[-self.keep_seconds:]
+        self.restores = (self.restores + [{"from": before, "to": after, "source": source.value,
+                                           "seconds": seconds}])[-self.keep_restores:]
