@@ -34,7 +34,7 @@ from ps_trainer.transport.client import ParameterClient
 from ps_trainer.core.params import FlatModel, Piece, ShardLayout
 from ps_trainer.core.protocol import (NONFINITE, OVERFLOW, RETRIED, STALE, PushResult, PushStats,
                                       SetupError, WorkerStatus)
-from ps_trainer.core.runtime import prepare_compute, set_threads
+from ps_trainer.core.runtime import actor_device, prepare_compute, set_threads
 from ps_trainer.core.compute_slots import ComputeSlots, slot_count
 from ps_trainer_workers.assembly import build_model, build_task
 from ps_trainer_workers.tasks import Task
@@ -175,9 +175,8 @@ class TaskWorker:
         self._stop = threading.Event()
         self._steps = 0
         self._reported = {"pulled": 0, "pushed": 0, "skipped": 0}
-        send = (lambda source, fams: hub.report.remote(source, fams)) if hub else (lambda *a: None)
-        self._reporter = Reporter(f"worker/{task_name}/{replica}", self._metrics.registry, send,
-                                  cfg.metrics.report_every_s)
+        self._reporter = Reporter.to_hub(f"worker/{task_name}/{replica}", self._metrics.registry, hub,
+                                         cfg.metrics.report_every_s)
 
     # ------------------------------------------------------------------ control thread
 
@@ -216,7 +215,7 @@ class TaskWorker:
     def _open(self) -> None:
         cfg, task = self._cfg, self._task
         try:
-            device = torch.device("cuda" if ray.get_gpu_ids() else "cpu")
+            device = actor_device(ray.get_gpu_ids())
             loop = make_task_loop(cfg, task, self._replica, device, self._restart)
             pieces = tuple(p for p in self._plan if p.shard in loop.shards)
             client = ParameterClient(self._servers, pieces, loop.flat,

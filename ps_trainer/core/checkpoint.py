@@ -27,6 +27,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from ps_trainer.core.params import Piece
+
 log = logging.getLogger(__name__)
 FORMAT = 1
 _NAME = re.compile(r"^step-(\d+)\.pt$")
@@ -146,6 +148,16 @@ def _recorded_checksums(path: Path) -> list[str]:
 
 def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
+
+
+def saved_version(payload: dict) -> int:
+    """The version of a checkpoint's server state (every server actor's is the same)."""
+    return int(payload["servers"][0]["version"])
+
+
+def saved_plan(payload: dict) -> list[Piece]:
+    """Which server actor held which piece of the checkpointed model."""
+    return [Piece(**p) for p in payload["plan"]]
 
 
 def run_id_of(payload: dict) -> Optional[str]:

@@ -50,6 +50,12 @@ def usable_cores() -> int:
     return len(affinity(0)) if affinity else (os.cpu_count() or 1)
 
 
+def actor_device(gpu_ids) -> torch.device:
+    """The device of a Ray actor given `gpu_ids` (``ray.get_gpu_ids()``): CUDA when Ray gave it
+    GPUs, else the CPU, whatever else the machine has."""
+    return torch.device("cuda" if gpu_ids else "cpu")
+
+
 def prepare_compute(run, model: torch.nn.Module, device: torch.device) -> None:
     """The run's compute settings for a model about to train or predict on `device` (`run` is
     the config's RunConfig): cuDNN's kernel search and channels-last activations on CUDA."""

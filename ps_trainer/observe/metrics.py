@@ -221,6 +221,14 @@ class Reporter:
         self.every_s = every_s
         self._next = 0.0
 
+    @classmethod
+    def to_hub(cls, source: str, registry: CollectorRegistry, hub: Any,
+               every_s: float) -> "Reporter":
+        """A reporter whose snapshots go to the MetricsHub actor `hub` (nowhere without one)."""
+        if hub is None:
+            return cls(source, registry, lambda *snapshot: None, every_s)
+        return cls(source, registry, lambda source, fams: hub.report.remote(source, fams), every_s)
+
     def maybe(self) -> None:
         now = time.monotonic()
         if now >= self._next:

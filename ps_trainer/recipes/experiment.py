@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ps_trainer.core.checkpoint import CheckpointManager, load_checkpoint
+from ps_trainer.core.checkpoint import CheckpointManager, load_checkpoint, saved_version
 from ps_trainer.config import Config, ConfigError, FrozenDict, TaskConfig, read_yaml_mapping
 from ps_trainer.recipes.finetune import finetune
 from ps_trainer.run.config_gate import check_run_config, load_run_config
@@ -217,9 +217,9 @@ class Experiment:
         cfg = self.pretrain_config(run, seed)
         manager = CheckpointManager(Path(cfg.run.out_dir) / "checkpoints", cfg.eval.keep_last)
         latest = manager.latest()
-        if latest and latest[1]["servers"][0]["version"] >= cfg.run.max_updates:
+        if latest and saved_version(latest[1]) >= cfg.run.max_updates:
             log.info("%s seed %d: reusing pretraining at %s", run.name, seed, latest[0])
-            return latest[1], latest[1]["servers"][0]["version"], float(latest[1].get("time_s", 0))
+            return latest[1], saved_version(latest[1]), float(latest[1].get("time_s", 0))
         start = time.monotonic()
         log.info("%s seed %d: pretraining %s (%s)", run.name, seed, ", ".join(run.tasks),
                  run.balancing)
@@ -234,7 +234,7 @@ class Experiment:
         if latest is None:
             raise RuntimeError(f"{run.name} seed {seed}: pretraining left no valid checkpoint "
                                f"in {manager.directory}")
-        return latest[1], latest[1]["servers"][0]["version"], time.monotonic() - start
+        return latest[1], saved_version(latest[1]), time.monotonic() - start
 
     def _trunk(self, run: RunSpec, seed: int, labels: int) -> dict:
         """The trunk_from checkpoint of a cell, loaded (a missing or corrupt file is named)."""

@@ -24,12 +24,12 @@ import numpy as np
 
 from ps_trainer.config import (Config, FrozenDict, OptimizerConfig, TaskConfig, config_from_dict)
 from ps_trainer.run.config_gate import check_run_config
+from ps_trainer.run.evaluator import SEGMENTATION
 from ps_trainer.core.params import Piece
 from ps_trainer.core.schedule import RunSummary
 from ps_trainer.core.shards import TRUNK_SHARD
 
 log = logging.getLogger(__name__)
-SEGMENTATION = "segmentation"
 
 
 def finetune_config(base: Config, labels: int, out_dir: str, seed: Optional[int] = None) -> Config:

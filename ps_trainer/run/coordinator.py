@@ -38,7 +38,7 @@ from typing import Any, Callable, Optional
 import ray
 
 from ps_trainer.config import Config
-from ps_trainer.core.checkpoint import CheckpointManager
+from ps_trainer.core.checkpoint import CheckpointManager, saved_version
 from ps_trainer.core.params import Piece
 from ps_trainer.core.protocol import CoordinatorStatus, ServerStatus, SetupError
 from ps_trainer.core.schedule import FAILED, STOPPED, TARGET_MIOU, RunSummary, StopRule
@@ -167,9 +167,8 @@ class Coordinator:
         self._metrics = CoordinatorMetrics()
         for role in self._restarts.counts:   # series exist (at 0) before the first restart
             self._metrics.restarts.labels(role)
-        send = (lambda source, fams: hub.report.remote(source, fams)) if hub else (lambda *a: None)
-        self._reporter = Reporter("coordinator", self._metrics.registry, send,
-                                  cfg.metrics.report_every_s)
+        self._reporter = Reporter.to_hub("coordinator", self._metrics.registry, hub,
+                                         cfg.metrics.report_every_s)
         self._start_time = time.monotonic()
         self._done = False
         self._last_version: Optional[int] = None     # the newest version seen (supervision)
@@ -430,7 +429,7 @@ class Coordinator:
         snapshot that cannot be fetched (lost with its node) falls back to the checkpoint."""
         latest = CheckpointManager(self._run.checkpoints,
                                    self._cfg.eval.keep_last).latest(self._cfg.run.id)
-        saved = (int(latest[1]["servers"][0]["version"]), latest[1]["servers"]) if latest else None
+        saved = (saved_version(latest[1]), latest[1]["servers"]) if latest else None
         ready = self._snapshots.ready
         source = choose_restore_point(ready[0] if ready else None, saved[0] if saved else None)
         if source is RestoreSource.SNAPSHOT:

@@ -31,7 +31,7 @@ from ps_trainer.core.params import FlatModel, Piece, ShardLayout, load_norm_stat
 from ps_trainer.core.protocol import SetupError
 from ps_trainer.run.recorder import RunRecorder
 from ps_trainer.run.run_folder import RunFolder
-from ps_trainer.core.runtime import set_threads
+from ps_trainer.core.runtime import actor_device, set_threads
 from ps_trainer.core.schedule import EvalSchedule
 from ps_trainer.core.segmetrics import confusion_counts, mean_iou, pixel_accuracy
 
@@ -174,9 +174,8 @@ class Evaluator:
         self._lock = threading.Lock()   # one evaluation at a time (loop thread vs. final call)
         self._metrics = EvaluatorMetrics()
         self._last_eval_s: Optional[float] = None
-        send = (lambda source, fams: hub.report.remote(source, fams)) if hub else (lambda *a: None)
-        self._reporter = Reporter("evaluator", self._metrics.registry, send,
-                                  cfg.metrics.report_every_s)
+        self._reporter = Reporter.to_hub("evaluator", self._metrics.registry, hub,
+                                         cfg.metrics.report_every_s)
         self.latest: Optional[dict] = None
 
     def set_servers(self, servers: list) -> None:
@@ -231,7 +230,7 @@ class Evaluator:
     def _open(self) -> RunRecorder:
         if self._recorder is None:
             try:
-                device = torch.device("cuda" if ray.get_gpu_ids() else "cpu")
+                device = actor_device(ray.get_gpu_ids())
                 self._loop = make_evaluation_loop(self._cfg, self._model_factory, device)
                 if self._loop is not None:
                     log.info("evaluating %d validation images on %s (mode %s)",

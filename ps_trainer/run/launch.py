@@ -20,7 +20,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 import torch
 
-from ps_trainer.core.checkpoint import CheckpointManager, load_checkpoint
+from ps_trainer.core.checkpoint import CheckpointManager, load_checkpoint, saved_plan, saved_version
 from ps_trainer.config import Config, ConfigError
 from ps_trainer.run.coordinator import Coordinator, RuntimeSpec
 from ps_trainer.data.splits import check_splits_here
@@ -79,7 +79,7 @@ def run_local(cfg: Config, resume: Optional[dict] = None,
     if resume is not None and len(resume["servers"]) != 1:
         raise ValueError("this checkpoint comes from a sharded server; resume it distributed")
     # A resumed run draws new batches, not those its first steps drew (data/streams.py).
-    restart = restart_number(0, int(resume["servers"][0]["version"]) if resume else None)
+    restart = restart_number(0, saved_version(resume) if resume else None)
     names = [name for name in cfg.task_names if cfg.tasks[name].workers > 0]
     # The tasks step in turn and share this machine's cores (their loaders, data.loader_workers
     # auto, included).
@@ -328,7 +328,7 @@ def resume_from(run_dir: str, overrides=()) -> tuple[Config, dict]:
     latest = CheckpointManager(run.checkpoints, cfg.eval.keep_last).latest()
     if latest is None:
         raise FileNotFoundError(f"no valid checkpoint in {run.checkpoints}")
-    log.info("resuming from %s (version %s)", latest[0], latest[1]["servers"][0]["version"])
+    log.info("resuming from %s (version %s)", latest[0], saved_version(latest[1]))
     return cfg, latest[1]
 
 
@@ -350,7 +350,7 @@ def checkpoint_model(cfg: Config, payload: dict, heads: Sequence[str],
     keeps one set per task). A shard whose size differs from the model's is a ValueError."""
     model = build_model(cfg, {name: build_task(cfg, name) for name in heads}, seed=cfg.run.seed)
     flat = FlatModel(model, ShardLayout.of(model, shard_of))
-    load_pieces(flat, payload["servers"], [Piece(**p) for p in payload["plan"]])
+    load_pieces(flat, payload["servers"], saved_plan(payload))
     load_norm_stats(flat, payload["servers"], stats_of)
     return model
 

@@ -82,9 +82,8 @@ class ParameterServer:
                                   if t in self._applied})
         self._rejected: dict[str, int] = {}          # "<task>/<reason>" -> count
         self._groups_dropped: dict[str, int] = {}    # task -> sync groups dropped stale
-        send = (lambda source, fams: hub.report.remote(source, fams)) if hub else (lambda *a: None)
-        self._reporter = Reporter(f"server/{index}", self._metrics.registry, send,
-                                  cfg.metrics.report_every_s)
+        self._reporter = Reporter.to_hub(f"server/{index}", self._metrics.registry, hub,
+                                         cfg.metrics.report_every_s)
         self._rate = RateMeter(self._metrics.updates_per_s, cfg.metrics.report_every_s)
         self._index = index
         self._peers = list(peers)                     # actor 0 of a split model: the others

@@ -405,7 +405,7 @@ def test_open_dataset_dispatches(tmp_path):
 
 
 def test_open_dataset_rejects_bad_arguments(tmp_path):
-    with pytest.raises(ValueError, match="folder, cityscapes, gta5, voc"):
+    with pytest.raises(ValueError, match="cityscapes, folder, gta5, voc"):
         open_dataset("coco", str(tmp_path), "train")
     with pytest.raises(ValueError, match="num_classes"):
         open_dataset("folder", str(tmp_path), "train")

@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ps_trainer.core.checkpoint import load_checkpoint
+from ps_trainer.core.checkpoint import load_checkpoint, saved_plan
 from ps_trainer.model import shard_of
 from ps_trainer.config.options import Options, check, check_choice
-from ps_trainer.core.params import FlatModel, Piece, ShardLayout, load_norm_stats, load_pieces
+from ps_trainer.core.params import FlatModel, ShardLayout, load_norm_stats, load_pieces
 from ps_trainer.core.shards import TRUNK_SHARD, head_shard
 from ps_trainer_workers.tasks.base import TaskModel
 from ps_trainer_workers.tasks.heads import resize_like
@@ -121,7 +121,7 @@ class Teacher:
         teacher.requires_grad_(False)                                 # layout takes trainables
         wanted = {TRUNK_SHARD, head_shard(self.head_name)}
         try:
-            loaded = load_pieces(flat, payload["servers"], [Piece(**p) for p in payload["plan"]],
+            loaded = load_pieces(flat, payload["servers"], saved_plan(payload),
                                  wanted)
         except ValueError as err:
             raise ValueError(f"teacher checkpoint {path}: {err}") from None

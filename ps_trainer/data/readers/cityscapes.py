@@ -15,6 +15,7 @@ from ps_trainer.config import SOURCE_SPLITS
 from ps_trainer.data.base import IGNORE_INDEX
 from ps_trainer.data.readers.files import (ImageMaskFiles, as_index_mask, check_split,
                                            require_dir)
+from ps_trainer.data.readers.registry import READERS
 
 CITYSCAPES_SPLITS = SOURCE_SPLITS["cityscapes"]
 IMAGE_SUFFIX = "_leftImg8bit.png"
@@ -50,6 +51,7 @@ LABEL_COLORS = (
 )
 
 
+@READERS.register("cityscapes")
 class CityscapesDataset(ImageMaskFiles):
     """Cityscapes leftImg8bit images with gtFine labels as train ids (255 = ignore)."""
 

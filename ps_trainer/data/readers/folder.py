@@ -21,6 +21,7 @@ from ps_trainer.config import SOURCE_SPLITS
 from ps_trainer.data.base import IGNORE_INDEX, UnreadableImage
 from ps_trainer.data.readers.files import (IMAGE_EXTENSIONS, ImageMaskFiles, as_index_mask,
                                            check_split, files_with_extensions, require_dir)
+from ps_trainer.data.readers.registry import READERS
 
 MASK_EXTENSION = ".png"
 FOLDER_SPLITS = SOURCE_SPLITS["folder"]
@@ -39,6 +40,7 @@ def read_class_names(path: Path, num_classes: int) -> tuple[str, ...]:
     return names
 
 
+@READERS.register("folder")
 class FolderDataset(ImageMaskFiles):
     """Images and index masks matched by file stem (see the module docstring for the layout)."""
 

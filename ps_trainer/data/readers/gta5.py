@@ -24,11 +24,13 @@ from ps_trainer.config import SOURCE_SPLITS
 from ps_trainer.data.readers.cityscapes import CLASS_NAMES, LABEL_TO_TRAIN_ID
 from ps_trainer.data.readers.files import (ImageMaskFiles, as_index_mask, check_split,
                                            files_with_extensions, read_label_ids, require_dir)
+from ps_trainer.data.readers.registry import READERS
 
 GTA5_SPLITS = SOURCE_SPLITS["gta5"]
 IMAGE_DIR, LABEL_DIR, EXTENSION = "images", "labels", ".png"
 
 
+@READERS.register("gta5")
 class GTA5Dataset(ImageMaskFiles):
     """GTA5 frames with their labels as Cityscapes train ids (255 = ignore)."""
 

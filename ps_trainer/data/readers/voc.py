@@ -26,6 +26,7 @@ from ps_trainer.config import SOURCE_SPLITS
 from ps_trainer.data.base import IGNORE_INDEX, UnreadableImage
 from ps_trainer.data.readers.files import ImageMaskFiles, check_split, require_dir
 from ps_trainer.data.split_lists import list_id
+from ps_trainer.data.readers.registry import READERS
 
 VOC_SPLITS = SOURCE_SPLITS["voc"]
 CLASS_NAMES = (
@@ -74,6 +75,7 @@ def colors_to_indices(rgb: np.ndarray) -> np.ndarray:
                     np.uint8(IGNORE_INDEX)).astype(np.uint8)
 
 
+@READERS.register("voc")
 class VOCDataset(ImageMaskFiles):
     """PASCAL VOC 2012 segmentation (21 classes, 255 = border / ignore)."""
 
