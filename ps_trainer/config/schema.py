@@ -182,8 +182,8 @@ class DataConfig:
     # (ps_trainer/data/loader.py). 0: in the step's own thread, as the quickstart's CPU
     # workers want (they share their cores already). auto: 0 on a CPU worker, and on a GPU
     # worker its CPUs minus one (tasks.<name>.num_cpus - 1, at least 1): the step's host
-    # thread needs one. A GPU worker at Cityscapes resolution needs several (README
-    # "Performance", data): give it num_cpus to match, Ray does not count these processes.
+    # thread needs one. A GPU worker at Cityscapes resolution needs several
+    # (docs/performance.md, data): give it num_cpus to match, Ray does not count these processes.
     loader_workers: Any = "auto"
     prefetch_batches: int = 2            # batches each loader process prepares ahead
     # Prepared images (decoded, resized: what `crops.prepare` returns) kept in memory, in MiB,
@@ -353,7 +353,7 @@ class OptimizerConfig:
     step_every_updates: int = 1000       # step schedule
     step_gamma: float = 0.1
     min_lr_ratio: float = 0.0            # cosine floor, as a fraction of lr
-    clip_grad_norm: float = 0.0          # per push, per shard; 0 = off
+    clip_grad_norm: float = 0.0          # on the norm of the whole push; 0 = off
 
     def __post_init__(self):
         check_choice("name", self.name, OPTIMIZERS)
@@ -569,7 +569,7 @@ class RayConfig:
     include_dashboard: bool = False
     # Object store size for a local Ray (null: Ray's default, 30% of RAM). Smaller is faster
     # for large models: a store much larger than what is in flight keeps handing out pages that
-    # every process must fault in again (see README, "Performance").
+    # every process must fault in again (see docs/performance.md).
     object_store_memory_bytes: Optional[int] = None
 
     def __post_init__(self):

@@ -134,8 +134,8 @@ def checkpoints_valid(run_dir: str, keep_last: int) -> tuple[int, int]:
 
 
 def chaos(cfg: Config, kill_every_s: float) -> dict:
-    """The undisturbed run and the run with kills, same seed; the report of README
-    "Performance" (fault tolerance). They write to folders of their own beside run.out_dir,
+    """The undisturbed run and the run with kills, same seed; the report of
+    docs/performance.md (fault tolerance). They write to folders of their own beside run.out_dir,
     `<out_dir>-calm` and `<out_dir>-chaos`, replaced on each call: never the config's own run
     folder, which may hold a run the user keeps."""
     def beside(suffix: str) -> Config:

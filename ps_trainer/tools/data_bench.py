@@ -211,7 +211,7 @@ def data_path(plan: DataBenchPlan, folder: Optional[str] = None) -> dict:
 
 
 def format_data(d: dict) -> list[str]:
-    """The section as README tables."""
+    """The section as Markdown tables (docs/performance.md)."""
     h, w = d["image_hw"]
     ch, cw = d["crop_hw"]
     lines = ["", f"data path: {w}x{h} PNGs ({d['png_mb']:.1f} MB) -> {cw}x{ch} crops, batches "

@@ -220,7 +220,7 @@ def _pm(s: dict, digits: int = 1) -> str:
 
 
 def format_section(section: dict) -> list[str]:
-    """The section as Markdown tables (README "Performance")."""
+    """The section as Markdown tables (docs/performance.md)."""
     sizes = section["sizes"]
     lines = ["", f"real sizes (optimizer {section['optimizer']}; mean ± std of "
                  f"{section['repeats']} repeats; shared memory / objects: how pushes came):",

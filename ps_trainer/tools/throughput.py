@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 TASK = "bench"
 _TENSORS_PER_TRUNK = 64     # a trunk is many tensors (conv weights); the naive server pays per tensor
 # Object store for the bench's own Ray: room for a 25M trunk's pushes and published versions,
-# and no more (a much larger store costs page faults on every transfer; README, "Performance").
+# and no more (a much larger store costs page faults on every transfer; docs/performance.md).
 # The real_sizes section sizes it for its own runs (object_store_bytes).
 OBJECT_STORE_BYTES = 1 << 30
 # The server's optimizer by name: a learning rate small enough that weights stay finite.
