@@ -41,7 +41,7 @@ def test_wrong_type_names_expected_type():
     err = error_of(["optimizer.lr=abc"])        # a string that is not a number, for a float
     assert err.key == "optimizer.lr" and "expected float" in str(err) and "'abc'" in str(err)
     err = error_of(["tasks.rotation.prefetch=sometimes"])
-    assert err.key == "tasks.rotation.prefetch" and "expected bool" in str(err)
+    assert err.key == "tasks.rotation.prefetch" and "auto, true or false" in str(err)
 
 
 def test_bool_is_not_an_int():
@@ -181,6 +181,28 @@ def test_missing_and_malformed_files(tmp_path, load, what):
 def test_shipped_configs_load(name):
     cfg = load_run_config(f"configs/{name}.yaml")
     assert isinstance(cfg, Config) and "segmentation" in cfg.tasks
+
+
+def test_a_users_own_config_gets_the_settings_the_quickstart_was_measured_with():
+    """The measured settings are the defaults: a config that says nothing of them runs the
+    quickstart's recipe (pushes at the full step, turns on one slot per core, no prefetch on a
+    CPU worker), and the quickstart no longer spells them out."""
+    import torch
+
+    from ps_trainer.core.compute_slots import slot_count
+    from ps_trainer.core.runtime import prefetches, usable_cores
+
+    for cfg in (load_config(None, BASE), load_run_config("configs/quickstart.yaml")):
+        assert cfg.server.staleness_policy == "unscaled"
+        assert slot_count(cfg.run.compute_slots_per_node) == usable_cores()
+        for task in cfg.tasks.values():
+            assert prefetches(task.prefetch, torch.device("cpu")) is False
+            assert prefetches(task.prefetch, torch.device("cuda")) is True
+    import yaml
+
+    raw = yaml.safe_load(open("configs/quickstart.yaml"))
+    assert "staleness_policy" not in raw["server"] and "compute_slots_per_node" not in raw["run"]
+    assert not any("prefetch" in task for task in raw["tasks"].values())
 
 
 def test_publish_interval_longer_than_the_staleness_bound_is_refused():

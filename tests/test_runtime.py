@@ -50,3 +50,12 @@ def test_streamed_vectors_may_use_huge_pages_where_plain_tensors_may_not():
                                  dtype=torch.float32)
         plain.fill_(1.0)
         assert not thp_eligible(plain)
+
+
+def test_auto_prefetches_on_a_gpu_worker_only():
+    from ps_trainer.core.runtime import prefetches
+
+    assert prefetches("auto", torch.device("cpu")) is False
+    assert prefetches("auto", torch.device("cuda")) is True
+    assert prefetches(True, torch.device("cpu")) is True
+    assert prefetches(False, torch.device("cuda")) is False

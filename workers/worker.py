@@ -34,7 +34,7 @@ from ps_trainer.transport.client import ParameterClient
 from ps_trainer.core.params import FlatModel, Piece, ShardLayout
 from ps_trainer.core.protocol import (NONFINITE, OVERFLOW, RETRIED, STALE, PushResult, PushStats,
                                       SetupError, WorkerStatus)
-from ps_trainer.core.runtime import actor_device, prepare_compute, set_threads
+from ps_trainer.core.runtime import actor_device, prefetches, prepare_compute, set_threads
 from ps_trainer.core.compute_slots import ComputeSlots, slot_count
 from ps_trainer_workers.assembly import build_model, build_task
 from ps_trainer_workers.tasks import Task
@@ -221,7 +221,7 @@ class TaskWorker:
             client = ParameterClient(self._servers, pieces, loop.flat,
                                      cfg.tasks[task].inflight, cfg.server.grad_dtype,
                                      report_norm=not cfg.server.verify_gradients,
-                                     prefetch=cfg.tasks[task].prefetch,
+                                     prefetch=prefetches(cfg.tasks[task].prefetch, device),
                                      shared_memory=cfg.server.same_node_pushes == "shared_memory",
                                      on_result=self._record, on_timing=self._timing)
             job = ray.get_runtime_context().get_job_id()

@@ -74,8 +74,9 @@ class RunConfig:
     device: str = "auto"  # local mode and evaluation: auto | cpu | cuda
     # Workers on one node that compute at a time: a number, "cores" (the node's CPU cores) or
     # 0 (no limit). Where workers outnumber the cores they share, taking turns makes each step
-    # finish sooner, so pushes are less stale (see ps_trainer/core/compute_slots.py).
-    compute_slots_per_node: Any = 0
+    # finish sooner, so pushes are less stale (see ps_trainer/core/compute_slots.py); where
+    # they do not, every worker has a slot and none waits.
+    compute_slots_per_node: Any = "cores"
     # A worker's forward and backward: fp32, or autocast to bf16 or fp16 (fp16 with a dynamic
     # loss scale per worker). Weights, pushed gradients and the server stay float32.
     precision: str = "fp32"
@@ -376,7 +377,9 @@ class OptimizerConfig:
 @dataclass(frozen=True)
 class ServerConfig:
     """The parameter server: staleness handling, publishing, transport, sharding."""
-    staleness_policy: str = "scale"      # scale: step * 1/(1+s); unscaled: the full step
+    # unscaled: the full step; scale: step * 1/(1+s). Measured: a push one or two versions
+    # stale gains nothing from a smaller step, which costs updates to the target (docs/results.md).
+    staleness_policy: str = "unscaled"
     max_staleness_updates: int = 64      # pushes staler than this are dropped (both policies)
     actors: int = 1                      # server actors, each owning part of the parameters
     publish_every_updates: int = 1       # publish a new weight version at most every k updates
@@ -437,8 +440,9 @@ class TaskConfig:
     sync: int = 1                        # pushes averaged into one update (Doersch: sync within a task)
     inflight: int = 2                    # pushes outstanding per worker
     # true: the next pull overlaps the step (weights one step older); false: pull and wait
-    # before each step (fresher weights; better where workers share cores).
-    prefetch: bool = True
+    # before each step (fresher weights; better where workers share cores); auto: true on a
+    # GPU worker, whose pull then overlaps its step, false on a CPU worker.
+    prefetch: Any = "auto"
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     resources: FrozenDict = FrozenDict()  # custom Ray resources for this task's workers
@@ -450,6 +454,8 @@ class TaskConfig:
         check(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
         check(self.sync >= 1, "sync", self.sync, "must be >= 1")
         check(self.inflight >= 1, "inflight", self.inflight, "must be >= 1")
+        check(self.prefetch in ("auto", True, False), "prefetch", self.prefetch,
+              "auto, true or false")
         check(self.num_cpus >= 0, "num_cpus", self.num_cpus, "must be >= 0")
         check(self.num_gpus >= 0, "num_gpus", self.num_gpus, "must be >= 0")
 

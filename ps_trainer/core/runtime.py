@@ -56,6 +56,12 @@ def actor_device(gpu_ids) -> torch.device:
     return torch.device("cuda" if gpu_ids else "cpu")
 
 
+def prefetches(setting, device: torch.device) -> bool:
+    """A task's `prefetch` setting on `device`: auto prefetches on a GPU, whose step the pull
+    then overlaps, and not on a CPU, where workers share the cores the pull would use."""
+    return device.type == "cuda" if setting == "auto" else bool(setting)
+
+
 def prepare_compute(run, model: torch.nn.Module, device: torch.device) -> None:
     """The run's compute settings for a model about to train or predict on `device` (`run` is
     the config's RunConfig): cuDNN's kernel search and channels-last activations on CUDA."""
