@@ -308,7 +308,7 @@ def _metric_names(expr: str) -> set[str]:
 def _exposed_names() -> set[str]:
     """Every series name the trainer's endpoint exposes (counters with _total, histograms with
     _bucket/_sum/_count), from the metric classes themselves."""
-    from ps_trainer import metrics as m
+    from ps_trainer.observe import metrics as m
 
     registries = [m.ServerMetrics(0).registry, m.WorkerMetrics("t", 0).registry,
                   m.EvaluatorMetrics().registry, m.CoordinatorMetrics().registry]
