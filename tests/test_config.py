@@ -374,6 +374,16 @@ def test_configs_without_per_split_sources_mean_what_they_did():
     assert config_from_dict(saved) == load_config(None, BASE)
 
 
+def test_the_optimizers_registered_are_the_ones_the_config_allows():
+    from ps_trainer.config.schema import OPTIMIZERS as ALLOWED
+    from ps_trainer.core.optim import OPTIMIZERS
+
+    assert set(OPTIMIZERS) == set(ALLOWED)
+    for name in OPTIMIZERS:
+        rule = OPTIMIZERS.get(name)
+        assert rule.name == name and rule.state_names
+
+
 def test_reader_tables_are_the_config_tables():
     """The splits and classes the config checks are those the readers have."""
     from ps_trainer.data.readers import READERS

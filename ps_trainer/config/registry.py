@@ -1,4 +1,5 @@
-"""Decorator registries that map config names to classes (tasks, norms, balancing methods)."""
+"""Decorator registries that map config names to classes (tasks, norms, balancing methods,
+optimizers' update rules, data-set readers)."""
 from __future__ import annotations
 
 import difflib

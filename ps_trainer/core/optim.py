@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ps_trainer.config import RENAMED_VALUES, OptimizerConfig
+from ps_trainer.config.registry import Registry
 from ps_trainer.core.runtime import streamed_zeros_like
 
 
@@ -41,11 +42,6 @@ def learning_rate(cfg: OptimizerConfig, update: int, total_updates: int) -> floa
         floor = cfg.lr * cfg.min_lr_ratio
         return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
     return cfg.lr
-
-
-_STATE_NAMES = {"sgd": ("momentum",), "adamw": ("exp_avg", "exp_avg_sq"),
-                "rmsprop": ("square_avg", "momentum")}
-_SCRATCH_COUNT = {"sgd": 0, "adamw": 1, "rmsprop": 2}
 
 
 def _fused_kernels_work() -> bool:
@@ -65,75 +61,33 @@ def _fused_kernels_work() -> bool:
 FUSED = _fused_kernels_work()
 
 
-class FlatOptimizer:
-    """Optimizer state for named flat pieces; :meth:`step` applies one update to one piece.
-    State lives on the device of the piece it belongs to."""
+# --------------------------------------------------------------------------- update rules
 
-    def __init__(self, cfg: OptimizerConfig, fused: bool = FUSED):
-        self.cfg = cfg
-        self.state: dict[str, dict[str, torch.Tensor]] = {}
-        self.steps: dict[str, int] = {}
-        self._scratch: dict[str, tuple[torch.Tensor, ...]] = {}
-        fused = fused and cfg.name in ("sgd", "adamw")
-        self._update = getattr(self, ("_fused_" if fused else "_") + cfg.name)
-        self._step_tensors: dict[str, torch.Tensor] = {}
-        self._widened: dict[str, torch.Tensor] = {}   # fused SGD's float32 copy of fp16/bf16 grads
+OPTIMIZERS: Registry = Registry("optimizer")
 
-    def add_piece(self, key: str, like: torch.Tensor) -> None:
-        self.state[key] = {n: streamed_zeros_like(like) for n in _STATE_NAMES[self.cfg.name]}
-        self.steps[key] = 0
-        # Preallocated temporaries so an update allocates nothing.
-        self._scratch[key] = tuple(streamed_zeros_like(like)
-                                   for _ in range(_SCRATCH_COUNT[self.cfg.name]))
 
-    def step(self, key: str, weights: torch.Tensor, grad: torch.Tensor, lr: float,
-             scale: float) -> None:
-        """weights -= lr-sized update(scale * grad), in place; `lr` already carries the push's
-        step factor and `scale` is the gradient scale. `grad` is only read."""
-        self.steps[key] += 1
-        self._update(key, weights, grad, lr, scale, self.state[key])
+class UpdateRule:
+    """One optimizer's update of a flat piece, registered by `optimizer.name`: the state it
+    keeps per piece, the temporaries it needs, its plain kernel and, where PyTorch has one, its
+    fused kernel. Kernels read the piece's state and scratch from the :class:`FlatOptimizer`."""
+    state_names: tuple[str, ...] = ()
+    scratch: int = 0                  # preallocated temporaries per piece
+    has_fused: bool = False
 
-    def _fused_sgd(self, key, w, g, lr, scale, state) -> None:
-        """One kernel pass. The fused kernel computes buf = m*buf + (1-d)*(g + wd'*w); with
-        d = 1 - scale and wd' = wd / scale that is m*buf + scale*g + wd*w, our update, without
-        touching g (its grad_scale argument would unscale g in place)."""
-        cfg = self.cfg
-        if scale <= 0.0:                     # a zero-weight task: momentum and decay only
-            return self._sgd(key, w, g, lr, scale, state)
-        g = self._float32(key, g)
-        if cfg.momentum:
-            torch._fused_sgd_([w], [g], [state["momentum"]], weight_decay=cfg.weight_decay / scale,
-                              momentum=cfg.momentum, lr=lr, dampening=1.0 - scale, nesterov=False,
-                              maximize=False, is_first_step=False)
-        else:  # w -= lr*scale*(g + wd/scale*w)
-            torch._fused_sgd_([w], [g], [], weight_decay=cfg.weight_decay / scale,
-                              momentum=0.0, lr=lr * scale, dampening=0.0, nesterov=False,
-                              maximize=False, is_first_step=False)
+    def plain(self, opt: "FlatOptimizer", key, w, g, lr, scale, state) -> None:
+        raise NotImplementedError
 
-    def _fused_adamw(self, key, w, g, lr, scale, state) -> None:
-        """One kernel pass (plus one scaled copy into scratch when scale != 1)."""
-        cfg, (b1, b2) = self.cfg, self.cfg.betas
-        if scale != 1.0 or g.dtype != torch.float32:
-            g = torch.mul(g, scale, out=self._scratch[key][0])
-        step = self._step_tensors.get(key)
-        if step is None:         # on the piece's device: the fused kernel reads it there
-            step = self._step_tensors[key] = torch.zeros((), dtype=torch.float32, device=w.device)
-        step.fill_(self.steps[key])
-        torch._fused_adamw_([w], [g], [state["exp_avg"]], [state["exp_avg_sq"]], [], [step],
-                            lr=lr, beta1=b1, beta2=b2, weight_decay=cfg.weight_decay, eps=cfg.eps,
-                            amsgrad=False, maximize=False)
+    def fused(self, opt: "FlatOptimizer", key, w, g, lr, scale, state) -> None:
+        raise NotImplementedError
 
-    def _float32(self, key: str, g: torch.Tensor) -> torch.Tensor:
-        """float16/bfloat16 gradients widened into a buffer of the piece's (one pass); the
-        buffer is made on first use, so float32 transport costs no memory for it."""
-        if g.dtype == torch.float32:
-            return g
-        if key not in self._widened:
-            self._widened[key] = torch.empty(g.shape, dtype=torch.float32, device=g.device)
-        return self._widened[key].copy_(g)
 
-    def _sgd(self, key, w, g, lr, scale, state) -> None:
-        cfg, buf = self.cfg, state["momentum"]
+@OPTIMIZERS.register("sgd")
+class SGD(UpdateRule):
+    state_names = ("momentum",)
+    has_fused = True
+
+    def plain(self, opt: "FlatOptimizer", key, w, g, lr, scale, state) -> None:
+        cfg, buf = opt.cfg, state["momentum"]
         if cfg.momentum:
             buf.mul_(cfg.momentum).add_(g, alpha=scale)
             if cfg.weight_decay:
@@ -144,9 +98,33 @@ class FlatOptimizer:
                 w.mul_(1 - lr * cfg.weight_decay)
             w.add_(g, alpha=-lr * scale)
 
-    def _adamw(self, key, w, g, lr, scale, state) -> None:
-        cfg, (b1, b2), t = self.cfg, self.cfg.betas, self.steps[key]
-        m, v, (denom,) = state["exp_avg"], state["exp_avg_sq"], self._scratch[key]
+    def fused(self, opt: "FlatOptimizer", key, w, g, lr, scale, state) -> None:
+        """One kernel pass. The fused kernel computes buf = m*buf + (1-d)*(g + wd'*w); with
+        d = 1 - scale and wd' = wd / scale that is m*buf + scale*g + wd*w, our update, without
+        touching g (its grad_scale argument would unscale g in place)."""
+        cfg = opt.cfg
+        if scale <= 0.0:                     # a zero-weight task: momentum and decay only
+            return self.plain(opt, key, w, g, lr, scale, state)
+        g = opt.as_float32(key, g)
+        if cfg.momentum:
+            torch._fused_sgd_([w], [g], [state["momentum"]], weight_decay=cfg.weight_decay / scale,
+                              momentum=cfg.momentum, lr=lr, dampening=1.0 - scale, nesterov=False,
+                              maximize=False, is_first_step=False)
+        else:  # w -= lr*scale*(g + wd/scale*w)
+            torch._fused_sgd_([w], [g], [], weight_decay=cfg.weight_decay / scale,
+                              momentum=0.0, lr=lr * scale, dampening=0.0, nesterov=False,
+                              maximize=False, is_first_step=False)
+
+
+@OPTIMIZERS.register("adamw")
+class AdamW(UpdateRule):
+    state_names = ("exp_avg", "exp_avg_sq")
+    scratch = 1
+    has_fused = True
+
+    def plain(self, opt: "FlatOptimizer", key, w, g, lr, scale, state) -> None:
+        cfg, (b1, b2), t = opt.cfg, opt.cfg.betas, opt.steps[key]
+        m, v, (denom,) = state["exp_avg"], state["exp_avg_sq"], opt.scratch_buffers[key]
         m.mul_(b1).add_(g, alpha=(1 - b1) * scale)
         v.mul_(b2).addcmul_(g, g, value=(1 - b2) * scale * scale)
         if cfg.weight_decay:
@@ -154,9 +132,28 @@ class FlatOptimizer:
         torch.sqrt(v, out=denom).div_(math.sqrt(1 - b2 ** t)).add_(cfg.eps)
         w.addcdiv_(m, denom, value=-lr / (1 - b1 ** t))
 
-    def _rmsprop(self, key, w, g, lr, scale, state) -> None:
-        cfg, sq, buf = self.cfg, state["square_avg"], state["momentum"]
-        avg, decayed = self._scratch[key]
+    def fused(self, opt: "FlatOptimizer", key, w, g, lr, scale, state) -> None:
+        """One kernel pass (plus one scaled copy into scratch when scale != 1)."""
+        cfg, (b1, b2) = opt.cfg, opt.cfg.betas
+        if scale != 1.0 or g.dtype != torch.float32:
+            g = torch.mul(g, scale, out=opt.scratch_buffers[key][0])
+        step = opt.step_tensors.get(key)
+        if step is None:         # on the piece's device: the fused kernel reads it there
+            step = opt.step_tensors[key] = torch.zeros((), dtype=torch.float32, device=w.device)
+        step.fill_(opt.steps[key])
+        torch._fused_adamw_([w], [g], [state["exp_avg"]], [state["exp_avg_sq"]], [], [step],
+                            lr=lr, beta1=b1, beta2=b2, weight_decay=cfg.weight_decay, eps=cfg.eps,
+                            amsgrad=False, maximize=False)
+
+
+@OPTIMIZERS.register("rmsprop")
+class RMSProp(UpdateRule):
+    state_names = ("square_avg", "momentum")
+    scratch = 2
+
+    def plain(self, opt: "FlatOptimizer", key, w, g, lr, scale, state) -> None:
+        cfg, sq, buf = opt.cfg, state["square_avg"], state["momentum"]
+        avg, decayed = opt.scratch_buffers[key]
         if cfg.weight_decay:
             # L2 folded into the gradient needs a writable copy (the incoming one is read-only).
             g = decayed.copy_(g).mul_(scale).add_(w, alpha=cfg.weight_decay)
@@ -168,6 +165,44 @@ class FlatOptimizer:
             w.add_(buf, alpha=-lr)
         else:
             w.addcdiv_(g, avg, value=-lr * scale)
+
+
+class FlatOptimizer:
+    """Optimizer state for named flat pieces; :meth:`step` applies one update to one piece.
+    State lives on the device of the piece it belongs to."""
+
+    def __init__(self, cfg: OptimizerConfig, fused: bool = FUSED):
+        self.cfg = cfg
+        self.state: dict[str, dict[str, torch.Tensor]] = {}
+        self.steps: dict[str, int] = {}
+        self.scratch_buffers: dict[str, tuple[torch.Tensor, ...]] = {}
+        self._rule = OPTIMIZERS.get(cfg.name)()
+        self._update = self._rule.fused if fused and self._rule.has_fused else self._rule.plain
+        self.step_tensors: dict[str, torch.Tensor] = {}  # fused AdamW's step count, on device
+        self._widened: dict[str, torch.Tensor] = {}   # fused SGD's float32 copy of fp16/bf16 grads
+
+    def add_piece(self, key: str, like: torch.Tensor) -> None:
+        self.state[key] = {n: streamed_zeros_like(like) for n in self._rule.state_names}
+        self.steps[key] = 0
+        # Preallocated temporaries so an update allocates nothing.
+        self.scratch_buffers[key] = tuple(streamed_zeros_like(like)
+                                          for _ in range(self._rule.scratch))
+
+    def step(self, key: str, weights: torch.Tensor, grad: torch.Tensor, lr: float,
+             scale: float) -> None:
+        """weights -= lr-sized update(scale * grad), in place; `lr` already carries the push's
+        step factor and `scale` is the gradient scale. `grad` is only read."""
+        self.steps[key] += 1
+        self._update(self, key, weights, grad, lr, scale, self.state[key])
+
+    def as_float32(self, key: str, g: torch.Tensor) -> torch.Tensor:
+        """float16/bfloat16 gradients widened into a buffer of the piece's (one pass); the
+        buffer is made on first use, so float32 transport costs no memory for it."""
+        if g.dtype == torch.float32:
+            return g
+        if key not in self._widened:
+            self._widened[key] = torch.empty(g.shape, dtype=torch.float32, device=g.device)
+        return self._widened[key].copy_(g)
 
     def state_dict(self, copy: bool = True) -> dict:
         """The state as numpy arrays: copies (safe to keep while updates continue), or views
