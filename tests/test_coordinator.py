@@ -3,6 +3,7 @@ are reported as pending, not running; an evaluator whose loop fails is stopped a
 from __future__ import annotations
 
 import contextlib
+import os
 import functools
 import json
 import logging
@@ -208,3 +209,47 @@ def test_an_evaluator_asking_for_a_gpu_the_driver_node_lacks_fails_at_start(ray_
         with pytest.raises(ConfigError, match="eval.num_gpus.*runs on this node.*which has 0"):
             launch.check_resources(cfg, autoscaling=autoscaling)
     launch.check_resources(tiny_config())                      # no GPU asked for: fine
+
+
+def test_scaling_down_waits_for_no_worker_and_drops_the_retired_workers_series(started, tiny_config):
+    """A retired worker that cannot finish its step (paused with SIGSTOP) holds neither the
+    scale call nor the coordinator: both answer within half the stop grace; the worker is
+    ended after its grace, and its series leave the metrics endpoint."""
+    import signal
+
+    from ps_trainer.run.coordinator import _STOP_GRACE_S
+
+    cfg = tiny_config(tasks=("rotation",), extra=[
+        "run.name=shrink", "run.max_updates=100000", "eval.every_s=600",
+        "tasks.rotation.workers=2", "tasks.rotation.num_cpus=0.25"])
+    coordinator, _, port = started(cfg)
+    wait_for(lambda: status(coordinator).workers["rotation"] == 2, what="two workers")
+
+    def has_series(replica: int) -> bool:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        return re.search(r'ps_worker_steps_total\{[^}]*worker="%d"' % replica, text) is not None
+    wait_for(lambda: has_series(1), what="the second worker's series")
+
+    second = ray.get(coordinator.handles.remote())["workers"]["rotation"][1]
+    pid = ray.get(second.process.remote(), timeout=30)["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        counts = ray.get(coordinator.scale.remote("rotation", 1), timeout=_STOP_GRACE_S / 2)
+        assert counts == {"running": 1, "pending": 0}
+        assert ray.get(coordinator.status.remote(), timeout=_STOP_GRACE_S / 2).workers == {
+            "rotation": 1}
+        with pytest.raises(ray.exceptions.RayActorError):     # ended after its grace
+            ray.get(second.ping.remote(), timeout=_STOP_GRACE_S * 6)
+    finally:
+        if _alive(pid):
+            os.kill(pid, signal.SIGCONT)
+    wait_for(lambda: not has_series(1), what="the retired worker's series to leave")
+    assert has_series(0)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from ps_trainer.run.policies import (EVALUATOR, Action, Exit, Ping, RecoveryLog, RestoreSource,
-                                     ServerHealth, WorkerRestarts, choose_restore_point,
-                                     final_evaluation_timeout, plan_resize, worker_key)
+from ps_trainer.run.policies import (EVALUATOR, Action, Exit, Ping, RecoveryLog, Restore,
+                                     RestoreAttempts, RestoreSource, ServerHealth, WorkerRestarts,
+                                     choose_restore_point, final_evaluation_timeout, plan_resize,
+                                     worker_key)
 
 
 def test_the_policies_need_no_ray():
@@ -135,7 +136,60 @@ def test_the_final_evaluation_time_limit_follows_the_last_evaluation():
 def test_the_recovery_log_is_bounded():
     log = RecoveryLog(keep_seconds=2, keep_restores=3)
     for i in range(5):
-        log.restored(i * 10, i * 10 - 5, RestoreSource.SNAPSHOT, float(i))
+        log.restored(i * 10, i * 10 - 5, RestoreSource.SNAPSHOT, float(i), at_s=100.0 + i)
     assert log.recovery_s == [3.0, 4.0]
     assert [r["from"] for r in log.restores] == [20, 30, 40]
-    assert log.restores[-1] == {"from": 40, "to": 35, "source": "snapshot", "seconds": 4.0}
+    assert log.restores[-1] == {"from": 40, "to": 35, "source": "snapshot", "seconds": 4.0,
+                                "at_s": 104.0}
+
+
+def test_restores_that_keep_failing_back_off_then_give_up():
+    attempts = RestoreAttempts(max_failures=3, first_backoff_s=1.0)
+    assert attempts.dead(now=0.0) is Restore.NOW          # a death: restore at once
+    attempts.restoring()
+    # the restored actors die before answering: each failure doubles the wait
+    assert attempts.dead(now=1.0, error="KeyError: 'trunk'") is Restore.WAIT
+    assert attempts.dead(now=1.5) is Restore.WAIT          # seen again: not a second failure
+    assert attempts.failures == 1
+    assert attempts.dead(now=2.0) is Restore.NOW
+    attempts.restoring()
+    assert attempts.dead(now=2.5) is Restore.WAIT
+    assert attempts.dead(now=4.4) is Restore.WAIT and attempts.dead(now=4.5) is Restore.NOW
+    attempts.restoring()
+    assert attempts.dead(now=5.0) is Restore.GIVE_UP
+    assert attempts.why() == ("the server actors could not be restored (3 tries in a row failed: "
+                              "KeyError: 'trunk'); the run is stopped")
+
+
+def test_a_restore_whose_actors_answer_ends_the_streak():
+    attempts = RestoreAttempts(max_failures=2)
+    attempts.dead(now=0.0)
+    attempts.restoring()
+    assert attempts.dead(now=0.1) is Restore.WAIT
+    assert attempts.dead(now=10.0) is Restore.NOW
+    attempts.restoring()
+    attempts.answered()
+    assert attempts.failures == 0
+    assert attempts.dead(now=10.5) is Restore.NOW          # a later death is a new streak
+
+
+def test_states_that_do_not_fit_the_plan_are_named():
+    import numpy as np
+
+    from ps_trainer.core.params import Piece, states_misfit
+
+    plan = (Piece("trunk@0:4", "trunk", 0, 4, 0), Piece("trunk@4:8", "trunk", 4, 8, 1),
+            Piece("head/a", "head/a", 0, 2, 1))
+    good = [{"version": 7, "weights": {"trunk@0:4": np.zeros(4)}},
+            {"version": 7, "weights": {"trunk@4:8": np.zeros(4), "head/a": np.zeros(2)}}]
+    assert states_misfit(good, plan) is None
+    summary = [{"version": 7, "weights": {"trunk@0:4": 4}},
+               {"version": 7, "weights": {"trunk@4:8": 4, "head/a": 2}}]
+    assert states_misfit(summary, plan) is None
+    assert "1 server state(s) for 2" in states_misfit(good[:1], plan)
+    skewed = [good[0], {**good[1], "version": 8}]
+    assert states_misfit(skewed, plan) == "the actors' states are at versions [7, 8], not at one"
+    resized = [good[0], {"version": 7, "weights": {"trunk@4:8": np.zeros(5), "head/a": np.zeros(2)}}]
+    assert "trunk@4:8 have other sizes" in states_misfit(resized, plan)
+    other = [good[0], {"version": 7, "weights": {"trunk@4:8": np.zeros(4), "head/b": np.zeros(2)}}]
+    assert "head/a, head/b" in states_misfit(other, plan)

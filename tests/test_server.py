@@ -1,6 +1,8 @@
 """The ParameterServer actor: publishing once per version, and the protocol over Ray."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import ray
@@ -40,7 +42,7 @@ def grads_for(spec, task, value=0.0):
 
 
 def pulled(handle, have=-1):
-    version, refs = ray.get(handle.pull.remote(("trunk",), have))
+    version, refs, _ = ray.get(handle.pull.remote(("trunk",), have))
     return version, (ray.get(refs["trunk"]) if refs else None), refs
 
 
@@ -57,11 +59,43 @@ def test_pull_publishes_once_per_version_and_nothing_when_current(server):
     np.testing.assert_allclose(trunk1, trunk0 - 0.5, rtol=1e-6)
 
 
+def test_a_restored_server_fences_off_pushes_computed_on_the_old_actors_weights(ray_session,
+                                                                             tiny_config):
+    """A server of incarnation 1 (the actors after one restore) refuses, by itself, a push whose
+    weights came from incarnation 0 even when its version would pass as fresh; a push on its
+    own weights is applied. The refusal is counted like any other."""
+    from ps_trainer.core.protocol import FENCED
+    from ps_trainer.run.launch import _runtime_spec
+
+    cfg = tiny_config(tasks=("rotation",), extra=["optimizer.name=sgd", "optimizer.lr=1.0",
+                                                  "optimizer.momentum=0", "optimizer.weight_decay=0"])
+    spec = _runtime_spec(cfg, None)
+    handle = spec.server_cls.options(num_cpus=0.25).remote(
+        cfg, 0, spec.initial_weights[0], spec.task_keys, None, None, [], 1)
+    try:
+        version, refs, incarnation = ray.get(handle.pull.remote(("trunk",), -1))
+        assert (version, incarnation) == (0, 1)
+        before = ray.get(refs["trunk"]).copy()
+        old = dataclasses.replace(STATS, incarnation=0)
+        result = ray.get(handle.push.remote("rotation", 0, version,
+                                            grads_for(spec, "rotation", 1.0), old))
+        assert result.reason == FENCED and result.version == 0
+        status = ray.get(handle.status.remote())
+        assert status.rejected == {f"rotation/{FENCED}": 1} and status.version == 0
+        own = dataclasses.replace(STATS, incarnation=1)
+        assert ray.get(handle.push.remote("rotation", 0, version, grads_for(spec, "rotation", 1.0),
+                                          own)).reason == APPLIED
+        _, refs, _ = ray.get(handle.pull.remote(("trunk",), version))
+        np.testing.assert_allclose(ray.get(refs["trunk"]), before - 1.0, rtol=1e-6)
+    finally:
+        ray.kill(handle)
+
+
 def test_head_of_another_task_is_not_resent(server):
     cfg, spec, handle = server()
-    version, refs = ray.get(handle.pull.remote(("trunk", "head/segmentation"), -1))
+    version, refs, _ = ray.get(handle.pull.remote(("trunk", "head/segmentation"), -1))
     ray.get(handle.push.remote("rotation", 0, version, grads_for(spec, "rotation", 1.0), STATS))
-    _, refs = ray.get(handle.pull.remote(("trunk", "head/segmentation"), version))
+    _, refs, _ = ray.get(handle.pull.remote(("trunk", "head/segmentation"), version))
     assert set(refs) == {"trunk"}                              # segmentation's head did not change
 
 

@@ -1,6 +1,7 @@
 """ParameterStore: staleness policy, sync groups, NaN rejection, balancing, state."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 
@@ -10,7 +11,7 @@ import torch
 
 from ps_trainer.core.balancing import make_balancer
 from ps_trainer.config import OptimizerConfig, ServerConfig
-from ps_trainer.core.protocol import APPLIED, NONFINITE, QUEUED, STALE, PushStats
+from ps_trainer.core.protocol import APPLIED, FENCED, NONFINITE, QUEUED, STALE, PushStats
 from ps_trainer.core.store import ParameterStore
 
 SGD = OptimizerConfig(name="sgd", lr=1.0, momentum=0.0, weight_decay=0.0, schedule="constant")
@@ -66,6 +67,19 @@ def test_pushes_above_max_staleness_are_dropped_and_keep_the_weights():
 def test_push_from_before_a_restore_is_dropped():
     store = make_store()
     assert store.push("a", 5, grads("a"), STATS).reason == STALE
+
+
+def test_a_push_of_another_server_incarnation_is_fenced_whatever_its_version():
+    """After a restore the versions repeat the old actors' (restored to a snapshot's): a push
+    computed on the old weights may carry a version that looks fresh. The incarnation tells."""
+    store = make_store()
+    store.incarnation = 1                        # the actors after one restore
+    before = store.weights["trunk"].clone()
+    result = store.push("a", store.version, grads("a"), STATS)          # incarnation 0
+    assert result.reason == FENCED and not result.accepted and store.version == 0
+    assert torch.equal(store.weights["trunk"], before)
+    own = dataclasses.replace(STATS, incarnation=1)
+    assert store.push("a", store.version, grads("a"), own).reason == APPLIED
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])

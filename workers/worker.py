@@ -27,7 +27,7 @@ from ps_trainer.data.loader import Sampler, loader_workers_for, make_sampler
 from ps_trainer.data.paired import PairedSampler
 from ps_trainer.data.splits import build_splits
 from ps_trainer.data.streams import stream_entropy
-from ps_trainer.observe.metrics import Reporter, WorkerMetrics
+from ps_trainer.observe.metrics import Reporter, WorkerMetrics, worker_source
 from ps_trainer.model import MultiTaskModel, shard_of
 from ps_trainer.core.shards import shards_of_head
 from ps_trainer.transport.client import ParameterClient
@@ -175,8 +175,8 @@ class TaskWorker:
         self._stop = threading.Event()
         self._steps = 0
         self._reported = {"pulled": 0, "pushed": 0, "skipped": 0}
-        self._reporter = Reporter.to_hub(f"worker/{task_name}/{replica}", self._metrics.registry, hub,
-                                         cfg.metrics.report_every_s)
+        self._reporter = Reporter.to_hub(worker_source(task_name, replica),
+                                         self._metrics.registry, hub, cfg.metrics.report_every_s)
 
     # ------------------------------------------------------------------ control thread
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Collection, Iterable, Optional, Sequence
+from typing import Callable, Collection, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -116,6 +116,34 @@ def plan_pieces(layout: ShardLayout, servers: int) -> tuple[Piece, ...]:
             pieces.append(Piece(shard, shard, 0, size, server))
             load[server] += size
     return tuple(pieces)
+
+
+def states_misfit(states: Sequence[Mapping], plan: Sequence[Piece]) -> Optional[str]:
+    """Why server states (a snapshot's or a checkpoint's, or their summaries, where each piece is
+    its number of values) cannot rebuild the actors of `plan`, or None when they can: one state per actor, each with exactly its pieces at their sizes, all
+    at one version (a state mixing two points in time would train on from neither)."""
+    actors = 1 + max(p.server for p in plan)
+    if len(states) != actors:
+        return f"{len(states)} server state(s) for {actors} server actor(s)"
+    for i, state in enumerate(states):
+        weights = state.get("weights", {})
+        wanted = {p.key: p.stop - p.start for p in plan if p.server == i}
+        if set(weights) != set(wanted):
+            odd = sorted(set(weights) ^ set(wanted))
+            return f"server {i}'s state has other pieces ({', '.join(odd[:4])})"
+        sizes = {k: _values(weights[k]) for k in wanted}
+        if sizes != wanted:
+            wrong = sorted(k for k in wanted if sizes[k] != wanted[k])
+            return f"server {i}'s pieces {', '.join(wrong[:4])} have other sizes"
+    versions = {int(s["version"]) for s in states}
+    if len(versions) > 1:
+        return f"the actors' states are at versions {sorted(versions)}, not at one"
+    return None
+
+
+def _values(piece) -> int:
+    """A piece's number of values: of its array, or the number a state's summary gives."""
+    return int(piece) if isinstance(piece, (int, np.integer)) else int(np.asarray(piece).size)
 
 
 # --------------------------------------------------------------------------- flat model

@@ -12,7 +12,9 @@ NONFINITE = "nonfinite"    # NaN or Inf in the gradient or the reported loss: re
 OVERFLOW = "overflow"      # a worker's fp16 step overflowed its loss scale: never pushed
 RETRIED = "retried"        # a server did not answer in time: the step's calls were retried
 STALE_GROUP = "stale_group"  # queued in a sync group whose oldest push went stale: dropped
-REJECT_REASONS = (STALE, NONFINITE, STALE_GROUP)
+FENCED = "fenced"          # computed on weights of server actors since restored (an earlier
+                           # incarnation): rejected, whatever its version says
+REJECT_REASONS = (STALE, NONFINITE, STALE_GROUP, FENCED)
 
 
 class SetupError(RuntimeError):
@@ -37,10 +39,17 @@ class PushStats:
     step_time_s: float = 0.0          # batch + forward + backward time
     samples: int = 0                  # examples in the batch
     grad_norm: Optional[float] = None  # L2 norm of the gradient as sent (set by ParameterClient)
+    # The incarnation of the server actors whose weights the step used (set by ParameterClient):
+    # every restore of the servers starts a new one, and its versions may repeat an old one's.
+    incarnation: int = 0
 
 
 def with_grad_norm(stats: PushStats, norm: float) -> PushStats:
     return replace(stats, grad_norm=norm)
+
+
+def with_incarnation(stats: PushStats, incarnation: int) -> PushStats:
+    return replace(stats, incarnation=incarnation)
 
 
 @dataclass(frozen=True)
@@ -122,7 +131,7 @@ class CoordinatorStatus:
     latest_eval: Optional[dict]       # the newest metrics.jsonl record
     restarts: dict                    # role -> actors replaced
     recovery_s: list                  # seconds of the last server recoveries
-    restores: list                    # the last server restores: {from, to, source, seconds}
+    restores: list                    # the last server restores: {from, to, source, seconds, at_s}
     snapshot_version: Optional[int]   # version of the newest consistent server snapshot
     elapsed_s: float
     done: bool

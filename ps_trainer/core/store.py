@@ -28,15 +28,16 @@ from ps_trainer.core.balancing import Balancer, make_balancer
 from ps_trainer.config import Config, OptimizerConfig, ServerConfig
 from ps_trainer.core.optim import FlatOptimizer, learning_rate
 from ps_trainer.core.params import readonly_tensor
-from ps_trainer.core.protocol import (APPLIED, NONFINITE, QUEUED, STALE, PushDecision, PushResult,
-                                      PushStats)
+from ps_trainer.core.protocol import (APPLIED, FENCED, NONFINITE, QUEUED, STALE, PushDecision,
+                                      PushResult, PushStats)
 from ps_trainer.core.runtime import streamed_zeros_like
 
 
 class ParameterStore:
     def __init__(self, weights: Mapping[str, torch.Tensor], task_keys: Mapping[str, tuple[str, ...]],
                  optimizer: OptimizerConfig, server: ServerConfig, balancer: Balancer,
-                 sync: Mapping[str, int], total_updates: int):
+                 sync: Mapping[str, int], total_updates: int, incarnation: int = 0):
+        self.incarnation = incarnation                # pushes of another are fenced off
         self.weights = dict(weights)                  # key -> 1-D float32 tensor, updated in place
         self.task_keys = {t: tuple(k for k in keys if k in self.weights)
                           for t, keys in task_keys.items()}
@@ -98,6 +99,8 @@ class ParameterStore:
         """The one decision for a whole push: staleness, finiteness, clip factor and step
         factor, from `norm2`, the squared norm of the whole push (the sum of its parts when the
         model is split over several stores). Observes the balancer for accepted pushes."""
+        if stats.incarnation != self.incarnation:
+            return PushDecision(FENCED, self.version, 0)
         staleness = self.version - base_version
         if staleness < 0 or staleness > self.server_cfg.max_staleness_updates:
             return PushDecision(STALE, self.version, staleness)
@@ -208,9 +211,9 @@ class ParameterStore:
 
 
 def make_store(cfg: Config, weights: Mapping[str, torch.Tensor],
-               task_keys: Mapping[str, tuple[str, ...]]) -> ParameterStore:
+               task_keys: Mapping[str, tuple[str, ...]], incarnation: int = 0) -> ParameterStore:
     """The store the config describes, over `weights` (1-D float32 tensors)."""
     balancer = make_balancer(cfg.balancing.method, cfg.task_names, cfg.balancing.options)
     sync = {name: t.sync for name, t in cfg.tasks.items()}
     return ParameterStore(weights, task_keys, cfg.optimizer, cfg.server, balancer, sync,
-                          cfg.run.max_updates)
+                          cfg.run.max_updates, incarnation)

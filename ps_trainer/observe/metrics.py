@@ -62,6 +62,11 @@ class ServerMetrics:
                                      ["server", "task"], registry=r), s)
 
 
+def worker_source(task: str, replica: int) -> str:
+    """The hub's name for the metrics of worker `replica` of `task` (replacements share it)."""
+    return f"worker/{task}/{replica}"
+
+
 class WorkerMetrics:
     """Recorded by each task worker (labels ``task``, ``worker``)."""
 

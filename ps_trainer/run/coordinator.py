@@ -30,6 +30,7 @@ Actor classes and the model factory are injected by ``launch`` (this package nev
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -39,13 +40,14 @@ import ray
 
 from ps_trainer.config import Config
 from ps_trainer.core.checkpoint import CheckpointManager, saved_version
-from ps_trainer.core.params import Piece
+from ps_trainer.core.params import Piece, states_misfit
 from ps_trainer.core.protocol import CoordinatorStatus, ServerStatus, SetupError
 from ps_trainer.core.schedule import FAILED, STOPPED, TARGET_MIOU, RunSummary, StopRule
-from ps_trainer.observe.metrics import CoordinatorMetrics, Reporter
-from ps_trainer.run.policies import (EVALUATOR, Action, Exit, Ping, RecoveryLog, RestoreSource,
-                                     ServerHealth, WorkerRestarts, choose_restore_point,
-                                     final_evaluation_timeout, plan_resize, worker_key)
+from ps_trainer.observe.metrics import CoordinatorMetrics, Reporter, worker_source
+from ps_trainer.run.policies import (EVALUATOR, Action, Exit, Ping, RecoveryLog, Restore,
+                                     RestoreAttempts, RestoreSource, ServerHealth, WorkerRestarts,
+                                     choose_restore_point, final_evaluation_timeout, plan_resize,
+                                     worker_key)
 from ps_trainer.run.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,7 @@ _SERVER_START_S = 120.0         # how long (re)starting the server actors is wai
 # in a row, and none of them is set up, the run ends with that error: its data, model or run
 # folder is broken, and replacements would fail the same way for as long as the run lasts.
 _SETUP_ATTEMPTS = 3
+_RESTORE_FAILURES = 4           # restores in a row whose actors die before answering: give up
 
 
 @dataclass
@@ -120,25 +123,31 @@ class _WorkerActor:
 
 class _Snapshots:
     """The newest consistent server snapshot (an ObjectRef owned by the coordinator) and the
-    one being taken; at most two are held."""
+    one being taken; at most two are held. A snapshot is kept only once its summary (fetched
+    without its states) fits the plan: every actor's pieces, all at one version."""
 
-    def __init__(self, every_s: float):
+    def __init__(self, every_s: float, plan: tuple[Piece, ...]):
         self.every_s = every_s
-        self.ready = None            # (version, ref)
-        self._taking = None
+        self.plan = plan
+        self.ready = None            # (version, ref of the states)
+        self._taking = None          # (ref of the summary, ref of the states)
         self._asked_at = -float("inf")
 
     def tick(self, first_server) -> None:
-        if self._taking is not None and ray.wait([self._taking], timeout=0)[0]:
+        if self._taking is not None and ray.wait([self._taking[0]], timeout=0)[0]:
             try:
-                states = ray.get(self._taking)
-                self.ready = (int(states[0]["version"]), self._taking)
+                summary = ray.get(self._taking[0])
+                misfit = states_misfit(summary, self.plan)
+                if misfit is None:
+                    self.ready = (int(summary[0]["version"]), self._taking[1])
+                else:
+                    log.error("a server snapshot was refused: %s", misfit)
             except ray.exceptions.RayError:
                 pass                 # a server died meanwhile: keep the previous snapshot
             self._taking = None
         now = time.monotonic()
         if self.every_s and self._taking is None and now - self._asked_at >= self.every_s:
-            self._taking = first_server.snapshot.remote()
+            self._taking = tuple(first_server.snapshot_parts.options(num_returns=2).remote())
             self._asked_at = now
 
     def forget_pending(self) -> None:
@@ -156,8 +165,11 @@ class Coordinator:
         self._servers: list = []
         self._server_pings: list = []
         self._health = ServerHealth(_UNANSWERED_PINGS)
-        self._snapshots = _Snapshots(cfg.server.snapshot_every_s)
+        self._incarnation = 0          # of the server actors: one more at each restore (fencing)
+        self._restore_attempts = RestoreAttempts(_RESTORE_FAILURES)
+        self._snapshots = _Snapshots(cfg.server.snapshot_every_s, spec.plan)
         self._workers: dict[str, list[_WorkerActor]] = {t: [] for t in cfg.task_names}
+        self._retiring: list[tuple[str, _WorkerActor, float]] = []   # (task, actor, deadline)
         self._restarts = WorkerRestarts(
             _SETUP_ATTEMPTS,
             resumed_from=int(spec.resume_states[0]["version"]) if spec.resume_states else None)
@@ -204,7 +216,7 @@ class Coordinator:
                    "max_restarts": 0}
         return self._spec.server_cls.options(**options).remote(
             cfg, index, self._spec.initial_weights[index], self._spec.task_keys, state, self._hub,
-            list(peers))
+            list(peers), self._incarnation)
 
     def _start_evaluator(self) -> None:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -258,21 +270,41 @@ class Coordinator:
             actors.extend(self._new_worker(task, replica) for replica in plan.add)
             for _ in range(plan.retire):
                 retired = actors.pop()
-                self._retire(retired)
+                self._retire(task, retired)
                 self._restarts.forget(worker_key(task, retired.replica))
             self._worker_counts()
             log.info("task %s now has %d workers", task, len(actors))
             return list(actors)
 
-    def _retire(self, actor: _WorkerActor) -> None:
-        """Ask a worker to finish its step and drain its pushes, then end it. One that never
+    def _retire(self, task: str, actor: _WorkerActor) -> None:
+        """Ask a worker to finish its step and drain its pushes; supervision ends it once it has
+        (or after _STOP_GRACE_S), so that a resize never waits under the lock. One that never
         started has nothing to drain."""
         if actor.refresh():
             actor.handle.stop.remote()
-            ready, _ = ray.wait([actor.run_ref], timeout=_STOP_GRACE_S)
-            if not ready:
-                log.warning("worker did not stop within %.0f s; killing it", _STOP_GRACE_S)
+            self._retiring.append((task, actor, time.monotonic() + _STOP_GRACE_S))
+        else:
+            self._end_retired(task, actor)
+
+    def _reap_retired(self) -> None:
+        """End the retired workers that have stopped, or have had their grace."""
+        now, waiting = time.monotonic(), []
+        for task, actor, deadline in self._retiring:
+            stopped = bool(ray.wait([actor.run_ref], timeout=0)[0])
+            if stopped or now >= deadline:
+                if not stopped:
+                    log.warning("worker %s/%d did not stop within %.0f s; killing it", task,
+                                actor.replica, _STOP_GRACE_S)
+                self._end_retired(task, actor)
+            else:
+                waiting.append((task, actor, deadline))
+        self._retiring = waiting
+
+    def _end_retired(self, task: str, actor: _WorkerActor) -> None:
+        """Kill a retired worker and drop its series from the metrics endpoint."""
         ray.kill(actor.handle)
+        if self._hub is not None:
+            self._hub.forget.remote(worker_source(task, actor.replica))
 
     def _worker_counts(self) -> dict[str, dict[str, int]]:
         """{task: {"running": n, "pending": m}}, refreshed now; also sets the gauges."""
@@ -309,7 +341,7 @@ class Coordinator:
                 recovery_s=list(self._recoveries.recovery_s),
                 restores=list(self._recoveries.restores),
                 snapshot_version=self._snapshots.ready[0] if self._snapshots.ready else None,
-                elapsed_s=time.monotonic() - self._start_time + self._spec.time_offset_s,
+                elapsed_s=self._elapsed(),
                 done=self._done)
 
     def _server_status(self) -> list[ServerStatus]:
@@ -317,6 +349,10 @@ class Coordinator:
             return ray.get([s.status.remote() for s in self._servers], timeout=10)
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
             return []
+
+    def process(self) -> dict:
+        """Where this actor runs: its node and process id (for tools that signal it)."""
+        return {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
 
     def handles(self) -> dict:
         """The live actor handles (for tests and tools)."""
@@ -335,6 +371,7 @@ class Coordinator:
                 self._check_servers()
                 self._snapshots.tick(self._servers[0])
                 self._check_workers()
+                self._reap_retired()
                 self._check_evaluator()
                 self._worker_counts()
             if self._restarts.failure is not None:
@@ -342,12 +379,15 @@ class Coordinator:
                 break
             version = self._version()
             self._reporter.maybe()
-            elapsed = time.monotonic() - self._start_time + self._spec.time_offset_s
-            reason = stop_rule.reason(version, elapsed, self._latest_record())
+            reason = stop_rule.reason(version, self._elapsed(), self._latest_record())
             if reason is not None:
                 stopped_by = reason
                 break
         return self._finish(stop_rule, stopped_by)
+
+    def _elapsed(self) -> float:
+        """Seconds the run has trained, across resumes."""
+        return time.monotonic() - self._start_time + self._spec.time_offset_s
 
     def _latest_record(self) -> Optional[dict]:
         """The evaluator's newest record, when the stop rule needs it (a target is set)."""
@@ -395,10 +435,17 @@ class Coordinator:
             ready, _ = ray.wait([ping], timeout=0)
             if not ready:
                 continue   # busy, not dead: a dead actor's pending call fails at once
-            outcome = _ping_of(ping)
+            outcome, error = _ping_of(ping)
+            if outcome is Ping.ANSWERED:
+                self._restore_attempts.answered()
             if self._health.observe(i, outcome):
-                self._restore_servers(i)
-                return
+                decision = self._restore_attempts.dead(time.monotonic(), error)
+                if decision is Restore.NOW:
+                    self._restore_servers(i)
+                elif decision is Restore.GIVE_UP and self._restarts.failure is None:
+                    self._restarts.failure = self._restore_attempts.why()
+                    log.error("%s", self._restarts.failure)
+                return          # WAIT: the dead ping is seen again at the next check
             if outcome is Ping.UNAVAILABLE:
                 log.warning("server %d did not answer a ping (%d in a row)", i,
                             self._health.unanswered[i])
@@ -411,9 +458,11 @@ class Coordinator:
         for server in self._servers:          # the survivors hold newer, unmatched state
             ray.kill(server)
         states, source, kind = self._restore_point()
+        self._incarnation += 1         # pushes computed on the old actors' weights are fenced
         log.warning("server %d died; restoring the %d server actor(s) from %s", dead,
                     len(self._servers), source)
         self._start_servers(states)
+        self._restore_attempts.restoring()
         for actors in self._workers.values():
             for actor in actors:
                 actor.handle.set_servers.remote(self._servers)
@@ -421,7 +470,8 @@ class Coordinator:
             self._evaluator.set_servers.remote(self._servers)
         restored = int(states[0]["version"]) if states else 0
         self._restarts.counts["server"] += 1
-        self._recoveries.restored(before, restored, kind, time.monotonic() - start)
+        self._recoveries.restored(before, restored, kind, time.monotonic() - start,
+                                  at_s=self._elapsed())
         self._metrics.restarts.labels("server").inc()
 
     def _restore_point(self) -> tuple[Optional[list], str, RestoreSource]:
@@ -434,8 +484,8 @@ class Coordinator:
         source = choose_restore_point(ready[0] if ready else None, saved[0] if saved else None)
         if source is RestoreSource.SNAPSHOT:
             version, ref = ready
-            try:
-                return (ray.get(ref, timeout=_CALL_TIMEOUT_S),
+            try:        # a large snapshot is waited for, as long as new servers are
+                return (ray.get(ref, timeout=_SERVER_START_S),
                         f"the snapshot at version {version}", source)
             except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as err:
                 log.warning("the server snapshot is lost (%s); using the checkpoint",
@@ -443,6 +493,11 @@ class Coordinator:
                 self._snapshots.ready = None
                 source = choose_restore_point(None, saved[0] if saved else None)
         if source is RestoreSource.CHECKPOINT:
+            misfit = states_misfit(saved[1], self._spec.plan)
+            if misfit is not None:
+                log.error("checkpoint %s cannot rebuild the servers (%s); using the initial "
+                          "weights", latest[0].name, misfit)
+                return None, "the initial weights", RestoreSource.INITIAL
             return (saved[1], f"checkpoint {latest[0].name} (version {saved[0]})", source)
         return None, "the initial weights", source
 
@@ -477,6 +532,9 @@ class Coordinator:
             refs = [s.run_ref for actors in self._workers.values() for s in actors if s.refresh()]
             if refs:
                 ray.wait(refs, num_returns=len(refs), timeout=_STOP_GRACE_S)
+            for task, actor, _ in self._retiring:
+                self._end_retired(task, actor)
+            self._retiring = []
             evaluator_failed = self._restarts.given_up(EVALUATOR)
             final, retry = (None, False) if evaluator_failed else self._final_evaluation(stopped_by)
             # A server (or the evaluator) died just now: recover and try once more. A final
@@ -531,13 +589,13 @@ def _unavailable(err: Exception) -> bool:
     return isinstance(err, ray.exceptions.ActorUnavailableError)
 
 
-def _ping_of(ref) -> Ping:
-    """How an ended ping went."""
+def _ping_of(ref) -> tuple[Ping, str]:
+    """How an ended ping went, and its error's one line."""
     try:
         ray.get(ref)
-        return Ping.ANSWERED
+        return Ping.ANSWERED, ""
     except ray.exceptions.RayActorError as err:
-        return Ping.UNAVAILABLE if _unavailable(err) else Ping.DIED
+        return (Ping.UNAVAILABLE if _unavailable(err) else Ping.DIED), _cause(err)
 
 
 _EXIT_WORDS = {Exit.RETURNED: "returned unexpectedly", Exit.UNAVAILABLE: "did not answer",
@@ -552,12 +610,17 @@ def _exit_of(ref) -> tuple[Exit, str]:
     except ray.exceptions.RayActorError as err:
         return (Exit.UNAVAILABLE if _unavailable(err) else Exit.DIED), type(err).__name__
     except Exception as err:
-        setup = isinstance(getattr(err, "cause", None), SetupError)
-        return (Exit.SETUP_FAILED if setup else Exit.FAILED), _cause(err)
+        cause = getattr(err, "cause", None)
+        if isinstance(cause, SetupError):     # its message names the actor and the error
+            return Exit.SETUP_FAILED, str(cause).strip().splitlines()[0]
+        return Exit.FAILED, _cause(err)
 
 
 def _cause(err: Exception) -> str:
     """One line for an actor's error: the exception raised inside it, not Ray's traceback."""
     cause = getattr(err, "cause", None) or err
     text = str(cause).strip().splitlines()
+    if getattr(err, "actor_init_failed", False) and text:
+        # Ray's message is the creation task's traceback: its last line is the exception
+        return f"its constructor raised {text[-1].strip()}"
     return f"{type(cause).__name__}: {text[0]}" if text else type(cause).__name__

@@ -6,7 +6,8 @@ answered or raised, a run call that ended) into the events below and carries out
 - :class:`ServerHealth`: when a server actor counts as dead.
 - :class:`WorkerRestarts`: what follows a worker's or the evaluator's end, the restart numbers of
   replacements, and when failures to set up end the run (give-up).
-- :func:`choose_restore_point`: which state every server actor is rebuilt from.
+- :func:`choose_restore_point`: which state every server actor is rebuilt from, and
+  :class:`RestoreAttempts`: when restores that keep failing back off and give up.
 - :func:`plan_resize`: which replicas a resize adds and retires.
 - :class:`RecoveryLog`: the bounded history ``status`` reports.
 """
@@ -76,6 +77,53 @@ def choose_restore_point(snapshot_version: Optional[int],
     if checkpoint_version is not None:
         return RestoreSource.CHECKPOINT
     return RestoreSource.INITIAL
+
+
+class Restore(enum.Enum):
+    """What to do about server actors found dead."""
+    NOW = "now"                  # restore them now
+    WAIT = "wait"                # the last restore failed: back off before the next
+    GIVE_UP = "give up"          # restores failed `max_failures` times in a row: end the run
+
+
+@dataclass
+class RestoreAttempts:
+    """Restores that keep failing (the new actors die before they answer: a state they cannot
+    load, a node that cannot hold them) back off, 1 s, 2 s, 4 s ..., and after `max_failures`
+    in a row the run ends as failed instead of rebuilding the same actors until its time is up.
+    Any answer from the restored actors ends the streak."""
+    max_failures: int = 4
+    first_backoff_s: float = 1.0
+    failures: int = 0            # restores in a row whose actors died before answering
+    pending: bool = False        # a restore whose actors have not answered yet
+    next_at: float = 0.0         # no restore before this time (monotonic seconds)
+    last_error: str = ""
+
+    def dead(self, now: float, error: str = "") -> Restore:
+        """Server actors were found dead at `now` (`error`: why, in one line)."""
+        if self.pending:         # the restored actors died before answering: a failed restore
+            self.pending = False
+            self.failures += 1
+            self.last_error = error or self.last_error
+            self.next_at = now + self.first_backoff_s * 2 ** (self.failures - 1)
+        if self.failures >= self.max_failures:
+            return Restore.GIVE_UP
+        return Restore.NOW if now >= self.next_at else Restore.WAIT
+
+    def restoring(self) -> None:
+        """A restore has started."""
+        self.pending = True
+
+    def answered(self) -> None:
+        """A restored actor answered: the restore worked."""
+        self.pending = False
+        self.failures = 0
+
+    def why(self) -> str:
+        """The run's error once it gives up, in one line."""
+        cause = f": {self.last_error}" if self.last_error else ""
+        return (f"the server actors could not be restored ({self.failures} tries in a row "
+                f"failed{cause}); the run is stopped")
 
 
 # --------------------------------------------------------------------------- resize
@@ -182,10 +230,11 @@ class RecoveryLog:
     keep_seconds: int = 10
     keep_restores: int = 100
     recovery_s: list[float] = field(default_factory=list)
-    restores: list[dict] = field(default_factory=list)    # {from, to, source, seconds}
+    restores: list[dict] = field(default_factory=list)  # {from, to, source, seconds, at_s}
 
     def restored(self, before: Optional[int], after: int, source: RestoreSource,
-                 seconds: float) -> None:
+                 seconds: float, at_s: float) -> None:
+        """A restore from version `before` to `after` took `seconds`, `at_s` into the run."""
         self.recovery_s = (self.recovery_s + [seconds])[-self.keep_seconds:]
         self.restores = (self.restores + [{"from": before, "to": after, "source": source.value,
-                                           "seconds": seconds}])[-self.keep_restores:]
+                                           "seconds": seconds, "at_s": at_s}])[-self.keep_restores:]

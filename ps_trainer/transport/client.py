@@ -43,7 +43,7 @@ import torch
 
 from ps_trainer.transport.device_copies import HostStaging, StagedWeights, pin_host_memory
 from ps_trainer.core.params import FlatModel, Piece, encode_grad, readonly_tensor
-from ps_trainer.core.protocol import PushResult, PushStats, with_grad_norm
+from ps_trainer.core.protocol import PushResult, PushStats, with_grad_norm, with_incarnation
 from ps_trainer.transport.push_buffers import PushBuffers
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,8 @@ class _ServerLink:
         self.by_key = {p.key: p for p in pieces}
         self.version = -1                     # the version the model computes with
         self.received = -1                    # the newest version pulled (maybe not yet in use)
+        self.incarnation = 0                  # the servers' incarnation of `version`
+        self.received_incarnation = 0         # ... and of `received`
         self.buffer: Optional[int] = None     # the server's id of our shared push buffer
 
 
@@ -201,14 +203,14 @@ class ParameterClient:
     def _apply(self, answers: list, commit: bool = True) -> bool:
         start = time.perf_counter()
         changed = False
-        for link, (version, refs) in zip(self.links, answers):
+        for link, (version, refs, incarnation) in zip(self.links, answers):
             if refs:
                 arrays = ray.get(list(refs.values()))      # zero-copy views of the object store
                 for key, array in zip(refs, arrays):
                     self._take(link.by_key[key], array)
                     self.pulled_bytes += array.nbytes
                 changed = True
-            link.received = version
+            link.received, link.received_incarnation = version, incarnation
         if commit:
             self._commit()
         if changed:
@@ -229,7 +231,7 @@ class ParameterClient:
         if self._staging is not None:
             self._staging.commit()
         for link in self.links:
-            link.version = link.received
+            link.version, link.incarnation = link.received, link.received_incarnation
         self._uncommitted = False
 
     # ------------------------------------------------------------------ push
@@ -251,6 +253,8 @@ class ParameterClient:
         grads = self._host_grads(wanted, region)
         if self.report_norm:
             stats = with_grad_norm(stats, wire_norm(grads.values()))
+        # Fenced by the servers: a push computed on another incarnation's weights is refused.
+        stats = with_incarnation(stats, self.links[0].incarnation)
         chunks = []
         for link in self.links:
             pieces = [p for p in link.pieces if p.shard in grads]

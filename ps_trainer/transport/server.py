@@ -55,14 +55,14 @@ class ParameterServer:
 
     def __init__(self, cfg: Config, index: int, weights: Mapping[str, np.ndarray],
                  task_keys: Mapping[str, tuple[str, ...]], state: Optional[dict] = None, hub=None,
-                 peers: Sequence = ()):
+                 peers: Sequence = (), incarnation: int = 0):
         set_threads(cfg.server.num_cpus)
         # Own writable copies (arguments arrive as read-only views of the object store), in
         # huge-page memory: every update streams them whole.
         own = {k: huge_page_zeros(int(np.asarray(a).size)).copy_(
                    readonly_tensor(np.asarray(a, dtype=np.float32).reshape(-1)))
                for k, a in weights.items()}
-        self._store = make_store(cfg, own, task_keys)
+        self._store = make_store(cfg, own, task_keys, incarnation)
         if state is not None:
             self._store.load_state(state)
         self._publish_every = cfg.server.publish_every_updates
@@ -93,13 +93,16 @@ class ParameterServer:
 
     # ------------------------------------------------------------------ hot path
 
-    def pull(self, keys: tuple[str, ...], have_version: int) -> tuple[int, dict]:
+    def pull(self, keys: tuple[str, ...], have_version: int) -> tuple[int, dict, int]:
+        """(the published version, references to the pieces of `keys` changed since
+        `have_version`, this actor's incarnation: pushes computed on these weights carry it)."""
         if self._store.version - self._published_version >= self._publish_every:
             self._publish()
+        incarnation = self._store.incarnation
         if self._published_version <= have_version:
-            return self._published_version, {}
+            return self._published_version, {}, incarnation
         return self._published_version, {k: self._refs[k] for k in keys
-                                          if self._put_at[k] > have_version}
+                                          if self._put_at[k] > have_version}, incarnation
 
     def push(self, task: str, worker_id: int, base_version: int, grads: Mapping[str, np.ndarray],
              stats: PushStats, norm_stats: Optional[Mapping[str, np.ndarray]] = None) -> PushResult:
@@ -208,6 +211,16 @@ class ParameterServer:
         others = [peer.state.remote() for peer in self._peers]
         own = self.state()
         return [own, *ray.get(others, timeout=_PEER_TIMEOUT_S)]
+
+    def snapshot_parts(self) -> tuple[list[dict], list[dict]]:
+        """:meth:`snapshot` and its summary (each actor's version and piece sizes), returned as
+        two objects (``.options(num_returns=2)``): the coordinator checks a snapshot against the
+        plan without fetching its states, which may be gigabytes."""
+        states = self.snapshot()
+        summary = [{"version": int(s["version"]),
+                    "weights": {k: int(np.asarray(v).size) for k, v in s["weights"].items()}}
+                   for s in states]
+        return summary, states
 
     def _publish(self) -> None:
         start = time.perf_counter()
