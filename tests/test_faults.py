@@ -181,3 +181,145 @@ def test_a_chaos_run_never_replaces_another_runs_checkpoints(ray_session, tmp_pa
     with pytest.raises(RunFolderInUse):
         run_with_kills(cfg)
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == kept
+
+
+def test_restores_that_keep_failing_back_off_and_end_the_run_failed(ray_session, tmp_path, tiny):
+    """Server actors that die while they load the restored state (here: their constructor
+    raises on any state) are rebuilt a bounded number of times, further apart each time, and
+    then the run ends as failed with the cause in one line: not rebuilt every half second
+    until run.max_minutes and reported as a success."""
+    import dataclasses
+    import os
+    import signal
+
+    from ps_trainer.run.coordinator import _RESTORE_FAILURES, Coordinator
+    from ps_trainer.run.launch import _runtime_spec
+    from ps_trainer.run.run_folder import RunFolder, with_run_id
+    from ps_trainer.transport.server import ParameterServer
+
+    class RefusesEveryState(ParameterServer):
+        def __init__(self, cfg, index, initial, task_keys, state, *args):
+            if state is not None:
+                raise RuntimeError("this state cannot be loaded (injected)")
+            super().__init__(cfg, index, initial, task_keys, state, *args)
+
+    cfg = with_run_id(load_run_config(None, tiny(tmp_path, TASKS, extra=[
+        "run.max_updates=100000", "run.max_minutes=10", "metrics.enabled=false",
+        "server.snapshot_every_s=0.5", "eval.every_s=1e9"])))
+    run = RunFolder(cfg.run.out_dir).create(cfg, False, resuming=False)
+    spec = dataclasses.replace(_runtime_spec(cfg, None),
+                               server_cls=ray.remote(RefusesEveryState))
+    coordinator = ray.remote(Coordinator).options(num_cpus=0, max_concurrency=8).remote(
+        cfg, str(run.root), spec, None)
+    try:
+        ray.get(coordinator.start.remote(), timeout=120)
+        done = coordinator.run.remote()
+        wait_for(lambda: (status(coordinator).snapshot_version or 0) >= 10, 120,
+                 what="a snapshot to restore from")
+        pid = ray.get(handles(coordinator)["servers"][0].process.remote())["pid"]
+        os.kill(pid, signal.SIGKILL)
+        summary = ray.get(done, timeout=300)
+    finally:
+        ray.kill(coordinator)
+    assert summary.stopped_by == "failed" and "\n" not in summary.error
+    assert summary.error.startswith("the server actors could not be restored")
+    assert "this state cannot be loaded (injected)" in summary.error
+    # the first restore and one per failure; the last failure gives up instead of restoring
+    assert summary.runtime.restarts["server"] == _RESTORE_FAILURES
+    restores = summary.runtime.restores
+    assert len(restores) == _RESTORE_FAILURES and {r["source"] for r in restores} == {"snapshot"}
+    # backed off: each failed restore waits twice as long as the one before (1 s, 2 s, ...)
+    gaps = [b["at_s"] - a["at_s"] for a, b in zip(restores, restores[1:])]
+    assert all(gap >= 0.9 * 2 ** i for i, gap in enumerate(gaps)), gaps
+    # the run ended at once, not at run.max_minutes
+    assert summary.elapsed_s < restores[-1]["at_s"] + 120
+
+
+def test_a_sigkilled_coordinator_is_replaced_and_the_run_resumes_from_its_checkpoint(
+        ray_session, tmp_path, tiny, caplog):
+    """The coordinator takes the run's actors with it when it dies; `train` (run_distributed)
+    starts a new one that resumes the run, the same run, from its newest checkpoint and
+    finishes it: evaluations after the kill go on from the checkpoint's version."""
+    import json
+    import logging
+    import os
+    import signal
+    import threading
+
+    from ps_trainer.core.checkpoint import CheckpointManager, saved_version
+    from ps_trainer.run.launch import COORDINATOR_PREFIX, run_distributed
+    from ps_trainer.run.run_folder import RunFolder
+
+    cfg = load_run_config(None, tiny(tmp_path, TASKS, extra=[
+        "run.name=headless", "run.max_updates=360", "run.max_minutes=10",
+        "metrics.enabled=false", "eval.every_updates=60", "eval.every_s=1e9"]))
+    result = {}
+    driver = threading.Thread(target=lambda: result.update(summary=run_distributed(cfg)),
+                              daemon=True)
+    with caplog.at_level(logging.WARNING, logger="ps_trainer.run.launch"):
+        driver.start()
+        manager = CheckpointManager(RunFolder(cfg.run.out_dir).checkpoints, cfg.eval.keep_last)
+        wait_for(lambda: manager.latest() is not None and saved_version(manager.latest()[1]) >= 120,
+                 240, what="a checkpoint at version 120 or later")
+        killed_after = saved_version(manager.latest()[1])
+        run_id = manager.latest()[1]["config"]["run"]["id"]
+        # (no handle kept here: Ray frees a dead actor's name once no handle to it is left)
+        name = COORDINATOR_PREFIX + cfg.run.name
+        os.kill(ray.get(ray.get_actor(name, namespace=cfg.ray.namespace).process.remote(),
+                        timeout=30)["pid"], signal.SIGKILL)
+        driver.join(timeout=400)
+    assert not driver.is_alive(), "the run did not finish"
+    summary = result["summary"]
+    assert summary.stopped_by == "max_updates" and summary.updates >= 360 and summary.error is None
+    assert "the coordinator died" in caplog.text and "resuming the run from checkpoint" in caplog.text
+    steps = [json.loads(line)["step"]
+             for line in RunFolder(cfg.run.out_dir).metrics.read_text().splitlines()]
+    reached = next(i for i, step in enumerate(steps) if step >= killed_after)
+    # a run started again from version 0 would evaluate at 60 and 120 again
+    assert min(steps[reached:]) >= killed_after and steps[-1] >= 360, steps
+    assert manager.latest()[1]["config"]["run"]["id"] == run_id               # the same run
+
+
+def test_a_sigkilled_driver_run_again_with_resume_if_present_continues_the_run(
+        ray_session, tmp_path, tiny):
+    """The driver (`ps-trainer train`) owns the coordinator: when it dies the job's actors go
+    with it. Run again as a retried job runs it (`--resume-if-present`, the RayJob's
+    entrypoint), it continues the same run from its newest checkpoint instead of refusing the
+    folder or starting over."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from ps_trainer.core.checkpoint import CheckpointManager, saved_version
+    from ps_trainer.run.run_folder import RunFolder
+
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("{}\n")
+    overrides = tiny(tmp_path, TASKS, extra=[
+        "run.name=driverless", "run.max_updates=300", "run.max_minutes=10",
+        "metrics.enabled=false", "eval.every_updates=60", "eval.every_s=1e9"])
+    command = [sys.executable, "-m", "ps_trainer.tools.cli", "train", "--address",
+               ray.get_runtime_context().gcs_address, "--config", str(empty),
+               "--resume-if-present", *[w for o in overrides for w in ("--set", o)]]
+    out_dir = next(o.split("=", 1)[1] for o in overrides if o.startswith("run.out_dir="))
+    manager = CheckpointManager(RunFolder(out_dir).checkpoints, 3)
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: manager.latest() is not None and saved_version(manager.latest()[1]) >= 120,
+                 240, what="a checkpoint at version 120 or later")
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=60)
+    killed_after = saved_version(manager.latest()[1])
+    run_id = manager.latest()[1]["config"]["run"]["id"]
+
+    again = subprocess.run(command, capture_output=True, text=True, timeout=400,
+                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "final mIoU:" in again.stdout
+    steps = [json.loads(line)["step"] for line in RunFolder(out_dir).metrics.read_text().splitlines()]
+    reached = next(i for i, step in enumerate(steps) if step >= killed_after)
+    assert min(steps[reached:]) >= killed_after and steps[-1] >= 300, steps
+    assert manager.latest()[1]["config"]["run"]["id"] == run_id           # the same run

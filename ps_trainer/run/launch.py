@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from dataclasses import replace
 from typing import Optional, Sequence
 
@@ -44,6 +45,10 @@ from ps_trainer_workers.worker import TaskLoop, TaskWorker, task_inputs
 
 log = logging.getLogger(__name__)
 COORDINATOR_PREFIX = "coordinator:"
+# A coordinator that dies takes the run's actors with it (they are its own); the driver resumes
+# the run from its newest checkpoint this many times before it gives up.
+_COORDINATOR_RESTARTS = 3
+_CALL_TIMEOUT_S = 10.0
 
 
 def build_eval_model(cfg: Config) -> MultiTaskModel:
@@ -254,9 +259,44 @@ def run_distributed(cfg: Config, address: Optional[str] = None,
     connect(cfg, address)
     check_resources(cfg, autoscaling=bool(address or cfg.ray.address))
     hub, _ = start_metrics(cfg)
-    coordinator = start_coordinator(cfg, resume, hub, overwrite)
-    done = coordinator.run.remote()
     progress = Progress(cfg.task_names)
+    coordinator = start_coordinator(cfg, resume, hub, overwrite)
+    done, restarts = coordinator.run.remote(), 0
+    while True:
+        try:
+            summary = _supervise(cfg, coordinator, done, progress)
+            break
+        except ray.exceptions.RayActorError as err:
+            failure = type(err).__name__
+        # (past the except block: its traceback, which holds a handle to the coordinator, is gone)
+        if not _dead(coordinator):
+            continue              # it could not be reached for a moment: follow it again
+        # The coordinator died, and every actor it owned with it: resume the run, from its
+        # newest checkpoint, as `--resume` would (what came after that checkpoint is lost).
+        restarts += 1
+        if restarts > _COORDINATOR_RESTARTS:
+            raise RuntimeError(f"the coordinator died {restarts} times ({failure}); the run is "
+                               f"stopped: resume it with --resume {cfg.run.out_dir}")
+        latest = CheckpointManager(RunFolder(cfg.run.out_dir).checkpoints,
+                                   cfg.eval.keep_last).latest(cfg.run.id)
+        log.warning("the coordinator died (%s); resuming the run from %s", failure,
+                    f"checkpoint {latest[0].name}" if latest else "its start")
+        # Ray lets go of a dead actor's name once no handle to it is left.
+        coordinator = done = None
+        coordinator = _restart_coordinator(cfg, latest[1] if latest else None, hub)
+        done = coordinator.run.remote()
+    _log_done(summary)
+    ray.kill(coordinator)
+    if hub is not None:
+        ray.get(hub.close.remote())
+        ray.kill(hub)
+    return summary
+
+
+def _supervise(cfg: Config, coordinator, done, progress: Progress) -> RunSummary:
+    """Follow a coordinator's run (`done`: its run() call) to the end, printing progress; a
+    SIGTERM or Ctrl-C asks it to stop (final checkpoint and evaluation first). Raises
+    RayActorError when the coordinator cannot be reached or has died."""
     try:
         with _sigterm_as_interrupt():
             while not ray.wait([done], timeout=cfg.run.progress_every_s)[0]:
@@ -264,13 +304,36 @@ def run_distributed(cfg: Config, address: Optional[str] = None,
     except KeyboardInterrupt:
         log.warning("interrupted: stopping workers and writing a final checkpoint")
         coordinator.stop.remote()
-    summary = ray.get(done)
-    _log_done(summary)
-    ray.kill(coordinator)
-    if hub is not None:
-        ray.get(hub.close.remote())
-        ray.kill(hub)
-    return summary
+    return ray.get(done)
+
+
+def _restart_coordinator(cfg: Config, resume: Optional[dict], hub, wait_s: float = 60.0):
+    """start_coordinator, once Ray has let go of the dead coordinator's name (when the last
+    handle to it is gone, a tool's included)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return start_coordinator(cfg, resume, hub)
+        except ray.exceptions.ActorAlreadyExistsError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+
+
+def _dead(actor, wait_s: float = 60.0) -> bool:
+    """Whether `actor` has died (Ray says so), rather than being out of reach for a moment;
+    one that stays out of reach for `wait_s` is killed and counts as dead."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.process.remote(), timeout=_CALL_TIMEOUT_S)
+            return False
+        except ray.exceptions.ActorDiedError:
+            return True
+        except (ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
+            time.sleep(1.0)
+    ray.kill(actor)
+    return True
 
 
 @contextlib.contextmanager
@@ -316,6 +379,13 @@ def find_coordinator(namespace: str = "ps_trainer", run_name: Optional[str] = No
         raise LookupError(f"expected one running ps_trainer run in namespace {namespace!r}, "
                           f"found: {found}; pass --run NAME")
     return ray.get_actor(names[0], namespace=namespace)
+
+
+def has_checkpoint(run_dir: str) -> bool:
+    """Whether the run folder at `run_dir` holds a valid checkpoint to resume from."""
+    run = RunFolder(run_dir)
+    return (run.config.exists() and run.checkpoints.is_dir()
+            and CheckpointManager(run.checkpoints, keep_last=1).latest() is not None)
 
 
 def resume_from(run_dir: str, overrides=()) -> tuple[Config, dict]:

@@ -44,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
                        metavar="KEY.PATH=VALUE", help="override a config value (repeatable)")
     train.add_argument("--address", help="join a Ray cluster: 'auto' or ray://host:port")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue from a run folder's checkpoint")
+    train.add_argument("--resume-if-present", action="store_true",
+                       help="with --config: continue the run in run.out_dir if it has a "
+                            "checkpoint, else start it (a job that is retried after its driver "
+                            "died picks up where it was)")
     train.add_argument("--overwrite", action="store_true",
                        help="delete the checkpoints and metrics of another run in run.out_dir "
                             "(without it, train refuses such a folder)")
@@ -171,6 +175,8 @@ def _train(args) -> int:
         cfg, checkpoint = launch.resume_from(args.resume, args.overrides)
     elif args.config:
         cfg, checkpoint = load_run_config(args.config, args.overrides), None
+        if args.resume_if_present and launch.has_checkpoint(cfg.run.out_dir):
+            cfg, checkpoint = launch.resume_from(cfg.run.out_dir, args.overrides)
     else:
         raise ConfigError("", "train needs --config FILE or --resume RUN_DIR")
     if args.mode == "local":
