@@ -1,6 +1,6 @@
 """``ps-trainer bench``: how fast the parameter server is, measured side by side in one run.
 
-    ps-trainer bench --quick --out bench.json     # about 80 s: a smoke test
+    ps-trainer bench --quick --out bench.json     # under 2 minutes: a smoke test
     ps-trainer bench --out bench.json             # the full table (tens of minutes on 2 cores)
 
 1. Round trip (pull + push + apply) for trunks of ~1M, ~11M and ~25M parameters, with the

@@ -105,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--seeds", help="comma-separated seeds: train only these of the grid's seeds")
 
     bench = sub.add_parser("bench", help="measure the parameter server (see ps_trainer/tools/bench.py)")
-    bench.add_argument("--quick", action="store_true", help="a reduced run, about 80 s on 2 cores")
+    bench.add_argument("--quick", action="store_true", help="a reduced run, under 2 minutes on 2 cores")
     bench.add_argument("--out", help="write the results as JSON to this file (plots beside it)")
     bench.add_argument("--sections", help="comma-separated subset of: trunks, scaling, memory, "
                                           "end_to_end, hardware, statistical (the default: "
