@@ -44,12 +44,9 @@ class PushStats:
     incarnation: int = 0
 
 
-def with_grad_norm(stats: PushStats, norm: float) -> PushStats:
-    return replace(stats, grad_norm=norm)
-
-
-def with_incarnation(stats: PushStats, incarnation: int) -> PushStats:
-    return replace(stats, incarnation=incarnation)
+def with_push_facts(stats: PushStats, incarnation: int, grad_norm: Optional[float]) -> PushStats:
+    """`stats` as pushed: with the servers' incarnation the step used and the norm as sent."""
+    return replace(stats, incarnation=incarnation, grad_norm=grad_norm)
 
 
 @dataclass(frozen=True)

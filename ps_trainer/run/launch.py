@@ -381,22 +381,21 @@ def find_coordinator(namespace: str = "ps_trainer", run_name: Optional[str] = No
     return ray.get_actor(names[0], namespace=namespace)
 
 
-def has_checkpoint(run_dir: str) -> bool:
-    """Whether the run folder at `run_dir` holds a valid checkpoint to resume from."""
+def resume_from(run_dir: str, overrides=(), missing_ok: bool = False
+                ) -> Optional[tuple[Config, dict]]:
+    """The config saved in a run folder (plus overrides) and its newest valid checkpoint; with
+    `missing_ok`, None where there is no run folder or no checkpoint to resume from."""
     run = RunFolder(run_dir)
-    return (run.config.exists() and run.checkpoints.is_dir()
-            and CheckpointManager(run.checkpoints, keep_last=1).latest() is not None)
-
-
-def resume_from(run_dir: str, overrides=()) -> tuple[Config, dict]:
-    """The config saved in a run folder (plus overrides) and its newest valid checkpoint."""
-    run = RunFolder(run_dir)
+    if missing_ok and not (run.config.exists() and run.checkpoints.is_dir()):
+        return None
     if not run.config.exists():
         raise FileNotFoundError(f"{run_dir} is not a run folder (no config.yaml)")
     cfg = load_run_config(str(run.config), overrides)
     cfg = cfg.replace(run=replace(cfg.run, out_dir=str(run.root.resolve())))
     latest = CheckpointManager(run.checkpoints, cfg.eval.keep_last).latest()
     if latest is None:
+        if missing_ok:
+            return None
         raise FileNotFoundError(f"no valid checkpoint in {run.checkpoints}")
     log.info("resuming from %s (version %s)", latest[0], saved_version(latest[1]))
     return cfg, latest[1]

@@ -175,8 +175,10 @@ def _train(args) -> int:
         cfg, checkpoint = launch.resume_from(args.resume, args.overrides)
     elif args.config:
         cfg, checkpoint = load_run_config(args.config, args.overrides), None
-        if args.resume_if_present and launch.has_checkpoint(cfg.run.out_dir):
-            cfg, checkpoint = launch.resume_from(cfg.run.out_dir, args.overrides)
+        found = (launch.resume_from(cfg.run.out_dir, args.overrides, missing_ok=True)
+                 if args.resume_if_present else None)
+        if found is not None:
+            cfg, checkpoint = found
     else:
         raise ConfigError("", "train needs --config FILE or --resume RUN_DIR")
     if args.mode == "local":

@@ -43,7 +43,7 @@ import torch
 
 from ps_trainer.transport.device_copies import HostStaging, StagedWeights, pin_host_memory
 from ps_trainer.core.params import FlatModel, Piece, encode_grad, readonly_tensor
-from ps_trainer.core.protocol import PushResult, PushStats, with_grad_norm, with_incarnation
+from ps_trainer.core.protocol import PushResult, PushStats, with_push_facts
 from ps_trainer.transport.push_buffers import PushBuffers
 
 log = logging.getLogger(__name__)
@@ -251,10 +251,10 @@ class ParameterClient:
         wanted = shards or tuple({p.shard for p in self.pieces})
         region = self._region
         grads = self._host_grads(wanted, region)
-        if self.report_norm:
-            stats = with_grad_norm(stats, wire_norm(grads.values()))
-        # Fenced by the servers: a push computed on another incarnation's weights is refused.
-        stats = with_incarnation(stats, self.links[0].incarnation)
+        # One copy of the stats per push: the incarnation of the weights the step used (the
+        # servers fence off a push of another) and, when asked, the norm as sent.
+        stats = with_push_facts(stats, self.links[0].incarnation,
+                                wire_norm(grads.values()) if self.report_norm else stats.grad_norm)
         chunks = []
         for link in self.links:
             pieces = [p for p in link.pieces if p.shard in grads]
