@@ -9,7 +9,7 @@ import pytest
 from ps_trainer.run.policies import (EVALUATOR, Action, Exit, Ping, RecoveryLog, Restore,
                                      RestoreAttempts, RestoreSource, ServerHealth, WorkerRestarts,
                                      choose_restore_point, final_evaluation_timeout, plan_resize,
-                                     worker_key)
+                                     snapshot_fetch_timeout, worker_key)
 
 
 def test_the_policies_need_no_ray():
@@ -193,3 +193,9 @@ def test_states_that_do_not_fit_the_plan_are_named():
     assert "trunk@4:8 have other sizes" in states_misfit(resized, plan)
     other = [good[0], {"version": 7, "weights": {"trunk@4:8": np.zeros(4), "head/b": np.zeros(2)}}]
     assert "head/a, head/b" in states_misfit(other, plan)
+
+
+def test_a_larger_snapshot_is_waited_for_longer():
+    small = snapshot_fetch_timeout(10**6, 120.0, 50e6)
+    large = snapshot_fetch_timeout(20 * 10**9, 120.0, 50e6)   # 20 GB: Adam on a large model
+    assert 120.0 < small < 121.0 and large == pytest.approx(520.0)

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
+import threading
 
 import numpy as np
 import pytest
@@ -9,6 +12,7 @@ import ray
 
 from ps_trainer.core.protocol import APPLIED, NONFINITE, QUEUED, STALE, PushStats
 from ps_trainer.transport.push_buffers import SUPPORTED as SHARED_PUSHES
+from ps_trainer.transport.snapshots import SnapshotRound, take_snapshot
 from support import wait_for
 
 pytestmark = pytest.mark.ray
@@ -263,6 +267,7 @@ def test_a_split_push_is_clipped_by_the_norm_of_the_whole_push(split):
     total = sum(flat.grads[s].numel() for s in ("trunk", "head/rotation"))
     result = push_and_wait(client, flat, 0.5)
     assert result.reason == APPLIED
+    caught_up(servers, 1)                 # actor 1 applies the decision when it arrives
     expected_step = 0.5 / (0.5 * np.sqrt(total))        # lr 1 x g x clip / ||g||: the same everywhere
     for old, new in zip(before, weights_of(servers)):
         for key in old:
@@ -283,11 +288,76 @@ def test_split_actors_take_one_staleness_decision_and_snapshot_one_point(split):
         link.version = 0
     assert push_and_wait(client, flat, 1.0).reason == STALE
     caught_up(servers, 3)
-    states = ray.get(servers[0].snapshot.remote())
+    states = take_snapshot(servers, "test", 1, timeout_s=60)
     assert [s["version"] for s in states] == [3, 3]
     for state, now in zip(states, weights_of(servers)):
         for key in now:
             np.testing.assert_array_equal(state["weights"][key], now[key])
+
+
+def test_snapshots_taken_while_pushes_go_on_find_every_actor_at_one_version(split):
+    """Pushes keep arriving (from a thread) while snapshots are taken: each actor copies its
+    state after exactly the decisions actor 0 made before the round, so every round's parts
+    are at one version, and the parts are the taker's own objects, one per actor."""
+    cfg, spec, servers, client, flat = split(inflight=2)
+    done = threading.Event()
+
+    def pushing():
+        while not done.is_set():
+            for shard in ("trunk", "head/rotation"):
+                flat.grads[shard].fill_(0.001)
+            client.push("rotation", 0, STATS, shards=("trunk", "head/rotation"))
+            client.refresh()
+
+    thread = threading.Thread(target=pushing, daemon=True)
+    thread.start()
+    try:
+        versions = []
+        for round_id in range(1, 9):
+            snapshot = SnapshotRound(servers, "test", round_id)
+            while not snapshot.poll():
+                snapshot.wait(60)
+            states = ray.get(snapshot.state_refs, timeout=60)
+            assert len(snapshot.state_refs) == 2 and snapshot.nbytes > 0
+            assert {s["version"] for s in states} == {snapshot.version}
+            versions.append(snapshot.version)
+    finally:
+        done.set()
+        thread.join(timeout=60)
+    assert versions[-1] > versions[0]        # the pushes went on between the rounds
+
+
+def test_a_paused_actor_does_not_hold_up_actor_0_during_a_snapshot(split):
+    """Actor 0 hands out its own state and sends the others their hold without waiting for
+    them: with actor 1 stopped (SIGSTOP), actor 0 still answers at once; once actor 1 goes on
+    (SIGCONT) it hands its part over, at actor 0's version."""
+    cfg, spec, servers, client, flat = split()
+    assert push_and_wait(client, flat, 0.01).reason == APPLIED
+    caught_up(servers, 1)
+    pid = ray.get(servers[1].process.remote())["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        snapshot = SnapshotRound(servers, "test", 1)
+        first = ray.get(snapshot.state_refs[0], timeout=30)
+        assert first["version"] == 1
+        assert ray.get(servers[0].ping.remote(), timeout=30) == 1
+        assert not snapshot.poll()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    while not snapshot.poll():
+        snapshot.wait(60)
+    assert [s["version"] for s in snapshot.summaries] == [1, 1]
+
+
+def test_a_held_state_is_handed_over_once_and_only_for_its_round(split):
+    cfg, spec, servers, client, flat = split()
+    peer = servers[1]
+    assert ray.get(peer.held_snapshot.options(num_returns=2).remote("test", 1)[0]) is None
+    ray.get(peer.hold_snapshot.remote("test", 1))
+    assert ray.get(peer.held_snapshot.options(num_returns=2).remote("test", 2)[0]) is None
+    summary, state = peer.held_snapshot.options(num_returns=2).remote("test", 1)
+    assert ray.get(summary)["version"] == ray.get(state)["version"] == 0
+    assert ray.get(peer.held_snapshot.options(num_returns=2).remote("test", 1)[0]) is None
 
 
 def test_split_sync_groups_close_together(split):

@@ -5,9 +5,9 @@ adds or stops workers while training runs; :meth:`run` supervises until a stop c
 
 - a dead worker is replaced (same task and replica id, a new `restart` number, so that it
   draws new batches: ``data/streams.py``); its task loses its in-flight pushes;
-- every ``server.snapshot_every_s`` it asks server actor 0 for a consistent snapshot of every
-  server actor's state; the reply lives in the object store, owned by the coordinator, so it
-  outlives the servers;
+- every ``server.snapshot_every_s`` it takes a consistent snapshot of every server actor's
+  state (``transport/snapshots.py``): one object per actor in the object store, owned by the
+  coordinator, so it outlives the servers;
 - when any server actor dies, *every* server actor is replaced from one point in time: the
   newest snapshot, else the newest valid checkpoint, else the initial weights (so a split model
   never mixes two points); every worker and the evaluator are pointed at the new actors and
@@ -47,8 +47,9 @@ from ps_trainer.observe.metrics import CoordinatorMetrics, Reporter, worker_sour
 from ps_trainer.run.policies import (EVALUATOR, Action, Exit, Ping, RecoveryLog, Restore,
                                      RestoreAttempts, RestoreSource, ServerHealth, WorkerRestarts,
                                      choose_restore_point, final_evaluation_timeout, plan_resize,
-                                     worker_key)
+                                     snapshot_fetch_timeout, worker_key)
 from ps_trainer.run.run_folder import RunFolder
+from ps_trainer.transport.snapshots import SnapshotIncomplete, SnapshotRound
 
 log = logging.getLogger(__name__)
 _SUPERVISE_EVERY_S = 0.5
@@ -59,6 +60,7 @@ _UNANSWERED_PINGS = 3           # pings in a row a server may leave unanswered (
 _FINAL_EVAL_SLACK = 3.0         # the final evaluation may take this many times the last one
 _SCALE_WAIT_S = 10.0            # how long scale() waits for new workers to answer
 _SERVER_START_S = 120.0         # how long (re)starting the server actors is waited for
+_SLOWEST_FETCH_BPS = 50e6       # a snapshot is waited for as if it moved this slowly
 # When every worker of one task (or the evaluator) has failed to set itself up this many times
 # in a row, and none of them is set up, the run ends with that error: its data, model or run
 # folder is broken, and replacements would fail the same way for as long as the run lasts.
@@ -122,32 +124,37 @@ class _WorkerActor:
 
 
 class _Snapshots:
-    """The newest consistent server snapshot (an ObjectRef owned by the coordinator) and the
-    one being taken; at most two are held. A snapshot is kept only once its summary (fetched
-    without its states) fits the plan: every actor's pieces, all at one version."""
+    """The newest consistent server snapshot (one ObjectRef per server actor, owned by the
+    coordinator: ``transport/snapshots.py``) and the one being taken. A snapshot is kept only
+    once its summaries (fetched without the states) fit the plan: every actor's pieces, all at
+    one version; the one it replaces is let go then."""
 
     def __init__(self, every_s: float, plan: tuple[Piece, ...]):
         self.every_s = every_s
         self.plan = plan
-        self.ready = None            # (version, ref of the states)
-        self._taking = None          # (ref of the summary, ref of the states)
+        self.ready: Optional[SnapshotRound] = None
+        self._taking: Optional[SnapshotRound] = None
+        self._rounds = 0
         self._asked_at = -float("inf")
 
-    def tick(self, first_server) -> None:
-        if self._taking is not None and ray.wait([self._taking[0]], timeout=0)[0]:
+    def tick(self, servers: list) -> None:
+        if self._taking is not None:
             try:
-                summary = ray.get(self._taking[0])
-                misfit = states_misfit(summary, self.plan)
-                if misfit is None:
-                    self.ready = (int(summary[0]["version"]), self._taking[1])
-                else:
-                    log.error("a server snapshot was refused: %s", misfit)
-            except ray.exceptions.RayError:
-                pass                 # a server died meanwhile: keep the previous snapshot
-            self._taking = None
+                if self._taking.poll():
+                    misfit = states_misfit(self._taking.summaries, self.plan)
+                    if misfit is None:
+                        self.ready = self._taking
+                    else:
+                        log.error("a server snapshot was refused: %s", misfit)
+                    self._taking = None
+            except (ray.exceptions.RayError, SnapshotIncomplete) as err:
+                log.warning("a server snapshot was given up (%s); the previous one is kept",
+                            type(err).__name__)
+                self._taking = None
         now = time.monotonic()
         if self.every_s and self._taking is None and now - self._asked_at >= self.every_s:
-            self._taking = tuple(first_server.snapshot_parts.options(num_returns=2).remote())
+            self._rounds += 1
+            self._taking = SnapshotRound(servers, "coordinator", self._rounds)
             self._asked_at = now
 
     def forget_pending(self) -> None:
@@ -340,7 +347,7 @@ class Coordinator:
                 restarts=dict(self._restarts.counts),
                 recovery_s=list(self._recoveries.recovery_s),
                 restores=list(self._recoveries.restores),
-                snapshot_version=self._snapshots.ready[0] if self._snapshots.ready else None,
+                snapshot_version=self._snapshots.ready.version if self._snapshots.ready else None,
                 elapsed_s=self._elapsed(),
                 done=self._done)
 
@@ -369,7 +376,7 @@ class Coordinator:
         while not self._stop.wait(_SUPERVISE_EVERY_S):
             with self._lock:
                 self._check_servers()
-                self._snapshots.tick(self._servers[0])
+                self._snapshots.tick(self._servers)
                 self._check_workers()
                 self._reap_retired()
                 self._check_evaluator()
@@ -481,12 +488,12 @@ class Coordinator:
                                    self._cfg.eval.keep_last).latest(self._cfg.run.id)
         saved = (saved_version(latest[1]), latest[1]["servers"]) if latest else None
         ready = self._snapshots.ready
-        source = choose_restore_point(ready[0] if ready else None, saved[0] if saved else None)
+        source = choose_restore_point(ready.version if ready else None, saved[0] if saved else None)
         if source is RestoreSource.SNAPSHOT:
-            version, ref = ready
-            try:        # a large snapshot is waited for, as long as new servers are
-                return (ray.get(ref, timeout=_SERVER_START_S),
-                        f"the snapshot at version {version}", source)
+            try:        # a large snapshot is waited for as long as moving it takes, not dropped
+                return (ray.get(ready.state_refs, timeout=snapshot_fetch_timeout(
+                            ready.nbytes, _SERVER_START_S, _SLOWEST_FETCH_BPS)),
+                        f"the snapshot at version {ready.version}", source)
             except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError) as err:
                 log.warning("the server snapshot is lost (%s); using the checkpoint",
                             type(err).__name__)

@@ -34,9 +34,11 @@ from ps_trainer.run.run_folder import RunFolder
 from ps_trainer.core.runtime import actor_device, set_threads
 from ps_trainer.core.schedule import EvalSchedule
 from ps_trainer.core.segmetrics import confusion_counts, mean_iou, pixel_accuracy
+from ps_trainer.transport.snapshots import SnapshotIncomplete, take_snapshot
 
 log = logging.getLogger(__name__)
 SEGMENTATION = "segmentation"
+_SNAPSHOT_TIMEOUT_S = 300.0   # a server that does not give its state in this time is stalled
 _PREVIEW_SIDE = 512   # previews of large images are shrunk to this long side (pixels)
 
 
@@ -172,6 +174,7 @@ class Evaluator:
         self._start = time.monotonic() - time_offset_s
         self._stop = threading.Event()
         self._lock = threading.Lock()   # one evaluation at a time (loop thread vs. final call)
+        self._snapshots = 0             # rounds of server snapshots taken
         self._metrics = EvaluatorMetrics()
         self._last_eval_s: Optional[float] = None
         self._reporter = Reporter.to_hub("evaluator", self._metrics.registry, hub,
@@ -247,9 +250,13 @@ class Evaluator:
                 return None
             recorder = self._open()
             try:
-                states = ray.get(self._servers[0].snapshot.remote())   # one point in time
-                statuses = ray.get([s.status.remote() for s in self._servers])
-            except ray.exceptions.RayActorError as err:
+                self._snapshots += 1                               # one point in time
+                states = take_snapshot(self._servers, "evaluator", self._snapshots,
+                                       _SNAPSHOT_TIMEOUT_S)
+                statuses = ray.get([s.status.remote() for s in self._servers],
+                                   timeout=_SNAPSHOT_TIMEOUT_S)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError,
+                    SnapshotIncomplete) as err:
                 log.warning("evaluation skipped: a server is unreachable (%s)", type(err).__name__)
                 return None
             if checkpoint_first:

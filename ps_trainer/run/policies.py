@@ -222,6 +222,13 @@ def final_evaluation_timeout(configured_s: float, last_evaluation_s: Optional[fl
     return max(configured_s, slack * (last_evaluation_s or 0.0))
 
 
+def snapshot_fetch_timeout(nbytes: int, base_s: float, slowest_bytes_per_s: float) -> float:
+    """How long a restore waits for a snapshot of `nbytes`: as long as starting servers, plus
+    the time to move it at the slowest rate we expect (spilled to disk, a busy link), so that
+    a large snapshot is waited for rather than dropped for an older checkpoint."""
+    return base_s + nbytes / slowest_bytes_per_s
+
+
 # --------------------------------------------------------------------------- history
 
 @dataclass

@@ -18,8 +18,8 @@ decision for the whole push (finite, norm, clip factor, staleness, weight, sync 
 to every other actor with ``commit`` and applies its own part. Actor 0 is the only one that
 calls ``commit``, and Ray runs one caller's calls to an actor in order, so every actor carries
 out the same decisions in the same order: versions, optimizer steps and sync groups move
-together. ``snapshot()`` on actor 0 uses the same ordered channel to collect one consistent
-state of every actor.
+together. A snapshot (``snapshots.py``) uses the same ordered channel: actor 0 tells the others
+when to copy their state, and each hands its copy to the taker directly.
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ from ps_trainer.config import Config
 from ps_trainer.observe.metrics import RateMeter, Reporter, ServerMetrics
 from ps_trainer.core.protocol import (APPLIED, QUEUED, REJECT_REASONS, STALE_GROUP, PushDecision,
                                       PushResult, PushStats, ServerStatus)
+from ps_trainer.transport.snapshots import summary_of
 from ps_trainer.transport.push_buffers import SUPPORTED as SHARED_PUSHES, AttachedBuffers, BufferRef
 from ps_trainer.core.params import readonly_tensor
 from ps_trainer.core.runtime import huge_page_zeros, set_threads
@@ -43,7 +44,6 @@ from ps_trainer.core.store import make_store
 
 log = logging.getLogger(__name__)
 _EMA_DECAY = 0.9   # for the loss and staleness averages in status() and the metrics
-_PEER_TIMEOUT_S = 60.0   # a snapshot waits this long for the other server actors
 
 
 def _ema(old: Optional[float], new: float) -> float:
@@ -90,6 +90,7 @@ class ParameterServer:
         self._staged: dict[int, tuple[int, dict, int]] = {}   # push id -> (base, grads, bytes)
         self._push_buffers = AttachedBuffers()        # same-node workers' shared gradients
         self.lost_parts = 0                           # decided parts never staged here (a bug)
+        self._held: dict[str, tuple[int, dict]] = {}  # snapshot taker -> (round, state copy)
 
     # ------------------------------------------------------------------ hot path
 
@@ -204,23 +205,32 @@ class ParameterServer:
         for push_id in [p for p, (base, _, _) in self._staged.items() if base < limit]:
             del self._staged[push_id]
 
-    def snapshot(self) -> list[dict]:
-        """One consistent state of every actor (on actor 0): the others' states are asked
-        through the ordered decision channel, so they are taken after exactly the decisions
-        this actor has made. Views, not copies: Ray serialises the reply before the next push."""
-        others = [peer.state.remote() for peer in self._peers]
-        own = self.state()
-        return [own, *ray.get(others, timeout=_PEER_TIMEOUT_S)]
+    def snapshot_first(self, taker: str, round_id: int) -> tuple[dict, dict]:
+        """Actor 0's part of a snapshot (``snapshots.py``): every other actor is told to hold
+        its state through the ordered decision channel, so that it takes it after exactly the
+        decisions made here; this actor's own state and its summary are returned as two
+        objects (``num_returns=2``). Views, not copies: Ray serialises the reply before the
+        next push, and nothing here waits for the other actors."""
+        for peer in self._peers:
+            peer.hold_snapshot.remote(taker, round_id)
+        state = self.state()
+        return summary_of(state), state
 
-    def snapshot_parts(self) -> tuple[list[dict], list[dict]]:
-        """:meth:`snapshot` and its summary (each actor's version and piece sizes), returned as
-        two objects (``.options(num_returns=2)``): the coordinator checks a snapshot against the
-        plan without fetching its states, which may be gigabytes."""
-        states = self.snapshot()
-        summary = [{"version": int(s["version"]),
-                    "weights": {k: int(np.asarray(v).size) for k, v in s["weights"].items()}}
-                   for s in states]
-        return summary, states
+    def hold_snapshot(self, taker: str, round_id: int) -> None:
+        """Copy this actor's state for `taker`'s round (replacing its previous one)."""
+        self._held[taker] = (round_id, {**self._store.state(copy=True),
+                                        "applied": dict(self._applied)})
+
+    def held_snapshot(self, taker: str, round_id: int, _first_summary=None
+                      ) -> tuple[Optional[dict], Optional[dict]]:
+        """The state held for `taker`'s round and its summary, handed over once; (None, None)
+        when the hold has not arrived yet. `_first_summary` (actor 0's answer, a dependency)
+        makes Ray run this only after actor 0 has sent the hold."""
+        held = self._held.get(taker)
+        if held is None or held[0] != round_id:
+            return None, None
+        del self._held[taker]
+        return summary_of(held[1]), held[1]
 
     def _publish(self) -> None:
         start = time.perf_counter()
