@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 from dataclasses import replace
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import ray
@@ -260,19 +260,35 @@ def run_distributed(cfg: Config, address: Optional[str] = None,
     check_resources(cfg, autoscaling=bool(address or cfg.ray.address))
     hub, _ = start_metrics(cfg)
     progress = Progress(cfg.task_names)
+    summary, coordinator = follow_run(
+        cfg, resume, hub, overwrite, cfg.run.progress_every_s,
+        lambda c: _log_progress(progress, ray.get(c.status.remote()), cfg))
+    _log_done(summary)
+    ray.kill(coordinator)
+    if hub is not None:
+        ray.get(hub.close.remote())
+        ray.kill(hub)
+    return summary
+
+
+def follow_run(cfg: Config, resume: Optional[dict], hub, overwrite: bool, every_s: float,
+               watch: Callable[[Any], None]) -> tuple[RunSummary, Any]:
+    """Start the coordinator and follow its run to the end, calling ``watch(coordinator)``
+    every `every_s`; when the coordinator dies (and every actor it owned with it), the run is
+    resumed from its newest checkpoint, as ``--resume`` would, at most ``_COORDINATOR_RESTARTS``
+    times. Returns the summary and the coordinator that finished the run. The only handle to a
+    coordinator is held here: Ray lets go of a dead actor's name once no handle to it is left,
+    so a caller holding one would keep the new coordinator from taking the name."""
     coordinator = start_coordinator(cfg, resume, hub, overwrite)
     done, restarts = coordinator.run.remote(), 0
     while True:
         try:
-            summary = _supervise(cfg, coordinator, done, progress)
-            break
+            return _supervise(coordinator, done, every_s, watch), coordinator
         except ray.exceptions.RayActorError as err:
             failure = type(err).__name__
         # (past the except block: its traceback, which holds a handle to the coordinator, is gone)
         if not _dead(coordinator):
             continue              # it could not be reached for a moment: follow it again
-        # The coordinator died, and every actor it owned with it: resume the run, from its
-        # newest checkpoint, as `--resume` would (what came after that checkpoint is lost).
         restarts += 1
         if restarts > _COORDINATOR_RESTARTS:
             raise RuntimeError(f"the coordinator died {restarts} times ({failure}); the run is "
@@ -285,22 +301,16 @@ def run_distributed(cfg: Config, address: Optional[str] = None,
         coordinator = done = None
         coordinator = _restart_coordinator(cfg, latest[1] if latest else None, hub)
         done = coordinator.run.remote()
-    _log_done(summary)
-    ray.kill(coordinator)
-    if hub is not None:
-        ray.get(hub.close.remote())
-        ray.kill(hub)
-    return summary
 
 
-def _supervise(cfg: Config, coordinator, done, progress: Progress) -> RunSummary:
-    """Follow a coordinator's run (`done`: its run() call) to the end, printing progress; a
+def _supervise(coordinator, done, every_s: float, watch: Callable[[Any], None]) -> RunSummary:
+    """Follow a coordinator's run (`done`: its run() call) to the end, calling `watch`; a
     SIGTERM or Ctrl-C asks it to stop (final checkpoint and evaluation first). Raises
     RayActorError when the coordinator cannot be reached or has died."""
     try:
         with _sigterm_as_interrupt():
-            while not ray.wait([done], timeout=cfg.run.progress_every_s)[0]:
-                _log_progress(progress, ray.get(coordinator.status.remote()), cfg)
+            while not ray.wait([done], timeout=every_s)[0]:
+                watch(coordinator)
     except KeyboardInterrupt:
         log.warning("interrupted: stopping workers and writing a final checkpoint")
         coordinator.stop.remote()
