@@ -10,6 +10,7 @@ import ray
 from ps_trainer.tools.chaos import checkpoints_valid, run_with_kills
 from ps_trainer.run.launch import load_run_config, start_coordinator
 from ps_trainer.transport.snapshots import take_snapshot
+from conftest import tiny_overrides
 from support import wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -115,17 +116,24 @@ def every_updates(n: int):
     return due
 
 
-def test_sigkill_chaos_run_finishes_like_an_undisturbed_run(ray_session, tmp_path, tiny):
+def chaos_config(root, name):
+    return load_run_config(None, tiny_overrides(root / name, TASKS, extra=[
+        f"run.name={name}", "run.max_updates=450", "server.actors=2",
+        "server.snapshot_every_s=1", "metrics.enabled=false"]))
+
+
+@pytest.fixture(scope="module")
+def calm(ray_session, tmp_path_factory):
+    """The undisturbed run the chaos runs are compared with (same seed and settings)."""
+    summary, _ = run_with_kills(chaos_config(tmp_path_factory.mktemp("calm"), "calm"))
+    return summary
+
+
+def test_sigkill_chaos_run_finishes_like_an_undisturbed_run(calm, tmp_path):
     """Processes of every role die by SIGKILL; the run still finishes its updates, keeps
     valid checkpoints, never falls back further than its newest snapshot, and scores like
     the same seed undisturbed."""
-    def config(name):
-        return load_run_config(None, tiny(tmp_path / name, TASKS, extra=[
-            f"run.name={name}", "run.max_updates=450", "server.actors=2",
-            "server.snapshot_every_s=1", "metrics.enabled=false"]))
-
-    calm, _ = run_with_kills(config("calm"))
-    cfg = config("chaos")
+    cfg = chaos_config(tmp_path, "chaos")
     stormy, kills = run_with_kills(cfg, every_updates(60), roles=("server", "worker", "evaluator"))
 
     assert {k.role for k in kills} == {"server", "worker", "evaluator"}
@@ -137,6 +145,28 @@ def test_sigkill_chaos_run_finishes_like_an_undisturbed_run(ray_session, tmp_pat
     assert len(restores) == len(server_kills)
     for kill, restore in zip(server_kills, restores):
         assert restore["to"] >= (kill.snapshot_version or 0)   # no further back than the snapshot
+    valid, total = checkpoints_valid(cfg.run.out_dir, cfg.eval.keep_last)
+    assert total > 0 and valid == total
+    assert abs(stormy.miou - calm.miou) < 0.1, (stormy.miou, calm.miou)
+
+
+def test_a_chaos_run_survives_a_killed_coordinator_and_paused_actors(calm, tmp_path):
+    """The coordinator dies by SIGKILL (taking every actor with it: the run resumes from its
+    newest checkpoint), and a worker and a server actor are stopped with SIGSTOP for longer
+    than the coordinator's call time-out, then continued: the run finishes its updates with
+    valid checkpoints, paused actors are not taken for dead, and it scores like the same seed
+    undisturbed."""
+    from ps_trainer.run.coordinator import _CALL_TIMEOUT_S
+
+    cfg = chaos_config(tmp_path, "chaos")
+    faults = ("pause:server", "kill:coordinator", "pause:worker")
+    stormy, done = run_with_kills(cfg, every_updates(80), faults=faults,
+                                  pause_s=_CALL_TIMEOUT_S * 1.5)
+
+    assert [f"{k.action}:{k.role}" for k in done][:3] == list(faults)
+    assert stormy.updates >= 450 and stormy.final is not None
+    # The summary is the last coordinator's: after its start, a pause restored nothing.
+    assert not stormy.runtime.restores and stormy.runtime.restarts["server"] == 0
     valid, total = checkpoints_valid(cfg.run.out_dir, cfg.eval.keep_last)
     assert total > 0 and valid == total
     assert abs(stormy.miou - calm.miou) < 0.1, (stormy.miou, calm.miou)

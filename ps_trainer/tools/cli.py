@@ -112,10 +112,16 @@ def _parser() -> argparse.ArgumentParser:
                                           "these), real_sizes (ResNet-50/101 with AdamW), data")
 
     ch = sub.add_parser("chaos", help="train twice on a local Ray, undisturbed and with an actor "
-                                      "process SIGKILLed every few seconds; compare")
+                                      "process SIGKILLed or paused every few seconds; compare")
     ch.add_argument("--config", required=True)
     ch.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
-    ch.add_argument("--kill-every-s", type=float, default=15.0)
+    ch.add_argument("--kill-every-s", type=float, default=15.0, help="one fault this often")
+    ch.add_argument("--faults", default="kill:server,kill:worker,kill:evaluator,kill:coordinator,"
+                                        "pause:worker,pause:server",
+                    help="the faults, taken in turn (ACTION:ROLE; ACTION kill or pause, ROLE "
+                         "server, worker, evaluator or coordinator)")
+    ch.add_argument("--pause-s", type=float, default=15.0,
+                    help="how long a paused process stays stopped before SIGCONT")
     ch.add_argument("--out", help="write the report as JSON to this file")
     _data_parser(sub)
     return p
@@ -373,13 +379,16 @@ def _bench(args) -> int:
 def _chaos(args) -> int:
     from ps_trainer.run import launch
     from ps_trainer.run.config_gate import load_run_config
-    from ps_trainer.tools.chaos import chaos
+    from ps_trainer.tools.chaos import chaos, parse_faults
 
     if args.kill_every_s <= 0:
         raise ValueError(f"--kill-every-s must be > 0, got {args.kill_every_s}")
+    if args.pause_s <= 0:
+        raise ValueError(f"--pause-s must be > 0, got {args.pause_s}")
+    faults = parse_faults(args.faults)
     cfg = load_run_config(args.config, args.overrides)
     launch.connect(cfg, None)
-    report = chaos(cfg, args.kill_every_s)
+    report = chaos(cfg, args.kill_every_s, faults, args.pause_s)
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:
