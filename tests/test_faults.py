@@ -95,7 +95,7 @@ def test_a_dead_server_actor_brings_every_server_actor_back_from_one_snapshot(st
     # One point in time: a snapshot (which actor 0 takes through its ordered channel to the
     # other actor) finds both at one version. Their status replies may differ by a push that
     # is being committed, since training goes on at once.
-    assert len({s["version"] for s in take_snapshot(new, "test", 1, timeout_s=60)}) == 1
+    assert len({s["version"] for s in take_snapshot(new, "test", timeout_s=60)}) == 1
     wait_for(lambda: version(coordinator) > restore["to"] + 20, 90, what="training to resume")
     assert status(coordinator).restarts["worker"] == 0  # workers re-pulled, none replaced
     server = ray.get(new[0].status.remote())            # counts go on from the snapshot's

@@ -288,7 +288,7 @@ def test_split_actors_take_one_staleness_decision_and_snapshot_one_point(split):
         link.version = 0
     assert push_and_wait(client, flat, 1.0).reason == STALE
     caught_up(servers, 3)
-    states = take_snapshot(servers, "test", 1, timeout_s=60)
+    states = take_snapshot(servers, "test", timeout_s=60)
     assert [s["version"] for s in states] == [3, 3]
     for state, now in zip(states, weights_of(servers)):
         for key in now:
@@ -313,8 +313,8 @@ def test_snapshots_taken_while_pushes_go_on_find_every_actor_at_one_version(spli
     thread.start()
     try:
         versions = []
-        for round_id in range(1, 9):
-            snapshot = SnapshotRound(servers, "test", round_id)
+        for _ in range(8):
+            snapshot = SnapshotRound(servers, "test")
             while not snapshot.poll():
                 snapshot.wait(60)
             states = ray.get(snapshot.state_refs, timeout=60)
@@ -337,7 +337,7 @@ def test_a_paused_actor_does_not_hold_up_actor_0_during_a_snapshot(split):
     pid = ray.get(servers[1].process.remote())["pid"]
     os.kill(pid, signal.SIGSTOP)
     try:
-        snapshot = SnapshotRound(servers, "test", 1)
+        snapshot = SnapshotRound(servers, "test")
         first = ray.get(snapshot.state_refs[0], timeout=30)
         assert first["version"] == 1
         assert ray.get(servers[0].ping.remote(), timeout=30) == 1
@@ -352,12 +352,12 @@ def test_a_paused_actor_does_not_hold_up_actor_0_during_a_snapshot(split):
 def test_a_held_state_is_handed_over_once_and_only_for_its_round(split):
     cfg, spec, servers, client, flat = split()
     peer = servers[1]
-    assert ray.get(peer.held_snapshot.options(num_returns=2).remote("test", 1)[0]) is None
-    ray.get(peer.hold_snapshot.remote("test", 1))
-    assert ray.get(peer.held_snapshot.options(num_returns=2).remote("test", 2)[0]) is None
-    summary, state = peer.held_snapshot.options(num_returns=2).remote("test", 1)
+    assert ray.get(peer.held_snapshot.options(num_returns=2).remote("test", "a")[0]) is None
+    ray.get(peer.hold_snapshot.remote("test", "a"))
+    assert ray.get(peer.held_snapshot.options(num_returns=2).remote("test", "b")[0]) is None
+    summary, state = peer.held_snapshot.options(num_returns=2).remote("test", "a")
     assert ray.get(summary)["version"] == ray.get(state)["version"] == 0
-    assert ray.get(peer.held_snapshot.options(num_returns=2).remote("test", 1)[0]) is None
+    assert ray.get(peer.held_snapshot.options(num_returns=2).remote("test", "a")[0]) is None
 
 
 def test_split_sync_groups_close_together(split):

@@ -134,7 +134,6 @@ class _Snapshots:
         self.plan = plan
         self.ready: Optional[SnapshotRound] = None
         self._taking: Optional[SnapshotRound] = None
-        self._rounds = 0
         self._asked_at = -float("inf")
 
     def tick(self, servers: list) -> None:
@@ -153,8 +152,7 @@ class _Snapshots:
                 self._taking = None
         now = time.monotonic()
         if self.every_s and self._taking is None and now - self._asked_at >= self.every_s:
-            self._rounds += 1
-            self._taking = SnapshotRound(servers, "coordinator", self._rounds)
+            self._taking = SnapshotRound(servers, "coordinator")
             self._asked_at = now
 
     def forget_pending(self) -> None:

@@ -174,7 +174,6 @@ class Evaluator:
         self._start = time.monotonic() - time_offset_s
         self._stop = threading.Event()
         self._lock = threading.Lock()   # one evaluation at a time (loop thread vs. final call)
-        self._snapshots = 0             # rounds of server snapshots taken
         self._metrics = EvaluatorMetrics()
         self._last_eval_s: Optional[float] = None
         self._reporter = Reporter.to_hub("evaluator", self._metrics.registry, hub,
@@ -250,8 +249,7 @@ class Evaluator:
                 return None
             recorder = self._open()
             try:
-                self._snapshots += 1                               # one point in time
-                states = take_snapshot(self._servers, "evaluator", self._snapshots,
+                states = take_snapshot(self._servers, "evaluator",   # one point in time
                                        _SNAPSHOT_TIMEOUT_S)
                 statuses = ray.get([s.status.remote() for s in self._servers],
                                    timeout=_SNAPSHOT_TIMEOUT_S)

@@ -90,7 +90,7 @@ class ParameterServer:
         self._staged: dict[int, tuple[int, dict, int]] = {}   # push id -> (base, grads, bytes)
         self._push_buffers = AttachedBuffers()        # same-node workers' shared gradients
         self.lost_parts = 0                           # decided parts never staged here (a bug)
-        self._held: dict[str, tuple[int, dict]] = {}  # snapshot taker -> (round, state copy)
+        self._held: dict[str, tuple[str, dict]] = {}  # snapshot taker -> (round, state copy)
 
     # ------------------------------------------------------------------ hot path
 
@@ -205,7 +205,7 @@ class ParameterServer:
         for push_id in [p for p, (base, _, _) in self._staged.items() if base < limit]:
             del self._staged[push_id]
 
-    def snapshot_first(self, taker: str, round_id: int) -> tuple[dict, dict]:
+    def snapshot_first(self, taker: str, round_id: str) -> tuple[dict, dict]:
         """Actor 0's part of a snapshot (``snapshots.py``): every other actor is told to hold
         its state through the ordered decision channel, so that it takes it after exactly the
         decisions made here; this actor's own state and its summary are returned as two
@@ -216,12 +216,12 @@ class ParameterServer:
         state = self.state()
         return summary_of(state), state
 
-    def hold_snapshot(self, taker: str, round_id: int) -> None:
+    def hold_snapshot(self, taker: str, round_id: str) -> None:
         """Copy this actor's state for `taker`'s round (replacing its previous one)."""
         self._held[taker] = (round_id, {**self._store.state(copy=True),
                                         "applied": dict(self._applied)})
 
-    def held_snapshot(self, taker: str, round_id: int, _first_summary=None
+    def held_snapshot(self, taker: str, round_id: str, _first_summary=None
                       ) -> tuple[Optional[dict], Optional[dict]]:
         """The state held for `taker`'s round and its summary, handed over once; (None, None)
         when the hold has not arrived yet. `_first_summary` (actor 0's answer, a dependency)

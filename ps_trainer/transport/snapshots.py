@@ -15,6 +15,7 @@ answered "not held" and asked again.
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Optional, Sequence
 
 import numpy as np
@@ -44,10 +45,11 @@ class SnapshotIncomplete(RuntimeError):
 class SnapshotRound:
     """One snapshot being taken; ``poll()`` without blocking, ``states()`` once complete."""
 
-    def __init__(self, servers: Sequence, taker: str, round_id: int):
+    def __init__(self, servers: Sequence, taker: str):
         self._servers = list(servers)
-        self._taker, self._round = taker, round_id
-        self._first = servers[0].snapshot_first.options(num_returns=2).remote(taker, round_id)
+        # Unique, not counted: a restarted taker must never be handed its predecessor's hold.
+        self._taker, self._round = taker, uuid.uuid4().hex
+        self._first = servers[0].snapshot_first.options(num_returns=2).remote(taker, self._round)
         self._parts = [self._first] + [self._ask(i) for i in range(1, len(servers))]
         self._asks = [1] * len(servers)
         self.summaries: Optional[list[dict]] = None
@@ -95,9 +97,9 @@ class SnapshotRound:
         ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
 
 
-def take_snapshot(servers: Sequence, taker: str, round_id: int, timeout_s: float) -> list[dict]:
+def take_snapshot(servers: Sequence, taker: str, timeout_s: float) -> list[dict]:
     """Every actor's state at one point in time (blocking)."""
-    snapshot = SnapshotRound(servers, taker, round_id)
+    snapshot = SnapshotRound(servers, taker)
     deadline = time.monotonic() + timeout_s
     while not snapshot.poll():
         left = deadline - time.monotonic()
