@@ -266,14 +266,17 @@ def test_restores_that_keep_failing_back_off_and_end_the_run_failed(ray_session,
     assert summary.elapsed_s < restores[-1]["at_s"] + 120
 
 
-def test_a_sigkilled_coordinator_is_replaced_and_the_run_resumes_from_its_checkpoint(
-        ray_session, tmp_path, tiny, caplog):
+@pytest.mark.parametrize("snapshot_every_s", [0.0, 1.0])
+def test_a_sigkilled_coordinator_is_replaced_and_the_run_resumes_where_it_was(
+        ray_session, tmp_path, tiny, caplog, snapshot_every_s):
     """The coordinator takes the run's actors with it when it dies; `train` (run_distributed)
-    starts a new one that resumes the run, the same run, from its newest checkpoint and
-    finishes it: evaluations after the kill go on from the checkpoint's version."""
+    starts a new one that resumes the run, the same run, and finishes it: from the driver's
+    own snapshot of the servers (a second or so back), or without snapshots from the newest
+    checkpoint. Evaluations after the kill go on from the version resumed, never from 0."""
     import json
     import logging
     import os
+    import re
     import signal
     import threading
 
@@ -282,32 +285,44 @@ def test_a_sigkilled_coordinator_is_replaced_and_the_run_resumes_from_its_checkp
     from ps_trainer.run.run_folder import RunFolder
 
     cfg = load_run_config(None, tiny(tmp_path, TASKS, extra=[
-        "run.name=headless", "run.max_updates=360", "run.max_minutes=10",
-        "metrics.enabled=false", "eval.every_updates=60", "eval.every_s=1e9"]))
+        "run.name=headless", "run.max_updates=400", "run.max_minutes=10",
+        "metrics.enabled=false", "eval.every_updates=150", "eval.every_s=1e9",
+        f"server.snapshot_every_s={snapshot_every_s}"]))
     result = {}
     driver = threading.Thread(target=lambda: result.update(summary=run_distributed(cfg)),
                               daemon=True)
     with caplog.at_level(logging.WARNING, logger="ps_trainer.run.launch"):
         driver.start()
         manager = CheckpointManager(RunFolder(cfg.run.out_dir).checkpoints, cfg.eval.keep_last)
-        wait_for(lambda: manager.latest() is not None and saved_version(manager.latest()[1]) >= 120,
-                 240, what="a checkpoint at version 120 or later")
-        killed_after = saved_version(manager.latest()[1])
+        wait_for(lambda: manager.latest() is not None and saved_version(manager.latest()[1]) >= 150,
+                 240, what="a checkpoint at version 150 or later")
         run_id = manager.latest()[1]["config"]["run"]["id"]
         # (no handle kept here: Ray frees a dead actor's name once no handle to it is left)
         name = COORDINATOR_PREFIX + cfg.run.name
-        os.kill(ray.get(ray.get_actor(name, namespace=cfg.ray.namespace).process.remote(),
-                        timeout=30)["pid"], signal.SIGKILL)
+        coordinator = lambda: ray.get_actor(name, namespace=cfg.ray.namespace)  # noqa: E731
+        checkpointed = saved_version(manager.latest()[1])
+        if snapshot_every_s:   # well past the checkpoint (far from the next, 150 further on),
+            # so that the driver's snapshot, a second or two behind, is the newer state
+            wait_for(lambda: ray.get(coordinator().status.remote()).version >= checkpointed + 60,
+                     120, what="60 updates past the checkpoint")
+        os.kill(ray.get(coordinator().process.remote(), timeout=30)["pid"], signal.SIGKILL)
         driver.join(timeout=400)
     assert not driver.is_alive(), "the run did not finish"
     summary = result["summary"]
-    assert summary.stopped_by == "max_updates" and summary.updates >= 360 and summary.error is None
-    assert "the coordinator died" in caplog.text and "resuming the run from checkpoint" in caplog.text
+    assert summary.stopped_by == "max_updates" and summary.updates >= 400 and summary.error is None
+    assert "the coordinator died" in caplog.text
+    if snapshot_every_s:
+        found = re.search(r"resuming the run from the driver's snapshot at version (\d+)",
+                          caplog.text)
+        assert found, caplog.text
+        assert int(found.group(1)) > checkpointed    # newer than the checkpoint: less lost
+    else:
+        assert "resuming the run from checkpoint" in caplog.text
     steps = [json.loads(line)["step"]
              for line in RunFolder(cfg.run.out_dir).metrics.read_text().splitlines()]
-    reached = next(i for i, step in enumerate(steps) if step >= killed_after)
-    # a run started again from version 0 would evaluate at 60 and 120 again
-    assert min(steps[reached:]) >= killed_after and steps[-1] >= 360, steps
+    reached = next(i for i, step in enumerate(steps) if step >= checkpointed)
+    # a run started again from version 0 would evaluate at 150 again
+    assert min(steps[reached:]) >= checkpointed and steps[-1] >= 400, steps
     assert manager.latest()[1]["config"]["run"]["id"] == run_id               # the same run
 
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ps_trainer.run.policies import (EVALUATOR, Action, Exit, Ping, RecoveryLog, Restore,
+from ps_trainer.run.policies import (EVALUATOR, Action, CoordinatorDeaths, Exit, Ping,
+                                     RecoveryLog, Restore,
                                      RestoreAttempts, RestoreSource, ServerHealth, WorkerRestarts,
                                      choose_restore_point, final_evaluation_timeout, plan_resize,
                                      snapshot_fetch_timeout, worker_key)
@@ -199,3 +200,15 @@ def test_a_larger_snapshot_is_waited_for_longer():
     small = snapshot_fetch_timeout(10**6, 120.0, 50e6)
     large = snapshot_fetch_timeout(20 * 10**9, 120.0, 50e6)   # 20 GB: Adam on a large model
     assert 120.0 < small < 121.0 and large == pytest.approx(520.0)
+
+
+def test_coordinator_deaths_are_given_up_only_in_a_row_without_progress():
+    deaths = CoordinatorDeaths(limit=3)
+    # Each death resumes from a newer state: the run makes progress, it goes on for ever.
+    assert all(deaths.restart(v) for v in (100, 300, 500, 700, 900))
+    assert deaths.in_a_row == 1
+    # Deaths that resume from the same state again are counted; the fourth is given up.
+    assert [deaths.restart(900) for _ in range(3)] == [True, True, False]
+    # With nothing to resume from, the same: three restarts from the start, then given up.
+    fresh = CoordinatorDeaths(limit=3)
+    assert [fresh.restart(None) for _ in range(4)] == [True, True, True, False]

@@ -31,6 +31,11 @@ class SetupError(RuntimeError):
         return cls(f"{who} could not start: {type(err).__name__}: {text}")
 
 
+class RunGivenUp(RuntimeError):
+    """The driver gave the run up (its coordinator kept dying without progress); the message
+    is one line for the user and says how to go on."""
+
+
 @dataclass(frozen=True)
 class PushStats:
     """What a worker reports with each push."""

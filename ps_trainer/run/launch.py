@@ -13,7 +13,7 @@ import os
 import signal
 import threading
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -22,7 +22,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 import torch
 
 from ps_trainer.core.checkpoint import CheckpointManager, load_checkpoint, saved_plan, saved_version
-from ps_trainer.config import Config, ConfigError
+from ps_trainer.config import Config, ConfigError, config_to_dict
 from ps_trainer.run.coordinator import Coordinator, RuntimeSpec
 from ps_trainer.data.splits import check_splits_here
 from ps_trainer.data.streams import restart_number
@@ -31,11 +31,13 @@ from ps_trainer.run.local import LocalTrainer
 from ps_trainer.observe.metrics import MetricsHub
 from ps_trainer.model import MultiTaskModel, shard_of
 from ps_trainer.core.params import (FlatModel, Piece, ShardLayout, load_norm_stats, load_pieces,
-                                    plan_pieces)
+                                    plan_pieces, states_misfit)
 from ps_trainer.observe.progress import Progress
-from ps_trainer.core.protocol import CoordinatorStatus
+from ps_trainer.core.protocol import CoordinatorStatus, RunGivenUp
 from ps_trainer.run.config_gate import load_run_config, saved_run_config
+from ps_trainer.run.policies import CoordinatorDeaths
 from ps_trainer.run.run_folder import RunFolder, with_run_id
+from ps_trainer.run.standby import Standby
 from ps_trainer.core.runtime import pick_device, prepare_compute, set_threads, usable_cores
 from ps_trainer.core.schedule import RunSummary
 from ps_trainer.transport.server import ParameterServer
@@ -46,9 +48,10 @@ from ps_trainer_workers.worker import TaskLoop, TaskWorker, task_inputs
 log = logging.getLogger(__name__)
 COORDINATOR_PREFIX = "coordinator:"
 # A coordinator that dies takes the run's actors with it (they are its own); the driver resumes
-# the run from its newest checkpoint this many times before it gives up.
+# the run this many times in a row without progress before it gives up (CoordinatorDeaths).
 _COORDINATOR_RESTARTS = 3
 _CALL_TIMEOUT_S = 10.0
+_SNAPSHOT_FETCH_S = 120.0   # how long a restart waits for the driver's snapshot before the checkpoint
 
 
 def build_eval_model(cfg: Config) -> MultiTaskModel:
@@ -275,42 +278,78 @@ def follow_run(cfg: Config, resume: Optional[dict], hub, overwrite: bool, every_
                watch: Callable[[Any], None]) -> tuple[RunSummary, Any]:
     """Start the coordinator and follow its run to the end, calling ``watch(coordinator)``
     every `every_s`; when the coordinator dies (and every actor it owned with it), the run is
-    resumed from its newest checkpoint, as ``--resume`` would, at most ``_COORDINATOR_RESTARTS``
-    times. Returns the summary and the coordinator that finished the run. The only handle to a
-    coordinator is held here: Ray lets go of a dead actor's name once no handle to it is left,
-    so a caller holding one would keep the new coordinator from taking the name."""
+    resumed (given up after ``_COORDINATOR_RESTARTS`` deaths in a row without progress:
+    ``CoordinatorDeaths``) from the driver's own snapshot of the
+    servers (``standby.py``) or the newest checkpoint, whichever is newer. Returns the summary
+    and the coordinator that finished the run. The only handle to a coordinator is held here:
+    Ray lets go of a dead actor's name once no handle to it is left, so a caller holding one
+    would keep the new coordinator from taking the name."""
     coordinator = start_coordinator(cfg, resume, hub, overwrite)
-    done, restarts = coordinator.run.remote(), 0
+    done, deaths = coordinator.run.remote(), CoordinatorDeaths(_COORDINATOR_RESTARTS)
+    standby = Standby(cfg.server.snapshot_every_s)
     while True:
         try:
-            return _supervise(coordinator, done, every_s, watch), coordinator
+            return _supervise(coordinator, done, every_s, watch, standby), coordinator
         except ray.exceptions.RayActorError as err:
             failure = type(err).__name__
         # (past the except block: its traceback, which holds a handle to the coordinator, is gone)
         if not _dead(coordinator):
             continue              # it could not be reached for a moment: follow it again
-        restarts += 1
-        if restarts > _COORDINATOR_RESTARTS:
-            raise RuntimeError(f"the coordinator died {restarts} times ({failure}); the run is "
-                               f"stopped: resume it with --resume {cfg.run.out_dir}")
-        latest = CheckpointManager(RunFolder(cfg.run.out_dir).checkpoints,
-                                   cfg.eval.keep_last).latest(cfg.run.id)
-        log.warning("the coordinator died (%s); resuming the run from %s", failure,
-                    f"checkpoint {latest[0].name}" if latest else "its start")
+        resume, source = _resume_point(cfg, standby)
+        if not deaths.restart(saved_version(resume) if resume else None):
+            raise RunGivenUp(f"the coordinator died {deaths.in_a_row} times in a row without "
+                             f"the run getting past version {deaths.resumed_at or 0} "
+                             f"({failure}); resume it with --resume {cfg.run.out_dir}")
+        log.warning("the coordinator died (%s); resuming the run from %s", failure, source)
         # Ray lets go of a dead actor's name once no handle to it is left.
         coordinator = done = None
-        coordinator = _restart_coordinator(cfg, latest[1] if latest else None, hub)
+        coordinator = _restart_coordinator(cfg, resume, hub)
         done = coordinator.run.remote()
 
 
-def _supervise(coordinator, done, every_s: float, watch: Callable[[Any], None]) -> RunSummary:
-    """Follow a coordinator's run (`done`: its run() call) to the end, calling `watch`; a
-    SIGTERM or Ctrl-C asks it to stop (final checkpoint and evaluation first). Raises
-    RayActorError when the coordinator cannot be reached or has died."""
+def _resume_point(cfg: Config, standby: Standby) -> tuple[Optional[dict], str]:
+    """(the payload a new coordinator resumes from, its description): the driver's snapshot
+    where it is newer than the newest checkpoint of this run and fits the plan, else that
+    checkpoint, else nothing (the run starts again)."""
+    latest = CheckpointManager(RunFolder(cfg.run.out_dir).checkpoints,
+                               cfg.eval.keep_last).latest(cfg.run.id)
+    saved = saved_version(latest[1]) if latest else None
+    if standby.version is not None and (saved is None or standby.version > saved):
+        kept = standby.states(timeout_s=_SNAPSHOT_FETCH_S)
+        if kept is not None:
+            summaries, states, time_s = kept
+            _, flat = initial_model(cfg)
+            plan = plan_pieces(flat.layout, cfg.server.actors)
+            misfit = states_misfit(summaries, plan)
+            if misfit is None:
+                return ({"servers": states, "plan": [asdict(p) for p in plan],
+                         "config": config_to_dict(cfg), "time_s": time_s},
+                        f"the driver's snapshot at version {standby.version}")
+            log.error("the driver's snapshot cannot rebuild the servers (%s)", misfit)
+    unused = (f" (the driver's snapshot, at version {standby.version}, is not newer)"
+              if standby.version is not None else " (the driver has no snapshot)")
+    if latest is None:
+        return None, "its start" + unused
+    return latest[1], f"checkpoint {latest[0].name}" + unused
+
+
+def _supervise(coordinator, done, every_s: float, watch: Callable[[Any], None],
+               standby: Standby) -> RunSummary:
+    """Follow a coordinator's run (`done`: its run() call) to the end, calling `watch` every
+    `every_s` and moving the standby snapshot on; a SIGTERM or Ctrl-C asks it to stop (final
+    checkpoint and evaluation first). Raises RayActorError when the coordinator cannot be
+    reached or has died."""
+    # Ticks at half the snapshot interval: a round is seen complete and the next one asked
+    # for within it, so the driver's snapshot lags the servers by about one interval.
+    tick_s = min(every_s, standby.every_s / 2) if standby.every_s else every_s
+    watch_at = time.monotonic() + every_s
     try:
         with _sigterm_as_interrupt():
-            while not ray.wait([done], timeout=every_s)[0]:
-                watch(coordinator)
+            while not ray.wait([done], timeout=tick_s)[0]:
+                standby.tick(coordinator)
+                if time.monotonic() >= watch_at:
+                    watch(coordinator)
+                    watch_at = time.monotonic() + every_s
     except KeyboardInterrupt:
         log.warning("interrupted: stopping workers and writing a final checkpoint")
         coordinator.stop.remote()

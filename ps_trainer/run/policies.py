@@ -229,6 +229,28 @@ def snapshot_fetch_timeout(nbytes: int, base_s: float, slowest_bytes_per_s: floa
     return base_s + nbytes / slowest_bytes_per_s
 
 
+@dataclass
+class CoordinatorDeaths:
+    """Deaths of the coordinator in a row without progress. Each death resumes the run from a
+    state (the driver's snapshot or a checkpoint) at some version; a death after which the run
+    resumes from a newer state than the last time starts the count again, so a run that makes
+    progress between deaths goes on, and one that keeps dying before it gets anywhere is given
+    up after `limit` restarts."""
+    limit: int = 3
+    in_a_row: int = 0
+    resumed_at: Optional[int] = None
+
+    def restart(self, resume_version: Optional[int]) -> bool:
+        """A death, after which the run would resume at `resume_version` (None: its start);
+        whether to restart it."""
+        progressed = resume_version is not None and (self.resumed_at is None
+                                                     or resume_version > self.resumed_at)
+        self.in_a_row = 1 if progressed else self.in_a_row + 1
+        if resume_version is not None:
+            self.resumed_at = resume_version
+        return self.in_a_row <= self.limit
+
+
 # --------------------------------------------------------------------------- history
 
 @dataclass

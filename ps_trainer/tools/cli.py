@@ -22,6 +22,7 @@ import sys
 from typing import Optional, Sequence
 
 from ps_trainer.config import ConfigError
+from ps_trainer.core.protocol import RunGivenUp
 
 log = logging.getLogger("ps_trainer")
 _PROBE_TIMEOUT_S = 3.0
@@ -168,7 +169,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as err:
         print(f"ps-trainer: configuration error: {err}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, LookupError, ValueError, ConnectionError) as err:
+    except (FileNotFoundError, LookupError, ValueError, ConnectionError, RunGivenUp) as err:
         print(f"ps-trainer: {err}", file=sys.stderr)
         return 1
 
