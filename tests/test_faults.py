@@ -165,8 +165,9 @@ def test_a_chaos_run_survives_a_killed_coordinator_and_paused_actors(calm, tmp_p
 
     assert [f"{k.action}:{k.role}" for k in done][:3] == list(faults)
     assert stormy.updates >= 450 and stormy.final is not None
-    # The summary is the last coordinator's: after its start, a pause restored nothing.
+    # Over the whole run (every coordinator's): a pause restored nothing, replaced nothing.
     assert not stormy.runtime.restores and stormy.runtime.restarts["server"] == 0
+    assert stormy.runtime.restarts["worker"] == 0
     valid, total = checkpoints_valid(cfg.run.out_dir, cfg.eval.keep_last)
     assert total > 0 and valid == total
     assert abs(stormy.miou - calm.miou) < 0.1, (stormy.miou, calm.miou)

@@ -13,6 +13,7 @@ actor on another node is skipped.
 """
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import os
@@ -143,12 +144,15 @@ def run_with_kills(cfg: Config, due: Optional[Callable[[CoordinatorStatus], bool
     `faults` (``"kill:server"``, ``"pause:worker"``, ...; by default a kill of each of
     `roles` in turn). A dead coordinator is restarted from the run's newest checkpoint, as
     ``train`` does. Returns the run's summary and the faults done. A run folder holding
-    another run's checkpoints is refused unless `overwrite`."""
+    another run's checkpoints is refused unless `overwrite`. The summary's restarts and
+    restores are the whole run's: a coordinator's are added up before it is killed (those of
+    its last half second are missed)."""
     from ps_trainer.run.launch import follow_run
 
     order = itertools.cycle(faults or tuple(f"kill:{r}" for r in roles))
     kills: list[Kill] = []
     pauses = _Pauses(pause_s)
+    earlier = {"restarts": collections.Counter(), "restores": []}   # of killed coordinators
 
     def watch(coordinator) -> None:
         if due is None:
@@ -162,13 +166,21 @@ def run_with_kills(cfg: Config, due: Optional[Callable[[CoordinatorStatus], bool
                         pause=pauses.pause if action == "pause" else None)
         if kill is not None:
             kills.append(kill)
+            if role == "coordinator" and action == "kill":
+                earlier["restarts"].update(status.restarts)
+                earlier["restores"].extend(status.restores)
 
     try:
         summary, coordinator = follow_run(cfg, None, None, overwrite, 0.5, watch)
     finally:
         pauses.end()
     ray.kill(coordinator)
-    return summary, kills
+    last = summary.runtime
+    restarts = {role: earlier["restarts"][role] + last.restarts.get(role, 0)
+                for role in {*earlier["restarts"], *last.restarts}}
+    whole = replace(last, restarts=restarts,
+                    restores=earlier["restores"] + list(last.restores))
+    return replace(summary, runtime=whole), kills
 
 
 def every_seconds(seconds: float) -> Callable[[CoordinatorStatus], bool]:
@@ -225,7 +237,7 @@ def chaos(cfg: Config, kill_every_s: float, faults: tuple[str, ...] = FAULTS,
         "kill_every_s": kill_every_s, "pause_s": pause_s,
         "snapshot_every_s": cfg.server.snapshot_every_s,
         "faults": {f: sum(f"{k.action}:{k.role}" == f for k in kills) for f in faults},
-        "restarts_after_last_coordinator_start": stormy.runtime.restarts,
+        "restarts": stormy.runtime.restarts,
         "undisturbed": {"seconds": round(calm_s, 1), "version": calm.updates,
                         "miou": calm.miou},
         "disturbed": {"seconds": round(stormy_s, 1), "version": stormy.updates,
