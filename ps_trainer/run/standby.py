@@ -5,7 +5,9 @@ The driver (``follow_run``) therefore takes a consistent snapshot of its own eve
 ``server.snapshot_every_s`` (``transport/snapshots.py``, taker "driver"): its parts are the
 driver's objects, so they outlive the coordinator and the server processes. When the
 coordinator dies, the run resumes from this snapshot where it is newer than the newest
-checkpoint. The cost is one more copy of the server state in the object store.
+checkpoint. The cost is one more copy of the server state in the object store (two while the
+next one is being taken), and the copy each server actor other than actor 0 makes of its state
+for a round.
 """
 from __future__ import annotations
 
